@@ -1,0 +1,203 @@
+// Package allowlist is the gateway's pure decision logic: the embedded Defender
+// service catalog, operator rules, target normalisation, and the decision whether
+// a target (host, port and, for plain HTTP, path) may be reached.
+//
+// Nothing in this package does I/O. A Policy is an immutable value built once
+// from a Catalog, operator rules and settings; it is safe for concurrent use and
+// is swapped as a whole when configuration changes.
+//
+// Matching follows the conventions of Microsoft's URL tables ("Configure your
+// network environment", S3 in shared/reference/defender-egress.md):
+//   - "*.example.com" matches any subdomain of example.com, never example.com
+//     itself and never a name that merely ends with the same letters;
+//   - WW rows always apply; rows of another geography apply only when that data
+//     location is configured;
+//   - the most specific pattern that names a host decides (an exact name beats a
+//     wildcard, a longer wildcard beats a shorter one), so a geography-specific
+//     row such as edr-cus.us.endpoint.security.microsoft.com (US) is refused by an
+//     EU gateway even though the WW wildcard *.endpoint.security.microsoft.com
+//     would cover it;
+//   - deny rules win over allow rules at every level.
+package allowlist
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Sentinel errors, one per refusal reason. Decisions carry them unwrapped (so a
+// decision costs no allocation); callers wrap them with context.
+var (
+	ErrNotListed = errors.New("destination is not on the allowlist")
+	ErrGeography = errors.New("destination belongs to a geography that is not configured")
+	ErrPort      = errors.New("port is not allowed for this destination")
+	ErrIPLiteral = errors.New("ip-literal destinations are not allowed")
+	ErrBadTarget = errors.New("malformed target")
+)
+
+// Reason is the machine-readable code of a decision, sent to clients in the
+// X-Gateway-Reason header of refusals.
+type Reason string
+
+// Reason codes produced by this package.
+const (
+	ReasonAllowed    Reason = "allowed"
+	ReasonNotListed  Reason = "not-listed"
+	ReasonGeography  Reason = "geography"
+	ReasonPort       Reason = "port"
+	ReasonIPLiteral  Reason = "ip-literal"
+	ReasonBadRequest Reason = "bad-request"
+)
+
+// ReasonOf maps an error from this package to its reason code, or "" if err
+// is not one of this package's sentinels.
+func ReasonOf(err error) Reason {
+	switch {
+	case err == nil:
+		return ReasonAllowed
+	case errors.Is(err, ErrNotListed):
+		return ReasonNotListed
+	case errors.Is(err, ErrGeography):
+		return ReasonGeography
+	case errors.Is(err, ErrPort):
+		return ReasonPort
+	case errors.Is(err, ErrIPLiteral):
+		return ReasonIPLiteral
+	case errors.Is(err, ErrBadTarget):
+		return ReasonBadRequest
+	}
+	return ""
+}
+
+// Geography is a Defender data location as written in the catalog's geography
+// column. WW (worldwide) rows apply everywhere.
+type Geography uint8
+
+// Geographies known to the catalog. UAE rows exist in the newest URL table.
+const (
+	WW Geography = iota
+	US
+	EU
+	UK
+	AU
+	UAE
+	numGeographies
+)
+
+var geographyNames = [numGeographies]string{"WW", "US", "EU", "UK", "AU", "UAE"}
+
+func (g Geography) String() string {
+	if g < numGeographies {
+		return geographyNames[g]
+	}
+	return fmt.Sprintf("Geography(%d)", uint8(g))
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (g Geography) MarshalText() ([]byte, error) { return []byte(g.String()), nil }
+
+// AllGeographies lists every known geography, WW first.
+func AllGeographies() []Geography {
+	return []Geography{WW, US, EU, UK, AU, UAE}
+}
+
+// ParseGeography parses a geography name, case-insensitively.
+func ParseGeography(s string) (Geography, error) {
+	for i, n := range geographyNames {
+		if strings.EqualFold(strings.TrimSpace(s), n) {
+			return Geography(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown geography %q (known: %s)", s, strings.Join(geographyNames[:], ", "))
+}
+
+// Action says what a rule does with the destinations it matches.
+type Action uint8
+
+// Rule actions.
+const (
+	Allow Action = iota
+	Deny
+)
+
+func (a Action) String() string {
+	if a == Deny {
+		return "deny"
+	}
+	return "allow"
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (a Action) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
+
+// Rule is one row of the catalog or of the operator's rules file.
+type Rule struct {
+	ID          string    `json:"id"`     // "catalog:<line>" or "<rules file>:<line>"
+	Action      Action    `json:"action"` // allow or deny
+	Host        string    `json:"host"`   // normalised exact name, "*.suffix", or canonical IP
+	Paths       []string  `json:"paths,omitempty"`
+	Ports       []uint16  `json:"ports,omitempty"` // empty: every port (deny rules only)
+	Geography   Geography `json:"geography"`
+	ServiceID   string    `json:"service_id"`
+	ServiceName string    `json:"service_name"`
+	Required    bool      `json:"required"`
+	TLSExempt   bool      `json:"tls_exempt"`
+	Anonymous   bool      `json:"anonymous"`
+	Source      string    `json:"source,omitempty"`
+	Comment     string    `json:"comment,omitempty"`
+}
+
+// Wildcard reports whether the rule's host is a "*.suffix" pattern.
+func (r *Rule) Wildcard() bool { return strings.HasPrefix(r.Host, "*.") }
+
+// AllowsPort reports whether the rule covers port p. A rule without ports
+// covers every port.
+func (r *Rule) AllowsPort(p uint16) bool {
+	if len(r.Ports) == 0 {
+		return true
+	}
+	for _, q := range r.Ports {
+		if q == p {
+			return true
+		}
+	}
+	return false
+}
+
+// MatchesPath reports whether the rule covers the normalised path p. A rule
+// without paths covers every path. A prefix matches on a segment boundary:
+// "/pkiops/certs" matches "/pkiops/certs" and "/pkiops/certs/x.crt" but not
+// "/pkiops/certsx". Comparison ignores ASCII case: the services behind the
+// path-limited rows (www.microsoft.com, crl.microsoft.com) run IIS, whose paths
+// are case-insensitive, so a case-sensitive check would refuse requests the
+// origin treats as identical without making anything safer.
+func (r *Rule) MatchesPath(p string) bool {
+	if len(r.Paths) == 0 {
+		return true
+	}
+	for _, prefix := range r.Paths {
+		if len(p) < len(prefix) || !strings.EqualFold(p[:len(prefix)], prefix) {
+			continue
+		}
+		if len(p) == len(prefix) || strings.HasSuffix(prefix, "/") || p[len(prefix)] == '/' {
+			return true
+		}
+	}
+	return false
+}
+
+// PortsString renders the rule's ports as "80|443" ("*" for every port).
+func (r *Rule) PortsString() string {
+	if len(r.Ports) == 0 {
+		return "*"
+	}
+	var b strings.Builder
+	for i, p := range r.Ports {
+		if i > 0 {
+			b.WriteByte('|')
+		}
+		fmt.Fprint(&b, p)
+	}
+	return b.String()
+}

@@ -1,0 +1,270 @@
+package allowlist
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// Options shape a Policy.
+type Options struct {
+	// Geographies are the configured data locations. WW always applies. If
+	// empty, every geography applies (Policy.AllGeographies reports it so the
+	// caller can warn).
+	Geographies []Geography
+	// DisabledServices are catalog service ids whose rows are left out.
+	DisabledServices []string
+	// Rules are the operator's rules, added to the catalog's.
+	Rules []Rule
+}
+
+// Policy is the effective allowlist: catalog plus operator rules for the
+// configured geographies, indexed by name. It is immutable.
+type Policy struct {
+	version  string
+	geos     uint8 // bit per Geography; WW always set
+	allGeos  bool
+	rules    []Rule // catalog rows (disabled services removed) then operator rules
+	allow    index
+	deny     index
+	services []string
+}
+
+// index maps exact names and wildcard suffixes to rules. Lookups cost one map
+// probe per label of the target, whatever the number of rules.
+type index struct {
+	exact map[string][]*Rule // "host" or canonical IP
+	wild  map[string][]*Rule // "suffix" of "*.suffix"
+}
+
+func (ix *index) add(r *Rule) {
+	if s, ok := strings.CutPrefix(r.Host, "*."); ok {
+		ix.wild[s] = append(ix.wild[s], r)
+		return
+	}
+	ix.exact[r.Host] = append(ix.exact[r.Host], r)
+}
+
+// lookup returns the rules of the most specific pattern naming host: the exact
+// name, else the wildcard on the nearest parent. It does not allocate.
+func (ix *index) lookup(host string) []*Rule {
+	if rs := ix.exact[host]; rs != nil {
+		return rs
+	}
+	for s := host; ; {
+		i := strings.IndexByte(s, '.')
+		if i < 0 {
+			return nil
+		}
+		s = s[i+1:]
+		if rs := ix.wild[s]; rs != nil {
+			return rs
+		}
+	}
+}
+
+// match returns the first rule, most specific pattern first, that covers t's
+// port and path. It does not allocate.
+func (ix *index) match(t Target) *Rule {
+	for s := t.Host; ; {
+		rs := ix.exact[s]
+		if s != t.Host {
+			rs = ix.wild[s]
+		}
+		for _, r := range rs {
+			if r.AllowsPort(t.Port) && r.coversPath(t) {
+				return r
+			}
+		}
+		i := strings.IndexByte(s, '.')
+		if i < 0 || t.IP.IsValid() {
+			return nil
+		}
+		s = s[i+1:]
+	}
+}
+
+// NewPolicy builds the effective policy from a catalog and options.
+func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
+	p := &Policy{
+		version: cat.Version,
+		allow:   index{exact: map[string][]*Rule{}, wild: map[string][]*Rule{}},
+		deny:    index{exact: map[string][]*Rule{}, wild: map[string][]*Rule{}},
+	}
+	p.geos = 1 << WW
+	if len(opts.Geographies) == 0 {
+		p.allGeos = true
+		p.geos = 1<<numGeographies - 1
+	}
+	for _, g := range opts.Geographies {
+		if g >= numGeographies {
+			return nil, fmt.Errorf("unknown geography %d", g)
+		}
+		p.geos |= 1 << g
+	}
+	known := cat.Services()
+	for _, s := range opts.DisabledServices {
+		if !slices.Contains(known, s) {
+			return nil, fmt.Errorf("disabled service %q: not a catalog service (known: %s)", s, strings.Join(known, ", "))
+		}
+	}
+	for _, s := range known {
+		if !slices.Contains(opts.DisabledServices, s) {
+			p.services = append(p.services, s)
+		}
+	}
+	for i := range cat.Rules {
+		if !slices.Contains(opts.DisabledServices, cat.Rules[i].ServiceID) {
+			p.rules = append(p.rules, cat.Rules[i])
+		}
+	}
+	p.rules = append(p.rules, opts.Rules...)
+	for i := range p.rules {
+		r := &p.rules[i]
+		if r.Action == Deny {
+			p.deny.add(r)
+		} else {
+			p.allow.add(r)
+		}
+	}
+	return p, nil
+}
+
+// Version is the catalog version the policy was built from.
+func (p *Policy) Version() string { return p.version }
+
+// AllGeographies reports whether no geography was configured, so that every
+// data location's rows apply.
+func (p *Policy) AllGeographies() bool { return p.allGeos }
+
+// Geographies lists the geographies in force, WW first.
+func (p *Policy) Geographies() []Geography {
+	var gs []Geography
+	for _, g := range AllGeographies() {
+		if p.geos&(1<<g) != 0 {
+			gs = append(gs, g)
+		}
+	}
+	return gs
+}
+
+// InGeography reports whether rows of geography g apply.
+func (p *Policy) InGeography(g Geography) bool { return p.geos&(1<<g) != 0 }
+
+// Services lists the enabled catalog service ids.
+func (p *Policy) Services() []string { return p.services }
+
+// Rules returns every rule the policy holds, including rows of geographies
+// that are not configured (use InGeography to tell). Callers must not modify it.
+func (p *Policy) Rules() []Rule { return p.rules }
+
+// Decision is the outcome of matching a target against the policy.
+type Decision struct {
+	Target  Target
+	Allowed bool
+	Reason  Reason
+	// Err is the sentinel of the refusal reason (nil when allowed).
+	Err error
+	// Rule is the rule that allowed the target, or the rule that refused it
+	// (a deny rule, or the closest rule that did not fit); nil when no rule
+	// names the host.
+	Rule *Rule
+	// TLSExempt and Anonymous are true when any rule allowing the target is
+	// TLS-inspection exempt or allows anonymous use.
+	TLSExempt bool
+	Anonymous bool
+	// PathUnchecked is true when the allowing rule is limited to paths the
+	// gateway cannot see (CONNECT tunnels carry the path encrypted).
+	PathUnchecked bool
+}
+
+// Service returns the service id of the decision's rule, or "".
+func (d *Decision) Service() string {
+	if d.Rule == nil {
+		return ""
+	}
+	return d.Rule.ServiceID
+}
+
+// Geography returns the geography of the decision's rule, or "".
+func (d *Decision) Geography() string {
+	if d.Rule == nil {
+		return ""
+	}
+	return d.Rule.Geography.String()
+}
+
+// RuleID returns the id of the decision's rule, or "".
+func (d *Decision) RuleID() string {
+	if d.Rule == nil {
+		return ""
+	}
+	return d.Rule.ID
+}
+
+func refuse(t Target, err error, r *Rule) Decision {
+	return Decision{Target: t, Reason: ReasonOf(err), Err: err, Rule: r}
+}
+
+// Decide matches a normalised target. It does no I/O and, for targets without
+// a path, does not allocate.
+func (p *Policy) Decide(t Target) Decision {
+	if denied := p.deny.match(t); denied != nil {
+		return refuse(t, ErrNotListed, denied)
+	}
+	var rules []*Rule
+	if t.IP.IsValid() {
+		// IP literals are allowed only by a rule that names the address.
+		if rules = p.allow.exact[t.Host]; rules == nil {
+			return refuse(t, ErrIPLiteral, nil)
+		}
+	} else if rules = p.allow.lookup(t.Host); rules == nil {
+		return refuse(t, ErrNotListed, nil)
+	}
+	d := Decision{Target: t}
+	var geoMiss, portMiss, pathMiss *Rule
+	for _, r := range rules {
+		switch {
+		case !p.InGeography(r.Geography):
+			geoMiss = first(geoMiss, r)
+		case !r.AllowsPort(t.Port):
+			portMiss = first(portMiss, r)
+		case t.HasPath && !r.MatchesPath(t.Path):
+			pathMiss = first(pathMiss, r)
+		default:
+			if d.Rule == nil || (d.PathUnchecked && len(r.Paths) == 0) {
+				d.Rule = r
+				d.PathUnchecked = !t.HasPath && len(r.Paths) > 0
+			}
+			d.TLSExempt = d.TLSExempt || r.TLSExempt
+			d.Anonymous = d.Anonymous || r.Anonymous
+		}
+	}
+	switch {
+	case d.Rule != nil:
+		d.Allowed, d.Reason = true, ReasonAllowed
+		return d
+	case pathMiss != nil:
+		return refuse(t, ErrNotListed, pathMiss)
+	case portMiss != nil:
+		return refuse(t, ErrPort, portMiss)
+	default:
+		return refuse(t, ErrGeography, geoMiss)
+	}
+}
+
+// coversPath reports whether a deny rule applies to t: path-limited deny rules
+// apply only where the gateway sees the path (plain HTTP, inspected HTTPS).
+func (r *Rule) coversPath(t Target) bool {
+	if t.HasPath {
+		return r.MatchesPath(t.Path)
+	}
+	return len(r.Paths) == 0
+}
+
+func first(have, r *Rule) *Rule {
+	if have != nil {
+		return have
+	}
+	return r
+}

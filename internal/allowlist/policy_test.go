@@ -1,0 +1,301 @@
+package allowlist
+
+import (
+	"errors"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+func mustPolicy(t testing.TB, opts Options) *Policy {
+	t.Helper()
+	cat, err := Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPolicy(cat, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func decide(t *testing.T, p *Policy, target string) Decision {
+	t.Helper()
+	var tg Target
+	var err error
+	if strings.HasPrefix(target, "http://") {
+		u, perr := url.Parse(target)
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		tg, err = ParseURL(u)
+	} else {
+		tg, err = ParseAuthority(target)
+	}
+	if err != nil {
+		return Decision{Err: err, Reason: ReasonOf(err)}
+	}
+	return p.Decide(tg)
+}
+
+func TestEmbeddedCatalog(t *testing.T) {
+	cat, err := Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cat.Version == "" {
+		t.Error("catalog has no version")
+	}
+	perGeo := map[Geography]int{}
+	for _, r := range cat.Rules {
+		perGeo[r.Geography]++
+		if r.ServiceID != "admin-portal" && (!r.TLSExempt || !r.Anonymous) {
+			t.Errorf("%s %s: endpoint rows must be TLS-exempt and anonymous", r.ID, r.Host)
+		}
+	}
+	for _, g := range AllGeographies() {
+		if perGeo[g] == 0 {
+			t.Errorf("no rows for geography %s", g)
+		}
+	}
+	// Hosts the reference document names, one per table row kind.
+	for _, h := range []string{"crl.microsoft.com", "ctldl.windowsupdate.com", "events.data.microsoft.com",
+		"*.wdcp.microsoft.com", "*.blob.core.windows.net", "winatp-gw-cus.microsoft.com", "winatp-gw-weu.microsoft.com",
+		"winatp-gw-uks.microsoft.com", "winatp-gw-aue.microsoft.com", "winatp-gw-aec0a.microsoft.com",
+		"ussus1eastprod.blob.core.windows.net", "usseu1northprod.blob.core.windows.net",
+		"edr-cus.us.endpoint.security.microsoft.com", "mdav.eu.endpoint.security.microsoft.com",
+		"*.endpoint.security.microsoft.com", "reflector.defender.microsoft.com", "packages.microsoft.com"} {
+		found := false
+		for _, r := range cat.Rules {
+			found = found || r.Host == h
+		}
+		if !found {
+			t.Errorf("catalog lacks %s", h)
+		}
+	}
+}
+
+func TestDecide(t *testing.T) {
+	eu := mustPolicy(t, Options{Geographies: []Geography{EU}})
+	tests := []struct {
+		name        string
+		target      string
+		wantReason  Reason
+		wantService string
+	}{
+		{"eu gateway", "winatp-gw-weu.microsoft.com:443", ReasonAllowed, "edr-cnc"},
+		{"us gateway host refused", "winatp-gw-cus.microsoft.com:443", ReasonGeography, "edr-cnc"},
+		{"streamlined eu", "edr-weu.eu.endpoint.security.microsoft.com:443", ReasonAllowed, "streamlined"},
+		{"streamlined us refused over ww wildcard", "edr-cus.us.endpoint.security.microsoft.com:443", ReasonGeography, "streamlined"},
+		{"streamlined unknown sub under ww wildcard", "new.endpoint.security.microsoft.com:443", ReasonAllowed, "streamlined"},
+		{"wildcard subdomain", "eu.wdcp.microsoft.com:443", ReasonAllowed, "av-maps"},
+		{"wildcard deep subdomain", "a.b.wdcp.microsoft.com:443", ReasonAllowed, "av-maps"},
+		{"wildcard apex", "wdcp.microsoft.com:443", ReasonNotListed, ""},
+		{"suffix confusion", "evilwdcp.microsoft.com:443", ReasonNotListed, ""},
+		{"suffix appended", "eu.wdcp.microsoft.com.evil.com:443", ReasonNotListed, ""},
+		{"case and trailing dot", "WINATP-GW-WEU.MICROSOFT.COM.:443", ReasonAllowed, "edr-cnc"},
+		{"port", "winatp-gw-weu.microsoft.com:8443", ReasonPort, "edr-cnc"},
+		{"port 80 on 443-only host", "winatp-gw-weu.microsoft.com:80", ReasonPort, "edr-cnc"},
+		{"unlisted", "example.com:443", ReasonNotListed, ""},
+		{"ip literal", "127.0.0.1:443", ReasonIPLiteral, ""},
+		{"ipv6 literal", "[::1]:443", ReasonIPLiteral, ""},
+		{"ip notation", "2130706433:443", ReasonIPLiteral, ""},
+		{"userinfo", "x@winatp-gw-weu.microsoft.com:443", ReasonBadRequest, ""},
+		{"crl path", "http://crl.microsoft.com/pki/crl/products/MicRooCerAut.crl", ReasonAllowed, "crl"},
+		{"crl path case", "http://crl.microsoft.com/PKI/CRL/Products/x.crl", ReasonAllowed, "crl"},
+		{"crl other path", "http://crl.microsoft.com/other", ReasonNotListed, "crl"},
+		{"crl path prefix confusion", "http://crl.microsoft.com/pki/crl/productsevil", ReasonNotListed, "crl"},
+		{"crl path traversal", "http://www.microsoft.com/pkiops/crl/../../evil", ReasonNotListed, "crl"},
+		{"www pkiops", "http://www.microsoft.com/pkiops/certs/MicCodSigPCA.crt", ReasonAllowed, "crl"},
+		{"ctl any path", "http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/disallowedcertstl.cab", ReasonAllowed, "crl"},
+		{"crl over 443 connect", "crl.microsoft.com:443", ReasonAllowed, "admin-portal"},
+		{"adl path row over connect", "www.microsoft.com:443", ReasonAllowed, "av-adl"},
+		{"go.microsoft.com port 80", "http://go.microsoft.com/fwlink/?linkid=2120136", ReasonAllowed, "av-adl"},
+		{"blob wildcard", "someaccount.blob.core.windows.net:443", ReasonAllowed, "mma"},
+		{"us blob account refused for eu", "ussus1eastprod.blob.core.windows.net:443", ReasonGeography, "sample-storage"},
+		{"eu blob account", "usseu1northprod.blob.core.windows.net:443", ReasonAllowed, "sample-storage"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := decide(t, eu, tt.target)
+			if d.Reason != tt.wantReason {
+				t.Fatalf("%s: reason = %q (err %v), want %q", tt.target, d.Reason, d.Err, tt.wantReason)
+			}
+			if d.Allowed != (tt.wantReason == ReasonAllowed) {
+				t.Errorf("%s: allowed = %v with reason %q", tt.target, d.Allowed, d.Reason)
+			}
+			if got := d.Service(); got != tt.wantService {
+				t.Errorf("%s: service = %q, want %q", tt.target, got, tt.wantService)
+			}
+			if d.Allowed && (d.Rule == nil || d.Err != nil) {
+				t.Errorf("%s: allowed decision needs a rule and no error: %+v", tt.target, d)
+			}
+			if !d.Allowed && d.Err == nil {
+				t.Errorf("%s: refusal without error", tt.target)
+			}
+		})
+	}
+}
+
+func TestDecideGeographies(t *testing.T) {
+	tests := []struct {
+		name   string
+		geos   []Geography
+		target string
+		want   Reason
+	}{
+		{"unset allows every geography", nil, "winatp-gw-cus.microsoft.com:443", ReasonAllowed},
+		{"unset allows uae", nil, "winatp-gw-aec0a.microsoft.com:443", ReasonAllowed},
+		{"us", []Geography{US}, "winatp-gw-cus.microsoft.com:443", ReasonAllowed},
+		{"us refuses uk", []Geography{US}, "winatp-gw-uks.microsoft.com:443", ReasonGeography},
+		{"us and uk", []Geography{US, UK}, "winatp-gw-uks.microsoft.com:443", ReasonAllowed},
+		{"ww rows always", []Geography{AU}, "events.data.microsoft.com:443", ReasonAllowed},
+		{"au", []Geography{AU}, "edr-aue.au.endpoint.security.microsoft.com:443", ReasonAllowed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustPolicy(t, Options{Geographies: tt.geos})
+			if got := decide(t, p, tt.target).Reason; got != tt.want {
+				t.Errorf("%s with %v: reason = %q, want %q", tt.target, tt.geos, got, tt.want)
+			}
+			if p.AllGeographies() != (len(tt.geos) == 0) {
+				t.Errorf("AllGeographies() = %v with %v", p.AllGeographies(), tt.geos)
+			}
+		})
+	}
+}
+
+func TestOperatorRules(t *testing.T) {
+	rs, err := ParseRules([]byte(`
+rules:
+  - action: allow
+    host: "*.contoso.com"
+    comment: contoso apps
+  - action: allow
+    host: plain.contoso.com
+    ports: [80]
+    paths: ["/pub/"]
+  - action: deny
+    host: bad.contoso.com
+  - action: deny
+    host: "*.wdcpalt.microsoft.com"
+  - action: allow
+    host: 192.0.2.10
+    ports: [8443]
+disable_services: [mma]
+`), "rules.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := mustPolicy(t, Options{Geographies: []Geography{EU}, Rules: rs.Rules, DisabledServices: rs.DisabledServices})
+	tests := []struct {
+		target string
+		want   Reason
+		rule   string
+	}{
+		{"app.contoso.com:443", ReasonAllowed, "rules.yaml:3"},
+		{"app.contoso.com:80", ReasonPort, "rules.yaml:3"},
+		{"contoso.com:443", ReasonNotListed, ""},
+		{"bad.contoso.com:443", ReasonNotListed, "rules.yaml:10"},
+		{"x.wdcpalt.microsoft.com:443", ReasonNotListed, "rules.yaml:12"},
+		{"x.wdcp.microsoft.com:443", ReasonAllowed, ""},
+		{"http://plain.contoso.com/pub/a", ReasonAllowed, "rules.yaml:6"},
+		{"http://plain.contoso.com/private", ReasonNotListed, "rules.yaml:6"},
+		{"192.0.2.10:8443", ReasonAllowed, "rules.yaml:14"},
+		{"192.0.2.11:8443", ReasonIPLiteral, ""},
+		{"someaccount.blob.core.windows.net:443", ReasonAllowed, ""}, // network-scanner row (path unchecked)
+	}
+	for _, tt := range tests {
+		t.Run(tt.target, func(t *testing.T) {
+			d := decide(t, p, tt.target)
+			if d.Reason != tt.want {
+				t.Fatalf("reason = %q (%v), want %q", d.Reason, d.Err, tt.want)
+			}
+			if tt.rule != "" && d.RuleID() != tt.rule {
+				t.Errorf("rule = %q, want %q", d.RuleID(), tt.rule)
+			}
+		})
+	}
+	if d := decide(t, p, "someaccount.blob.core.windows.net:443"); !d.PathUnchecked || d.Service() != "network-scanner" {
+		t.Errorf("blob with mma disabled: got service %q pathUnchecked %v, want network-scanner true", d.Service(), d.PathUnchecked)
+	}
+}
+
+func TestParseRulesErrors(t *testing.T) {
+	tests := []struct{ name, yaml, want string }{
+		{"unknown key", "rules:\n  - action: allow\n    host: a.example.com\n    prots: [443]\n", "prots"},
+		{"unknown top key", "rule:\n  - action: allow\n", "rule"},
+		{"bad action", "rules:\n  - action: permit\n    host: a.example.com\n", "line 2"},
+		{"bad host", "rules:\n  - action: allow\n    host: a..example.com\n", "line 2"},
+		{"too broad", "rules:\n  - action: allow\n    host: '*.com'\n", "too broad"},
+		{"bad port", "rules:\n  - action: allow\n    host: a.example.com\n    ports: [70000]\n", "port"},
+		{"bad geography", "rules:\n  - action: allow\n    host: a.example.com\n    geography: MARS\n", "geography"},
+		{"missing host", "rules:\n  - action: allow\n", "host"},
+		{"bad path", "rules:\n  - action: allow\n    host: a.example.com\n    paths: [nopath]\n", "path"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseRules([]byte(tt.yaml), "r.yaml")
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "r.yaml") {
+				t.Errorf("err = %v, want mention of %q and the file name", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestNewPolicyErrors(t *testing.T) {
+	cat, _ := Embedded()
+	if _, err := NewPolicy(cat, Options{DisabledServices: []string{"nope"}}); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("unknown disabled service: err = %v", err)
+	}
+	if _, err := ParseGeography("MARS"); err == nil {
+		t.Error("ParseGeography(MARS) succeeded")
+	}
+	if g, err := ParseGeography("eu"); err != nil || g != EU {
+		t.Errorf("ParseGeography(eu) = %v, %v", g, err)
+	}
+}
+
+func TestParseCatalogErrors(t *testing.T) {
+	head := "service_id,service_name,geography,host,paths,ports,required,tls_exempt,anonymous,source,comment\n"
+	tests := []struct{ name, csv, want string }{
+		{"no version", head + "a,A,WW,a.com,,443,required,yes,yes,S1,\n", "catalog-version"},
+		{"bad geo", "# catalog-version: 1\n" + head + "a,A,XX,a.com,,443,required,yes,yes,S1,\n", "line 3"},
+		{"bad port", "# catalog-version: 1\n" + head + "a,A,WW,a.com,,4430000,required,yes,yes,S1,\n", "port"},
+		{"bad flag", "# catalog-version: 1\n" + head + "a,A,WW,a.com,,443,required,maybe,yes,S1,\n", "tls_exempt"},
+		{"empty", "# catalog-version: 1\n" + head, "no rules"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseCatalog([]byte(tt.csv))
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err = %v, want mention of %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestReasonOf(t *testing.T) {
+	for _, err := range []error{ErrNotListed, ErrGeography, ErrPort, ErrIPLiteral, ErrBadTarget} {
+		if ReasonOf(errors.Join(errors.New("ctx"), err)) == "" {
+			t.Errorf("ReasonOf(%v) is empty", err)
+		}
+	}
+}
+
+func BenchmarkDecide(b *testing.B) {
+	p := mustPolicy(b, Options{Geographies: []Geography{EU}})
+	for _, target := range []string{"winatp-gw-weu.microsoft.com:443", "a.b.eu.wdcp.microsoft.com:443", "unlisted.example.com:443"} {
+		b.Run(target, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				t, err := ParseAuthority(target)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_ = p.Decide(t)
+			}
+		})
+	}
+}
