@@ -268,3 +268,42 @@ func first(have, r *Rule) *Rule {
 	}
 	return r
 }
+
+// Explanation is a decision in the shape `gateway explain` prints and the
+// admin endpoint serves.
+type Explanation struct {
+	Input          string   `json:"input"`
+	Target         string   `json:"target,omitempty"`
+	Allowed        bool     `json:"allowed"`
+	Reason         Reason   `json:"reason"`
+	Error          string   `json:"error,omitempty"`
+	Rule           *Rule    `json:"rule,omitempty"`
+	Service        string   `json:"service,omitempty"`
+	Geography      string   `json:"geography,omitempty"`
+	TLSExempt      bool     `json:"tls_exempt"`
+	Anonymous      bool     `json:"anonymous"`
+	PathUnchecked  bool     `json:"path_unchecked,omitempty"`
+	CatalogVersion string   `json:"catalog_version"`
+	Geographies    []string `json:"geographies"`
+}
+
+// Explain parses an operator's target (see ParseTarget) and decides it.
+func (p *Policy) Explain(input string) Explanation {
+	e := Explanation{Input: input, CatalogVersion: p.version}
+	for _, g := range p.Geographies() {
+		e.Geographies = append(e.Geographies, g.String())
+	}
+	t, err := ParseTarget(input)
+	if err != nil {
+		e.Reason, e.Error = ReasonOf(err), err.Error()
+		return e
+	}
+	d := p.Decide(t)
+	e.Target, e.Allowed, e.Reason, e.Rule = t.HostPort(), d.Allowed, d.Reason, d.Rule
+	e.Service, e.Geography = d.Service(), d.Geography()
+	e.TLSExempt, e.Anonymous, e.PathUnchecked = d.TLSExempt, d.Anonymous, d.PathUnchecked
+	if d.Err != nil {
+		e.Error = d.Err.Error()
+	}
+	return e
+}

@@ -1,0 +1,75 @@
+// Command gateway is an egress allowlist gateway for Microsoft Defender: a
+// forward proxy that lets endpoints reach exactly the Defender services of
+// their data location.
+//
+//	gateway [serve]                 run the proxy (configured from GATEWAY_* variables)
+//	gateway explain [flags] TARGET  show the decision for a URL or host:port
+//	gateway catalog [flags]         print the effective catalog
+//	gateway version                 print the version and catalog version
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+)
+
+const usage = `Microsoft Defender egress allowlist gateway.
+
+Usage:
+  gateway [serve]                    run the forward proxy
+  gateway explain [flags] TARGET     show the decision for TARGET (URL, host or host:port);
+                                     exits 0 if allowed, 1 if refused, 2 on error
+      --geo LIST      geographies to use instead of GATEWAY_GEOGRAPHIES (e.g. EU or US,UK)
+      --rules FILE    rules file to use instead of GATEWAY_RULES_FILE
+      --format F      text (default) or json
+  gateway catalog [flags]            print the effective catalog for the current settings
+      --format F      table (default), json or csv
+      --all           include rows of geographies that are not configured
+      --geo LIST, --rules FILE as for explain
+  gateway version                    print the gateway and catalog versions
+  gateway help                       this text
+
+Configuration comes from GATEWAY_* environment variables; see README.md.
+`
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(stderr)
+	case "explain":
+		return explain(args, stdout, stderr)
+	case "catalog":
+		return catalog(args, stdout, stderr)
+	case "version", "--version":
+		return printVersion(stdout)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "gateway: unknown command %q\n\n%s", cmd, usage)
+		return 2
+	}
+}

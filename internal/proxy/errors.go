@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/resolver"
+)
+
+// ReasonHeader carries the machine-readable reason of every response the
+// gateway makes itself.
+const ReasonHeader = "X-Gateway-Reason"
+
+// Reason codes the proxy adds to the allowlist's.
+const (
+	ReasonPrivateDestination  = "private-destination"
+	ReasonDNSFailure          = "dns-failure"
+	ReasonUpstreamUnreachable = "upstream-unreachable"
+	ReasonUpstreamTimeout     = "upstream-timeout"
+)
+
+// classify maps an error to the status code and reason sent to the client.
+// It is the only place where errors become statuses.
+func classify(err error) (status int, reason string) {
+	if r := allowlist.ReasonOf(err); r != "" && r != allowlist.ReasonAllowed {
+		if r == allowlist.ReasonBadRequest {
+			return http.StatusBadRequest, string(r)
+		}
+		return http.StatusForbidden, string(r)
+	}
+	var ne net.Error
+	switch {
+	case errors.Is(err, resolver.ErrPrivateDestination):
+		return http.StatusForbidden, ReasonPrivateDestination
+	case errors.Is(err, resolver.ErrDNSFailure):
+		return http.StatusBadGateway, ReasonDNSFailure
+	case errors.Is(err, resolver.ErrUpstreamTimeout), errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return http.StatusGatewayTimeout, ReasonUpstreamTimeout
+	default:
+		return http.StatusBadGateway, ReasonUpstreamUnreachable
+	}
+}
+
+// hint tells the client what happened and what to change, in one or two
+// plain-text lines.
+func hint(reason, target string, d *allowlist.Decision, p *allowlist.Policy) string {
+	switch reason {
+	case string(allowlist.ReasonNotListed):
+		if d != nil && d.Rule != nil && d.Rule.Action == allowlist.Deny {
+			return fmt.Sprintf("%s is refused by deny rule %s.", target, d.Rule.ID)
+		}
+		if d != nil && d.Rule != nil && len(d.Rule.Paths) > 0 {
+			return fmt.Sprintf("this path on %s is not on the allowlist; rule %s allows only %s.",
+				target, d.Rule.ID, strings.Join(d.Rule.Paths, ", "))
+		}
+		return fmt.Sprintf("%s is not on the Defender allowlist. If endpoints need it, add an allow rule to the file named by GATEWAY_RULES_FILE.", target)
+	case string(allowlist.ReasonGeography):
+		g := ""
+		if d != nil && d.Rule != nil {
+			g = d.Rule.Geography.String()
+		}
+		return fmt.Sprintf("%s serves the %s data location, which this gateway does not (GATEWAY_GEOGRAPHIES=%s). Add %s only if your tenant's data is stored there.",
+			target, g, geoList(p), g)
+	case string(allowlist.ReasonPort):
+		ports := ""
+		if d != nil && d.Rule != nil {
+			ports = d.Rule.PortsString()
+		}
+		return fmt.Sprintf("%s is allowed only on port(s) %s.", target, ports)
+	case string(allowlist.ReasonIPLiteral):
+		return "connect by host name: IP-literal destinations are refused unless a rule in GATEWAY_RULES_FILE names the address."
+	case string(allowlist.ReasonBadRequest):
+		return "the request target is malformed; send CONNECT host:port or an absolute http:// URL."
+	case ReasonPrivateDestination:
+		return fmt.Sprintf("%s resolves to an internal address; the gateway does not connect to internal networks (labs may allow ranges with GATEWAY_ALLOW_PRIVATE_DESTINATIONS).", target)
+	case ReasonDNSFailure:
+		return fmt.Sprintf("%s could not be resolved; check the name and the servers in GATEWAY_DNS_SERVERS.", target)
+	case ReasonUpstreamTimeout:
+		return fmt.Sprintf("%s did not answer in time.", target)
+	default:
+		return fmt.Sprintf("%s could not be reached.", target)
+	}
+}
+
+func geoList(p *allowlist.Policy) string {
+	if p == nil {
+		return ""
+	}
+	if p.AllGeographies() {
+		return "(unset: all)"
+	}
+	var s []string
+	for _, g := range p.Geographies() {
+		s = append(s, g.String())
+	}
+	return strings.Join(s, ",")
+}
+
+// refusal is a response the gateway makes itself.
+type refusal struct {
+	status int
+	reason string
+	body   string
+}
+
+func newRefusal(err error, target string, d *allowlist.Decision, p *allowlist.Policy) refusal {
+	status, reason := classify(err)
+	return refusal{status: status, reason: reason,
+		body: fmt.Sprintf("%d %s: %s\n%s\n", status, http.StatusText(status), reason, hint(reason, target, d, p))}
+}
+
+// response renders the refusal for goproxy's HTTP path.
+func (f refusal) response(req *http.Request) *http.Response {
+	h := make(http.Header, 4)
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set(ReasonHeader, f.reason)
+	h.Set("Cache-Control", "no-store")
+	return &http.Response{
+		StatusCode: f.status, Status: strconv.Itoa(f.status) + " " + http.StatusText(f.status),
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Request: req, Header: h,
+		ContentLength: int64(len(f.body)), Body: io.NopCloser(strings.NewReader(f.body)),
+	}
+}
+
+// write renders the refusal on a hijacked connection (CONNECT). The
+// connection is closed after it.
+func (f refusal) write(w io.Writer, proto string) error {
+	_, err := fmt.Fprintf(w, "%s %d %s\r\n%s: %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+		proto, f.status, http.StatusText(f.status), ReasonHeader, f.reason, len(f.body), f.body)
+	return err
+}

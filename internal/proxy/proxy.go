@@ -1,0 +1,190 @@
+// Package proxy wires the gateway's forward proxy: goproxy for HTTP/1.1
+// CONNECT and absolute-form requests, the allowlist decision for every
+// request, the checked dialer for every upstream connection, and the mapping
+// of refusals and failures to status codes with an X-Gateway-Reason header.
+//
+// goproxy's defaults are unsuitable for an egress gateway and are all
+// replaced: its transport reads HTTPS_PROXY/HTTP_PROXY and skips certificate
+// verification, its CONNECT dialer follows HTTPS_PROXY, and it appends ":80" to
+// a CONNECT target without a port. Here every CONNECT is taken over by the
+// gateway (ConnectHijack) and every upstream connection goes through the
+// resolver's checked dialer.
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/elazarl/goproxy"
+
+	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/tlsbypass"
+)
+
+// Dialer dials a destination after resolving and checking it.
+type Dialer interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Options configure a Server.
+type Options struct {
+	// Policy returns the allowlist in force; it is called once per request,
+	// so a reload takes effect for the next request.
+	Policy func() *allowlist.Policy
+	// Dialer reaches upstreams; it must refuse internal destinations.
+	Dialer Dialer
+	// Logger receives one line per decision and one per closed tunnel.
+	Logger *slog.Logger
+
+	// DialTimeout bounds name resolution plus connection set-up per request.
+	DialTimeout time.Duration
+	// ResponseHeaderTimeout bounds the wait for an upstream's response
+	// headers on plain HTTP.
+	ResponseHeaderTimeout time.Duration
+	// Tunnel tunes CONNECT relays (idle and half-close timeouts).
+	Tunnel tlsbypass.Options
+	// UpstreamTLS configures TLS towards upstreams for requests the gateway
+	// originates over TLS; nil means the system roots.
+	UpstreamTLS *tls.Config
+	// Via is the pseudonym added to Via headers (RFC 9110 §7.6.3).
+	Via string
+}
+
+// Server is the forward proxy. It implements http.Handler.
+type Server struct {
+	opts Options
+	gp   *goproxy.ProxyHttpServer
+	tr   *http.Transport
+	log  *slog.Logger
+	// connect is the one ConnectAction every CONNECT gets.
+	connect *goproxy.ConnectAction
+}
+
+// New builds a Server.
+func New(opts Options) (*Server, error) {
+	if opts.Policy == nil || opts.Dialer == nil {
+		return nil, errors.New("proxy: Policy and Dialer are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 10 * time.Second
+	}
+	if opts.ResponseHeaderTimeout <= 0 {
+		opts.ResponseHeaderTimeout = 30 * time.Second
+	}
+	if opts.Via == "" {
+		opts.Via = "defender-gateway"
+	}
+	s := &Server{opts: opts, log: opts.Logger}
+	tlsConf := opts.UpstreamTLS
+	if tlsConf == nil {
+		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	s.tr = &http.Transport{
+		Proxy:                  nil, // never chain to HTTP(S)_PROXY from the environment
+		DialContext:            opts.Dialer.DialContext,
+		TLSClientConfig:        tlsConf,
+		ForceAttemptHTTP2:      false,
+		MaxIdleConns:           256,
+		MaxIdleConnsPerHost:    32,
+		IdleConnTimeout:        90 * time.Second,
+		ResponseHeaderTimeout:  opts.ResponseHeaderTimeout,
+		ExpectContinueTimeout:  time.Second,
+		DisableCompression:     true, // relay bodies as the origin sent them
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+	gp := goproxy.NewProxyHttpServer()
+	gp.Verbose = false
+	gp.Logger = log.New(io.Discard, "", 0)
+	gp.Tr = s.tr
+	gp.KeepAcceptEncoding = true
+	// Every CONNECT is hijacked below, so goproxy never dials; should it
+	// ever try, it gets a refusal instead of following HTTPS_PROXY.
+	gp.ConnectDial = func(string, string) (net.Conn, error) { return nil, errors.New("proxy: goproxy dialer disabled") }
+	gp.ConnectDialWithReq = nil
+	gp.NonproxyHandler = http.HandlerFunc(s.serveSelf)
+	s.connect = &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: s.serveConnect}
+	gp.OnRequest().HandleConnectFunc(s.handleConnect)
+	gp.OnRequest().DoFunc(s.handleRequest)
+	s.gp = gp
+	return s, nil
+}
+
+// ServeHTTP serves one proxy request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.gp.ServeHTTP(&hijackKeeper{ResponseWriter: w}, r)
+}
+
+// Close releases idle upstream connections.
+func (s *Server) Close() { s.tr.CloseIdleConnections() }
+
+// serveSelf answers origin-form requests addressed to the gateway itself.
+func (s *Server) serveSelf(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/" {
+		http.NotFound(w, r)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	p := s.opts.Policy()
+	fmt.Fprintf(w, "Microsoft Defender egress gateway (catalog %s, geographies %s).\n"+
+		"This is a forward proxy: point endpoints at it (netsh winhttp set proxy <host:port>, TelemetryProxyServer, "+
+		"Defender Antivirus ProxyServer) rather than browsing to it.\n", p.Version(), geoList(p))
+}
+
+// hijackKeeper hands goproxy a connection that still carries the bytes the
+// HTTP server had buffered past the CONNECT request. goproxy's own hijack
+// discards that buffer, which would drop a ClientHello sent in the same
+// segment as the CONNECT.
+type hijackKeeper struct {
+	http.ResponseWriter
+}
+
+func (h *hijackKeeper) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("proxy: connection cannot be hijacked")
+	}
+	conn, rw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	var pending []byte
+	if n := rw.Reader.Buffered(); n > 0 {
+		b, _ := rw.Reader.Peek(n)
+		pending = append([]byte(nil), b...)
+	}
+	return &hijackedConn{Conn: conn, pending: pending}, rw, nil
+}
+
+// hijackedConn is the hijacked client connection plus the bytes read ahead
+// of the handler. It is unwrapped before any tunnel copy: the relay works on
+// the bare connection and writes pending upstream first.
+type hijackedConn struct {
+	net.Conn
+	pending []byte
+}
+
+// Read serves buffered bytes first, for goproxy code paths (WebSocket) that
+// use the connection as is.
+func (c *hijackedConn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// clientAddr is the client's address for logs.
+func clientAddr(r *http.Request) string { return r.RemoteAddr }

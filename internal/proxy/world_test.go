@@ -1,0 +1,237 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/resolver"
+	"github.com/defendergw/gateway/internal/testutil"
+	"github.com/defendergw/gateway/internal/tlsbypass"
+)
+
+// Names the test zone serves. Catalog hosts keep their real ports (443, 80)
+// in requests; the test dialer maps those ports to the OS-chosen ports of the
+// loopback upstreams after the gateway has decided and resolved.
+var tlsNames = []string{
+	"winatp-gw-weu.microsoft.com", "winatp-gw-cus.microsoft.com", "eu.wdcp.microsoft.com",
+	"unlisted.example.com", "edr-cus.us.endpoint.security.microsoft.com",
+}
+
+type worldOptions struct {
+	geos   []allowlist.Geography
+	rules  string
+	tunnel tlsbypass.Options
+	// responseHeaderTimeout for plain HTTP; default 5s.
+	responseHeaderTimeout time.Duration
+}
+
+type world struct {
+	t        *testing.T
+	dns      *testutil.DNS
+	ca       *testutil.CA
+	tlsUp    *httptest.Server // TLS upstream on 127.0.0.1
+	httpUp   *httptest.Server // plain HTTP upstream on 127.0.0.1
+	tlsConns atomic.Int64
+	httpReqs chan *http.Request
+	proxyURL *url.URL
+	logs     *syncBuffer
+	portMap  map[uint16]uint16
+	mu       sync.Mutex
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// portMapDialer sends the checked address to the upstream's real port.
+type portMapDialer struct {
+	d *resolver.Dialer
+	w *world
+}
+
+func (p portMapDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	n, _ := strconv.Atoi(port)
+	p.w.mu.Lock()
+	if m, ok := p.w.portMap[uint16(n)]; ok {
+		port = strconv.Itoa(int(m))
+	}
+	p.w.mu.Unlock()
+	return p.d.DialContext(ctx, network, net.JoinHostPort(host, port))
+}
+
+func newWorld(t *testing.T, o worldOptions) *world {
+	t.Helper()
+	w := &world{t: t, dns: testutil.NewDNS(t), ca: testutil.NewCA(t), logs: &syncBuffer{},
+		httpReqs: make(chan *http.Request, 16), portMap: map[uint16]uint16{}}
+
+	w.tlsUp = httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "tls upstream %s %s", r.Host, r.URL.Path)
+	}))
+	w.tlsUp.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			w.tlsConns.Add(1)
+		}
+	}
+	w.tlsUp.TLS = &tls.Config{Certificates: []tls.Certificate{w.ca.Leaf(t, tlsNames...)}}
+	w.tlsUp.StartTLS()
+	t.Cleanup(w.tlsUp.Close)
+
+	w.httpUp = httptest.NewServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		select {
+		case w.httpReqs <- r.Clone(context.Background()):
+		default:
+		}
+		if r.URL.Path == "/pki/crl/products/hop" {
+			// Raw answer: net/http would rewrite a Connection header.
+			c, bw, _ := rw.(http.Hijacker).Hijack()
+			defer c.Close()
+			fmt.Fprintf(bw, "HTTP/1.1 200 OK\r\nConnection: X-Upstream-Hop\r\nX-Upstream-Hop: secret\r\n"+
+				"%s: spoofed\r\nContent-Length: 2\r\n\r\nok", ReasonHeader)
+			bw.Flush()
+			return
+		}
+		fmt.Fprintf(rw, "http upstream %s %s", r.Host, r.URL.Path)
+	}))
+	t.Cleanup(w.httpUp.Close)
+	w.portMap[443] = port(w.tlsUp.Listener.Addr())
+	w.portMap[80] = port(w.httpUp.Listener.Addr())
+	w.portMap[8443] = port(w.tlsUp.Listener.Addr())
+
+	for _, n := range tlsNames {
+		w.dns.Set(n, "127.0.0.1")
+	}
+	for _, n := range []string{"crl.microsoft.com", "www.microsoft.com", "unlisted-http.example.com"} {
+		w.dns.Set(n, "127.0.0.1")
+	}
+
+	res, err := resolver.New(resolver.Options{Servers: []string{w.dns.Addr}, Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := netip.MustParseAddrPort(ln.Addr().String())
+	cat, err := allowlist.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	popts := allowlist.Options{Geographies: o.geos}
+	if o.rules != "" {
+		rs, err := allowlist.ParseRules([]byte(o.rules), "rules.yaml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		popts.Rules = rs.Rules
+	}
+	policy, err := allowlist.NewPolicy(cat, popts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.responseHeaderTimeout == 0 {
+		o.responseHeaderTimeout = 5 * time.Second
+	}
+	d := &resolver.Dialer{Resolver: res, Timeout: 2 * time.Second, Policy: &resolver.Policy{
+		AllowPrivate: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+		Self:         []netip.AddrPort{self},
+	}}
+	srv, err := New(Options{
+		Policy:                func() *allowlist.Policy { return policy },
+		Dialer:                portMapDialer{d: d, w: w},
+		Logger:                slog.New(slog.NewJSONHandler(w.logs, nil)),
+		DialTimeout:           3 * time.Second,
+		ResponseHeaderTimeout: o.responseHeaderTimeout,
+		Tunnel:                o.tunnel,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
+	go hs.Serve(ln)
+	t.Cleanup(func() {
+		hs.Close()
+		srv.Close()
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", w.logs.String())
+		}
+	})
+	w.proxyURL = &url.URL{Scheme: "http", Host: ln.Addr().String()}
+	return w
+}
+
+func port(a net.Addr) uint16 { return uint16(a.(*net.TCPAddr).Port) }
+
+// client returns an HTTP client that uses the gateway and trusts the test CA.
+func (w *world) client() *http.Client {
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			Proxy:           http.ProxyURL(w.proxyURL),
+			TLSClientConfig: &tls.Config{RootCAs: w.ca.Pool},
+			// A fresh connection per request, so connection counts are exact.
+			DisableKeepAlives: true,
+		},
+	}
+}
+
+// connect sends a raw CONNECT and returns the connection and the response.
+func (w *world) connect(target string, extra []byte) (net.Conn, *http.Response) {
+	w.t.Helper()
+	c, err := net.Dial("tcp", w.proxyURL.Host)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	msg := append([]byte("CONNECT "+target+" HTTP/1.1\r\nHost: "+target+"\r\n\r\n"), extra...)
+	if _, err := c.Write(msg); err != nil {
+		w.t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufioReader(c), &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		w.t.Fatalf("CONNECT %s: reading response: %v", target, err)
+	}
+	return c, resp
+}
+
+func readAll(t *testing.T, r io.Reader) string {
+	t.Helper()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -1,0 +1,162 @@
+package resolver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"time"
+)
+
+const (
+	defaultDialTimeout = 10 * time.Second
+	// minAttemptTimeout mirrors the net package: when several addresses share
+	// the remaining time, each attempt gets at least this much (or all that is left).
+	minAttemptTimeout = 2 * time.Second
+)
+
+// Dialer resolves a name once, checks every resolved address with the policy,
+// and dials only checked addresses. A nil Policy behaves like the zero Policy
+// (refuse every internal range).
+type Dialer struct {
+	Resolver *Resolver
+	Policy   *Policy
+	Timeout  time.Duration // overall bound for one DialContext call (resolution and all attempts); default 10s
+
+	// dial replaces net.Dialer.DialContext in tests (to assert that only
+	// loopback addresses are ever dialed).
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// DialContext dials "host:port" over TCP ("tcp", "tcp4" or "tcp6"). host may
+// be a name or an IP literal (IP literals skip DNS but are still
+// policy-checked); port must be numeric.
+//
+// If ANY resolved address is refused by the policy, the whole dial is refused
+// with ErrPrivateDestination and nothing is dialed (a listed name pointing at
+// an internal address signals poisoning). Otherwise it tries the addresses in
+// order (IPv4 first), splitting the remaining time between them like the net
+// package does, until one connects.
+//
+// Errors wrap ErrDNSFailure, ErrPrivateDestination (ErrSelfDestination),
+// ErrUpstreamTimeout (dial timeout or context deadline, including during
+// resolution) or ErrUpstreamUnreachable (refused, reset, no route, ...), with
+// context like "dial host:port: ...". A cancelled ctx yields an error wrapping
+// context.Canceled.
+//
+// The returned conn is the plain *net.TCPConn; conn.RemoteAddr() is the
+// address actually dialed.
+func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return nil, fmt.Errorf("dial %s: unsupported network %q", addr, network)
+	}
+	host, portStr, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return nil, fmt.Errorf("dial %s: invalid port %q", addr, portStr)
+	}
+
+	timeout := d.Timeout
+	if timeout <= 0 {
+		timeout = defaultDialTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	var addrs []netip.Addr
+	if ip, perr := netip.ParseAddr(host); perr == nil {
+		addrs = []netip.Addr{ip}
+	} else {
+		if d.Resolver == nil {
+			return nil, fmt.Errorf("dial %s: %w: no resolver configured", addr, ErrDNSFailure)
+		}
+		addrs, err = d.Resolver.Resolve(ctx, host)
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) {
+				return nil, fmt.Errorf("dial %s: %w: while resolving: %w", addr, ErrUpstreamTimeout, context.DeadlineExceeded)
+			}
+			if errors.Is(err, context.Canceled) {
+				return nil, fmt.Errorf("dial %s: while resolving: %w", addr, context.Canceled)
+			}
+			return nil, fmt.Errorf("dial %s: %w", addr, err)
+		}
+	}
+
+	// Check every address before dialing any of them.
+	targets := make([]netip.AddrPort, 0, len(addrs))
+	for _, ip := range addrs {
+		ap := netip.AddrPortFrom(ip, uint16(port))
+		if err := d.Policy.CheckAddrPort(ap); err != nil {
+			return nil, fmt.Errorf("dial %s: %w", addr, err)
+		}
+		if (network == "tcp4" && !ip.Is4()) || (network == "tcp6" && !ip.Is6()) {
+			continue
+		}
+		targets = append(targets, ap)
+	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("dial %s: %w: no address for network %s", addr, ErrDNSFailure, network)
+	}
+
+	var firstErr error
+	for i, ap := range targets {
+		conn, err := d.dialOne(ctx, ap, len(targets)-i)
+		if err == nil {
+			return conn, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, classifyDialError(addr, firstErr)
+}
+
+// dialOne connects to ap, bounded by a share of ctx's remaining time.
+func (d *Dialer) dialOne(ctx context.Context, ap netip.AddrPort, remaining int) (net.Conn, error) {
+	if deadline, ok := ctx.Deadline(); ok {
+		now := time.Now()
+		left := deadline.Sub(now)
+		if left <= 0 {
+			return nil, context.DeadlineExceeded
+		}
+		share := left / time.Duration(remaining)
+		if share < minAttemptTimeout {
+			share = min(left, minAttemptTimeout)
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, now.Add(share))
+		defer cancel()
+	}
+	network := "tcp4"
+	if ap.Addr().Is6() {
+		network = "tcp6"
+	}
+	if d.dial != nil {
+		return d.dial(ctx, network, ap.String())
+	}
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, ap.String())
+}
+
+// classifyDialError maps a connection error to ErrUpstreamTimeout or
+// ErrUpstreamUnreachable (context.Canceled is passed through).
+func classifyDialError(addr string, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		return fmt.Errorf("dial %s: %w: %w", addr, ErrUpstreamTimeout, err)
+	}
+	return fmt.Errorf("dial %s: %w: %w", addr, ErrUpstreamUnreachable, err)
+}

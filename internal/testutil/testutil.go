@@ -1,0 +1,237 @@
+// Package testutil holds fixtures shared by the gateway's tests: a real DNS
+// server built with miekg/dns, a throwaway certificate authority for TLS
+// upstreams, and listeners that count connections. Everything listens on
+// loopback with ports chosen by the OS.
+package testutil
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// DNS is an authoritative test DNS server on 127.0.0.1 (UDP and TCP, same
+// port) answering A and AAAA from a zone the test controls. Names not in the
+// zone get NXDOMAIN.
+type DNS struct {
+	Addr string // "127.0.0.1:port"
+
+	mu      sync.Mutex
+	zone    map[string][]netip.Addr
+	queries map[string]int
+}
+
+// NewDNS starts a DNS server and stops it when the test ends.
+func NewDNS(t testing.TB) *DNS {
+	t.Helper()
+	d := &DNS{zone: map[string][]netip.Addr{}, queries: map[string]int{}}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		t.Fatal(err)
+	}
+	d.Addr = pc.LocalAddr().String()
+	udp := &dns.Server{PacketConn: pc, Handler: d}
+	tcp := &dns.Server{Listener: ln, Handler: d}
+	started := make(chan struct{}, 2)
+	udp.NotifyStartedFunc = func() { started <- struct{}{} }
+	tcp.NotifyStartedFunc = func() { started <- struct{}{} }
+	go udp.ActivateAndServe()
+	go tcp.ActivateAndServe()
+	<-started
+	<-started
+	t.Cleanup(func() {
+		udp.Shutdown()
+		tcp.Shutdown()
+	})
+	return d
+}
+
+// Set makes name resolve to addrs (replacing earlier answers).
+func (d *DNS) Set(name string, addrs ...string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var as []netip.Addr
+	for _, a := range addrs {
+		as = append(as, netip.MustParseAddr(a))
+	}
+	d.zone[dns.Fqdn(strings.ToLower(name))] = as
+}
+
+// Queries returns how many questions were asked about name.
+func (d *DNS) Queries(name string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.queries[dns.Fqdn(name)]
+}
+
+// ServeDNS implements dns.Handler.
+func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	if len(req.Question) != 1 {
+		m.Rcode = dns.RcodeFormatError
+		w.WriteMsg(m)
+		return
+	}
+	q := req.Question[0]
+	name := strings.ToLower(q.Name)
+	d.mu.Lock()
+	d.queries[name]++
+	addrs, ok := d.zone[name]
+	d.mu.Unlock()
+	if !ok {
+		m.Rcode = dns.RcodeNameError
+		w.WriteMsg(m)
+		return
+	}
+	for _, a := range addrs {
+		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: 60}
+		switch {
+		case q.Qtype == dns.TypeA && a.Is4():
+			hdr.Rrtype = dns.TypeA
+			m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: a.AsSlice()})
+		case q.Qtype == dns.TypeAAAA && a.Is6():
+			hdr.Rrtype = dns.TypeAAAA
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: a.AsSlice()})
+		}
+	}
+	w.WriteMsg(m)
+}
+
+// CA is a throwaway certificate authority.
+type CA struct {
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+	Pool *x509.CertPool
+}
+
+// NewCA makes a CA valid for an hour.
+func NewCA(t testing.TB) *CA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "gateway test CA"},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return &CA{Cert: cert, Key: key, Pool: pool}
+}
+
+// PEM returns the CA certificate in PEM form (for curl --cacert).
+func (ca *CA) PEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
+}
+
+// Leaf issues a server certificate for names (DNS names or IP addresses).
+func (ca *CA) Leaf(t testing.TB, names ...string) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: names[0]},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, n)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// Listener is a TCP listener that counts accepted connections. Use it to
+// prove that a refused destination saw no connection.
+type Listener struct {
+	net.Listener
+	accepted atomic.Int64
+}
+
+// Listen listens on addr ("127.0.0.2:0") and closes when the test ends.
+func Listen(t testing.TB, addr string) *Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &Listener{Listener: ln}
+	t.Cleanup(func() { ln.Close() })
+	return l
+}
+
+// Accept implements net.Listener.
+func (l *Listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted.Add(1)
+	}
+	return c, err
+}
+
+// Accepted returns how many connections were accepted so far.
+func (l *Listener) Accepted() int64 { return l.accepted.Load() }
+
+// Port returns the listener's port.
+func (l *Listener) Port() uint16 { return uint16(l.Addr().(*net.TCPAddr).Port) }
+
+// Sink accepts connections on a counting listener and closes them at once
+// (for "nothing reached this address" checks on raw TCP).
+func Sink(t testing.TB, addr string) *Listener {
+	l := Listen(t, addr)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return l
+}

@@ -1,0 +1,239 @@
+// Package tlsbypass owns the gateway's CONNECT tunnels: the raw, uninspected
+// byte relay between a client and the destination it was allowed to reach.
+//
+// Defender's service connections pin certificates, so an allowed CONNECT is
+// relayed untouched (Microsoft, "Configure device proxy and Internet
+// connectivity settings": exclude the Defender URLs from HTTPS scanning).
+//
+// Most Defender tunnels are long-lived and idle, so the relay is built to cost
+// little while nothing flows: each direction waits for readability without
+// holding a buffer and borrows a pooled buffer only to move bytes. There is no
+// net.Conn wrapper anywhere in the copy path.
+package tlsbypass
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Options tune a relay.
+type Options struct {
+	// IdleTimeout closes the tunnel when no byte has moved in either direction
+	// for this long. Zero means no idle limit.
+	IdleTimeout time.Duration
+	// HalfCloseTimeout bounds how long one direction may keep flowing after
+	// the other has finished cleanly (half-close). Zero means 30s.
+	HalfCloseTimeout time.Duration
+}
+
+// Stats describe a finished relay.
+type Stats struct {
+	// ClientToUpstream and UpstreamToClient count relayed bytes, including
+	// bytes the client sent ahead of the tunnel (Pending).
+	ClientToUpstream int64
+	UpstreamToClient int64
+	Duration         time.Duration
+	// End says why the tunnel ended: "closed" (both sides finished),
+	// "idle-timeout", "half-close-timeout" or "error".
+	End string
+	// Err is the first error other than a clean close, if any.
+	Err error
+}
+
+var (
+	errIdle      = errors.New("tunnel idle timeout")
+	errHalfClose = errors.New("half-close linger expired")
+)
+
+const bufSize = 32 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// Relay copies bytes both ways between client and upstream until both
+// directions have finished, then closes both connections. pending holds bytes
+// the client already sent that must reach upstream first (a ClientHello that
+// arrived in the same segment as the CONNECT request).
+//
+// When one side half-closes (EOF), the relay propagates it with CloseWrite
+// (RFC 9293 §3.6: each direction closes independently) and lets the other
+// direction finish within HalfCloseTimeout.
+func Relay(client, upstream net.Conn, pending []byte, opts Options) Stats {
+	start := time.Now()
+	if opts.HalfCloseTimeout <= 0 {
+		opts.HalfCloseTimeout = 30 * time.Second
+	}
+	r := &relay{opts: opts}
+	r.touch()
+	var st Stats
+	if len(pending) > 0 {
+		upstream.SetWriteDeadline(r.writeDeadline())
+		n, err := upstream.Write(pending)
+		st.ClientToUpstream = int64(n)
+		if err != nil {
+			client.Close()
+			upstream.Close()
+			st.Duration, st.End, st.Err = time.Since(start), "error", err
+			return st
+		}
+	}
+	up := make(chan result, 1)
+	go func() {
+		n, err := r.copy(upstream, client)
+		r.finished(client, upstream, err)
+		up <- result{n, err}
+	}()
+	down, downErr := r.copy(client, upstream)
+	r.finished(upstream, client, downErr)
+	res := <-up
+	client.Close()
+	upstream.Close()
+	st.ClientToUpstream += res.n
+	st.UpstreamToClient = down
+	st.Duration = time.Since(start)
+	st.End, st.Err = "closed", nil
+	for _, err := range []error{res.err, downErr} {
+		switch {
+		case err == nil:
+		case st.Err != nil:
+		case errors.Is(err, errIdle):
+			st.End, st.Err = "idle-timeout", err
+		case errors.Is(err, errHalfClose):
+			st.End, st.Err = "half-close-timeout", err
+		default:
+			st.End, st.Err = "error", err
+		}
+	}
+	return st
+}
+
+type result struct {
+	n   int64
+	err error
+}
+
+type relay struct {
+	opts        Options
+	last        atomic.Int64 // unix nanoseconds of the last byte moved, either way
+	lingerUntil atomic.Int64 // unix nanoseconds; 0 while both directions flow
+}
+
+func (r *relay) touch() { r.last.Store(time.Now().UnixNano()) }
+
+func (r *relay) writeDeadline() time.Time {
+	if r.opts.IdleTimeout <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(r.opts.IdleTimeout)
+}
+
+// readDeadline is the earlier of the idle limit and the half-close linger.
+func (r *relay) readDeadline() time.Time {
+	var d time.Time
+	if r.opts.IdleTimeout > 0 {
+		d = time.Unix(0, r.last.Load()).Add(r.opts.IdleTimeout)
+	}
+	if l := r.lingerUntil.Load(); l != 0 {
+		if lt := time.Unix(0, l); d.IsZero() || lt.Before(d) {
+			d = lt
+		}
+	}
+	return d
+}
+
+// expired tells whether a read deadline that fired is final.
+func (r *relay) expired() error {
+	now := time.Now()
+	if l := r.lingerUntil.Load(); l != 0 && now.UnixNano() >= l {
+		return errHalfClose
+	}
+	if r.opts.IdleTimeout > 0 && now.Sub(time.Unix(0, r.last.Load())) >= r.opts.IdleTimeout {
+		return errIdle
+	}
+	return nil
+}
+
+// finished is called when the direction reading src has ended. A clean end
+// (EOF) starts the half-close linger on the other direction; an error ends
+// the other direction at once.
+func (r *relay) finished(src, other net.Conn, err error) {
+	if err == nil {
+		r.lingerUntil.CompareAndSwap(0, time.Now().Add(r.opts.HalfCloseTimeout).UnixNano())
+		other.SetReadDeadline(r.readDeadline())
+		return
+	}
+	other.SetReadDeadline(time.Unix(1, 0))
+	src.Close()
+	other.Close()
+}
+
+// copy moves bytes from src to dst until src ends. It returns nil on EOF,
+// after propagating the half-close to dst.
+func (r *relay) copy(dst, src net.Conn) (int64, error) {
+	var raw syscall.RawConn
+	if sc, ok := src.(syscall.Conn); ok {
+		raw, _ = sc.SyscallConn()
+	}
+	var n int64
+	src.SetReadDeadline(r.readDeadline())
+	for {
+		if raw != nil {
+			if err := waitReadable(raw); err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					if err := r.expired(); err != nil {
+						return n, err
+					}
+					src.SetReadDeadline(r.readDeadline())
+					continue
+				}
+				// Other errors surface from the Read below.
+			}
+		}
+		bp := bufPool.Get().(*[]byte)
+		nr, rerr := src.Read(*bp)
+		if nr > 0 {
+			r.touch()
+			dst.SetWriteDeadline(r.writeDeadline())
+			nw, werr := dst.Write((*bp)[:nr])
+			n += int64(nw)
+			if werr != nil {
+				bufPool.Put(bp)
+				return n, werr
+			}
+		}
+		bufPool.Put(bp)
+		switch {
+		case rerr == nil:
+		case rerr == io.EOF:
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+			return n, nil
+		case errors.Is(rerr, os.ErrDeadlineExceeded):
+			if err := r.expired(); err != nil {
+				return n, err
+			}
+			src.SetReadDeadline(r.readDeadline())
+		default:
+			return n, rerr
+		}
+	}
+}
+
+// waitReadable blocks until src has data (or EOF, or an error) without
+// reading it, so an idle direction holds no buffer. The callback peeks one
+// byte without blocking: data already queued (the poller's readiness is reset
+// when RawConn.Read starts, so it would not report it) returns at once; only
+// EAGAIN makes the runtime poller wait for the next readability edge.
+func waitReadable(raw syscall.RawConn) error {
+	var b [1]byte
+	return raw.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return err != syscall.EAGAIN
+	})
+}
