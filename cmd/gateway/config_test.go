@@ -1,0 +1,117 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/defendergw/gateway/internal/allowlist"
+)
+
+func TestLoadConfigDefaults(t *testing.T) {
+	c, unknown, err := loadConfig(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:3128" {
+		t.Errorf("default listen = %q, want loopback 127.0.0.1:3128", c.Listen)
+	}
+	if c.IdleTimeout != 15*time.Minute || c.DialTimeout != 10*time.Second || c.DNSTimeout != 2*time.Second {
+		t.Errorf("timeouts = idle %s dial %s dns %s", c.IdleTimeout, c.DialTimeout, c.DNSTimeout)
+	}
+	if len(c.allowPrivate) != 0 {
+		t.Errorf("private destinations allowed by default: %v", c.allowPrivate)
+	}
+	if len(unknown) != 0 {
+		t.Errorf("unknown = %v", unknown)
+	}
+	p, err := c.buildPolicy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.AllGeographies() {
+		t.Error("unset GATEWAY_GEOGRAPHIES should apply every geography (with a warning)")
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		wantErr string // substring; "" means valid
+	}{
+		{"geographies", map[string]string{"GATEWAY_GEOGRAPHIES": "eu, UK"}, ""},
+		{"unknown geography", map[string]string{"GATEWAY_GEOGRAPHIES": "EU,MARS"}, "GATEWAY_GEOGRAPHIES"},
+		{"bad duration", map[string]string{"GATEWAY_DIAL_TIMEOUT": "soon"}, "GATEWAY_DIAL_TIMEOUT"},
+		{"zero duration", map[string]string{"GATEWAY_DNS_TIMEOUT": "0s"}, "GATEWAY_DNS_TIMEOUT"},
+		{"negative idle", map[string]string{"GATEWAY_IDLE_TIMEOUT": "-1s"}, "GATEWAY_IDLE_TIMEOUT"},
+		{"idle off", map[string]string{"GATEWAY_IDLE_TIMEOUT": "0"}, ""},
+		{"bad listen", map[string]string{"GATEWAY_LISTEN": "3128"}, "GATEWAY_LISTEN"},
+		{"bad cidr", map[string]string{"GATEWAY_ALLOW_PRIVATE_DESTINATIONS": "10.0.0.0/33"}, "GATEWAY_ALLOW_PRIVATE_DESTINATIONS"},
+		{"cidr host bits", map[string]string{"GATEWAY_ALLOW_PRIVATE_DESTINATIONS": "10.1.2.3/8"}, "GATEWAY_ALLOW_PRIVATE_DESTINATIONS"},
+		{"single address", map[string]string{"GATEWAY_ALLOW_PRIVATE_DESTINATIONS": "127.0.0.1, ::1"}, ""},
+		{"dns server name", map[string]string{"GATEWAY_DNS_SERVERS": "dns.example.com"}, "GATEWAY_DNS_SERVERS"},
+		{"dns server without port", map[string]string{"GATEWAY_DNS_SERVERS": "127.0.0.53"}, ""},
+		{"bad int", map[string]string{"GATEWAY_DNS_CACHE_SIZE": "many"}, "GATEWAY_DNS_CACHE_SIZE"},
+		{"header bytes too small", map[string]string{"GATEWAY_MAX_HEADER_BYTES": "10"}, "GATEWAY_MAX_HEADER_BYTES"},
+		{"log format", map[string]string{"GATEWAY_LOG_FORMAT": "xml"}, "GATEWAY_LOG_FORMAT"},
+		{"log level", map[string]string{"GATEWAY_LOG_LEVEL": "loud"}, "GATEWAY_LOG_LEVEL"},
+		{"ttl order", map[string]string{"GATEWAY_DNS_MIN_TTL": "10m"}, "GATEWAY_DNS_MIN_TTL"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := loadConfig(tt.env)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Fatalf("err = %v, want one naming %s", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestConfigDerived(t *testing.T) {
+	c, unknown, err := loadConfig(map[string]string{
+		"GATEWAY_GEOGRAPHIES": "EU,eu,,UK", "GATEWAY_DNS_SERVERS": "127.0.0.53,[::1]:5353",
+		"GATEWAY_GEOGRAPHY": "EU", "OTHER": "x",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.geos; len(got) != 2 || got[0] != allowlist.EU || got[1] != allowlist.UK {
+		t.Errorf("geos = %v, want [EU UK]", got)
+	}
+	if got := strings.Join(c.DNSServers, " "); got != "127.0.0.53:53 [::1]:5353" {
+		t.Errorf("dns servers = %q", got)
+	}
+	if len(unknown) != 1 || unknown[0] != "GATEWAY_GEOGRAPHY" {
+		t.Errorf("unknown = %v, want the GATEWAY_GEOGRAPHY typo", unknown)
+	}
+}
+
+func TestBuildPolicyErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := dir + "/bad.yaml"
+	writeFile(t, bad, "rules:\n  - action: allow\n    host: 'a..b'\n")
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"missing rules file", map[string]string{"GATEWAY_RULES_FILE": dir + "/none.yaml"}, "GATEWAY_RULES_FILE"},
+		{"bad rules file", map[string]string{"GATEWAY_RULES_FILE": bad}, "bad.yaml line 2"},
+		{"unknown service", map[string]string{"GATEWAY_DISABLED_SERVICES": "mma,nope"}, "nope"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _, err := loadConfig(tt.env)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.buildPolicy(); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("err = %v, want mention of %q", err, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,326 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/defendergw/gateway/internal/testutil"
+)
+
+// gatewayBin is the real binary, built once for the tests in this file.
+var gatewayBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "gateway-bin")
+	if err != nil {
+		panic(err)
+	}
+	gatewayBin = filepath.Join(dir, "gateway")
+	out, err := exec.Command("go", "build", "-o", gatewayBin, ".").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "building gateway: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runCLI runs the binary with a clean environment plus env.
+func runCLI(t *testing.T, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(gatewayBin, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+func TestExplainCLI(t *testing.T) {
+	tests := []struct {
+		name     string
+		env      []string
+		args     []string
+		wantCode int
+		want     []string
+	}{
+		{"allowed", []string{"GATEWAY_GEOGRAPHIES=EU"}, []string{"explain", "winatp-gw-weu.microsoft.com:443"}, 0,
+			[]string{"decision:", "allowed", "edr-cnc", "EU"}},
+		{"geography", []string{"GATEWAY_GEOGRAPHIES=EU"}, []string{"explain", "https://winatp-gw-cus.microsoft.com/test"}, 1,
+			[]string{"refused", "geography", "US"}},
+		{"flag after target", nil, []string{"explain", "winatp-gw-cus.microsoft.com", "--geo", "EU"}, 1,
+			[]string{"geography"}},
+		{"crl path", nil, []string{"explain", "http://crl.microsoft.com/pki/crl/products/a.crl"}, 0,
+			[]string{"allowed", "crl"}},
+		{"crl other path", nil, []string{"explain", "http://crl.microsoft.com/x"}, 1, []string{"not-listed"}},
+		{"json", nil, []string{"explain", "--format", "json", "127.0.0.1:443"}, 1, []string{`"reason": "ip-literal"`}},
+		{"bad geography", []string{"GATEWAY_GEOGRAPHIES=MARS"}, []string{"explain", "a.example.com"}, 2,
+			[]string{"GATEWAY_GEOGRAPHIES"}},
+		{"no target", nil, []string{"explain"}, 2, []string{"usage"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := runCLI(t, tt.env, tt.args...)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.wantCode, out, errOut)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(out+errOut, w) {
+					t.Errorf("output lacks %q:\n%s%s", w, out, errOut)
+				}
+			}
+		})
+	}
+}
+
+func TestCatalogCLI(t *testing.T) {
+	out, _, code := runCLI(t, []string{"GATEWAY_GEOGRAPHIES=EU"}, "catalog", "--format", "json")
+	if code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	var doc struct {
+		Version     string   `json:"catalog_version"`
+		Geographies []string `json:"geographies"`
+		Rules       []struct {
+			Host      string `json:"host"`
+			Geography string `json:"geography"`
+		} `json:"rules"`
+	}
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if doc.Version == "" || strings.Join(doc.Geographies, ",") != "WW,EU" {
+		t.Errorf("version %q geographies %v", doc.Version, doc.Geographies)
+	}
+	hosts := map[string]bool{}
+	for _, r := range doc.Rules {
+		hosts[r.Host] = true
+		if r.Geography != "WW" && r.Geography != "EU" {
+			t.Errorf("EU catalog lists %s of %s", r.Host, r.Geography)
+		}
+	}
+	if !hosts["winatp-gw-weu.microsoft.com"] || hosts["winatp-gw-cus.microsoft.com"] {
+		t.Errorf("EU catalog: weu %v cus %v", hosts["winatp-gw-weu.microsoft.com"], hosts["winatp-gw-cus.microsoft.com"])
+	}
+
+	out, _, code = runCLI(t, nil, "catalog", "--format", "csv", "--all")
+	recs, err := csv.NewReader(strings.NewReader(out)).ReadAll()
+	if code != 0 || err != nil || len(recs) < 100 {
+		t.Fatalf("csv: exit %d, err %v, %d records", code, err, len(recs))
+	}
+	out, _, code = runCLI(t, nil, "catalog")
+	if code != 0 || !strings.Contains(out, "# Defender catalog") || !strings.Contains(out, "*.wdcp.microsoft.com") {
+		t.Errorf("table output:\n%s", out)
+	}
+	if _, _, code := runCLI(t, nil, "catalog", "--format", "xml"); code != 2 {
+		t.Errorf("bad format: exit %d, want 2", code)
+	}
+	if out, _, code := runCLI(t, nil, "--help"); code != 0 || !strings.Contains(out, "explain") || !strings.Contains(out, "catalog") {
+		t.Errorf("--help: exit %d\n%s", code, out)
+	}
+}
+
+// servedGateway is the real binary serving on loopback.
+type servedGateway struct {
+	cmd    *exec.Cmd
+	addr   string
+	stderr *bytes.Buffer
+	lines  chan string
+}
+
+// startGateway starts the binary and waits for its "gateway listening" line.
+func startGateway(t *testing.T, env ...string) *servedGateway {
+	t.Helper()
+	cmd := exec.Command(gatewayBin, "serve")
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "GATEWAY_LISTEN=127.0.0.1:0"}, env...)
+	pr, pw := io.Pipe()
+	cmd.Stderr = pw
+	g := &servedGateway{cmd: cmd, stderr: &bytes.Buffer{}, lines: make(chan string, 1000)}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			g.lines <- sc.Text()
+		}
+		close(g.lines)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		pw.Close()
+	})
+	deadline := time.After(10 * time.Second)
+	for g.addr == "" {
+		select {
+		case l, ok := <-g.lines:
+			if !ok {
+				t.Fatalf("gateway exited before listening:\n%s", g.stderr)
+			}
+			g.stderr.WriteString(l + "\n")
+			var m struct {
+				Msg    string `json:"msg"`
+				Listen string `json:"listen"`
+			}
+			if json.Unmarshal([]byte(l), &m) == nil && m.Msg == "gateway listening" {
+				g.addr = m.Listen
+			}
+		case <-deadline:
+			t.Fatalf("gateway did not start:\n%s", g.stderr)
+		}
+	}
+	return g
+}
+
+// log drains the log lines read so far.
+func (g *servedGateway) log() string {
+	for {
+		select {
+		case l, ok := <-g.lines:
+			if !ok {
+				return g.stderr.String()
+			}
+			g.stderr.WriteString(l + "\n")
+		case <-time.After(50 * time.Millisecond):
+			return g.stderr.String()
+		}
+	}
+}
+
+func TestServeBinary(t *testing.T) {
+	dns := testutil.NewDNS(t)
+	ca := testutil.NewCA(t)
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "lab upstream")
+	}))
+	up.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Leaf(t, "app.lab.test")}}
+	up.StartTLS()
+	t.Cleanup(up.Close)
+	upPort := up.Listener.Addr().(*net.TCPAddr).Port
+	dns.Set("app.lab.test", "127.0.0.1")
+	dns.Set("winatp-gw-cus.microsoft.com", "127.0.0.1")
+
+	// A canary proxy: if the gateway ever followed HTTP(S)_PROXY from its
+	// environment, the canary would see a connection.
+	canary := testutil.Sink(t, "127.0.0.1:0")
+	canaryURL := "http://" + canary.Addr().String()
+
+	rules := filepath.Join(t.TempDir(), "rules.yaml")
+	writeFile(t, rules, fmt.Sprintf("rules:\n  - action: allow\n    host: '*.lab.test'\n    ports: [%d]\n", upPort))
+	g := startGateway(t,
+		"GATEWAY_GEOGRAPHIES=EU",
+		"GATEWAY_DNS_SERVERS="+dns.Addr,
+		"GATEWAY_RULES_FILE="+rules,
+		"GATEWAY_ALLOW_PRIVATE_DESTINATIONS=127.0.0.1/32",
+		"HTTPS_PROXY="+canaryURL, "HTTP_PROXY="+canaryURL, "https_proxy="+canaryURL, "http_proxy="+canaryURL,
+		"ALL_PROXY="+canaryURL,
+	)
+	proxyURL, _ := url.Parse("http://" + g.addr)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		Proxy: http.ProxyURL(proxyURL), TLSClientConfig: &tls.Config{RootCAs: ca.Pool}}}
+
+	resp, err := client.Get(fmt.Sprintf("https://app.lab.test:%d/", upPort))
+	if err != nil {
+		t.Fatalf("allowed tunnel: %v\n%s", err, g.log())
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "lab upstream" {
+		t.Errorf("body %q", body)
+	}
+
+	_, err = client.Get("https://winatp-gw-cus.microsoft.com/")
+	if err == nil || !strings.Contains(err.Error(), "Forbidden") {
+		t.Errorf("US host through EU gateway: err = %v, want Forbidden", err)
+	}
+	if n := canary.Accepted(); n != 0 {
+		t.Errorf("canary proxy from HTTPS_PROXY/HTTP_PROXY saw %d connections", n)
+	}
+	client.CloseIdleConnections()
+	log := g.log()
+	for _, want := range []string{`"msg":"decision"`, `"reason":"geography"`, `"catalog_version"`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %s:\n%s", want, log)
+		}
+	}
+
+	// SIGTERM stops it cleanly.
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- g.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("gateway did not stop on SIGTERM")
+	}
+}
+
+func TestServeBinaryWarnsWithoutGeographies(t *testing.T) {
+	dns := testutil.NewDNS(t)
+	g := startGateway(t, "GATEWAY_DNS_SERVERS="+dns.Addr, "GATEWAY_GEOGRAPHY=EU")
+	log := g.log()
+	if !strings.Contains(log, "GATEWAY_GEOGRAPHIES is not set") {
+		t.Errorf("no geography warning:\n%s", log)
+	}
+	if !strings.Contains(log, `"variable":"GATEWAY_GEOGRAPHY"`) {
+		t.Errorf("no warning about the unknown GATEWAY_GEOGRAPHY:\n%s", log)
+	}
+}
+
+func TestServeBinaryBadConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"geography", []string{"GATEWAY_GEOGRAPHIES=EU,XX"}, "GATEWAY_GEOGRAPHIES"},
+		{"timeout", []string{"GATEWAY_IDLE_TIMEOUT=forever"}, "GATEWAY_IDLE_TIMEOUT"},
+		{"listen in use", nil, "GATEWAY_LISTEN"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := tt.env
+			if tt.name == "listen in use" {
+				l := testutil.Listen(t, "127.0.0.1:0")
+				env = []string{"GATEWAY_LISTEN=" + l.Addr().String(), "GATEWAY_DNS_SERVERS=127.0.0.1:53"}
+			}
+			_, errOut, code := runCLI(t, env, "serve")
+			if code == 0 || !strings.Contains(errOut, tt.want) {
+				t.Errorf("exit %d, stderr %q: want non-zero and a message naming %s", code, errOut, tt.want)
+			}
+		})
+	}
+}
