@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +17,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/inspect"
 )
 
 const envPrefix = "GATEWAY_"
@@ -39,10 +42,18 @@ type Config struct {
 	HalfCloseTimeout         time.Duration `env:"HALF_CLOSE_TIMEOUT" envDefault:"30s"`
 	ClientIdleTimeout        time.Duration `env:"CLIENT_IDLE_TIMEOUT" envDefault:"2m"`
 	MaxHeaderBytes           int           `env:"MAX_HEADER_BYTES" envDefault:"65536"`
+	BlobScope                string        `env:"BLOB_SCOPE" envDefault:"wildcard"`
+	ClientHelloTimeout       time.Duration `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
+	InspectCACert            string        `env:"INSPECT_CA_CERT"`
+	InspectCAKey             string        `env:"INSPECT_CA_KEY"`
+	InspectLeafValidity      time.Duration `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
+	InspectCacheSize         int           `env:"INSPECT_CACHE_SIZE" envDefault:"1024"`
+	UpstreamCAFile           string        `env:"UPSTREAM_CA_FILE"`
 	LogFormat                string        `env:"LOG_FORMAT" envDefault:"json"`
 	LogLevel                 string        `env:"LOG_LEVEL" envDefault:"info"`
 
 	// Derived by validate.
+	blobScope    allowlist.BlobScope
 	geos         []allowlist.Geography
 	allowPrivate []netip.Prefix
 	logLevel     slog.Level
@@ -178,6 +189,22 @@ func (c *Config) validate() error {
 	if c.MaxHeaderBytes < 4096 || c.MaxHeaderBytes > 1<<20 {
 		return fmt.Errorf("GATEWAY_MAX_HEADER_BYTES: must be between 4096 and 1048576, got %d", c.MaxHeaderBytes)
 	}
+	var err error
+	if c.blobScope, err = allowlist.ParseBlobScope(c.BlobScope); err != nil {
+		return fmt.Errorf("GATEWAY_BLOB_SCOPE: %v", err)
+	}
+	if c.ClientHelloTimeout <= 0 {
+		return fmt.Errorf("GATEWAY_CLIENT_HELLO_TIMEOUT: must be a positive duration, got %s", c.ClientHelloTimeout)
+	}
+	if (c.InspectCACert == "") != (c.InspectCAKey == "") {
+		return errors.New("GATEWAY_INSPECT_CA_CERT and GATEWAY_INSPECT_CA_KEY must be set together")
+	}
+	if c.InspectLeafValidity < time.Hour || c.InspectLeafValidity > 90*24*time.Hour {
+		return fmt.Errorf("GATEWAY_INSPECT_LEAF_VALIDITY: must be between 1h and 2160h, got %s", c.InspectLeafValidity)
+	}
+	if c.InspectCacheSize <= 0 {
+		return fmt.Errorf("GATEWAY_INSPECT_CACHE_SIZE: must be positive, got %d", c.InspectCacheSize)
+	}
 	switch c.LogFormat {
 	case "json", "text":
 	default:
@@ -205,7 +232,7 @@ func (c *Config) buildPolicy() (*allowlist.Policy, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := allowlist.Options{Geographies: c.geos, DisabledServices: c.DisabledServices}
+	opts := allowlist.Options{Geographies: c.geos, DisabledServices: c.DisabledServices, BlobScope: c.blobScope}
 	if c.RulesFile != "" {
 		data, err := os.ReadFile(c.RulesFile)
 		if err != nil {
@@ -227,6 +254,38 @@ func (c *Config) buildPolicy() (*allowlist.Policy, error) {
 		return nil, fmt.Errorf("GATEWAY_DISABLED_SERVICES: %w", err)
 	}
 	return p, nil
+}
+
+// upstreamTLS is the TLS client configuration towards upstreams the gateway
+// itself speaks TLS to (inspected tunnels): the system roots plus
+// GATEWAY_UPSTREAM_CA_FILE, and never InsecureSkipVerify.
+func (c *Config) upstreamTLS() (*tls.Config, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if c.UpstreamCAFile != "" {
+		pem, err := os.ReadFile(c.UpstreamCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("GATEWAY_UPSTREAM_CA_FILE: %w", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("GATEWAY_UPSTREAM_CA_FILE: %s holds no PEM certificate", c.UpstreamCAFile)
+		}
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// inspector loads the inspection CA, if one is configured.
+func (c *Config) inspector() (*inspect.Minter, error) {
+	if c.InspectCACert == "" {
+		return nil, nil
+	}
+	cert, key, err := inspect.LoadCA(c.InspectCACert, c.InspectCAKey)
+	if err != nil {
+		return nil, fmt.Errorf("GATEWAY_INSPECT_CA_CERT/GATEWAY_INSPECT_CA_KEY: %w", err)
+	}
+	return inspect.NewMinter(cert, key, inspect.MinterOptions{Validity: c.InspectLeafValidity, CacheSize: c.InspectCacheSize})
 }
 
 func (c *Config) newLogger(w *os.File) *slog.Logger {

@@ -63,6 +63,18 @@ func runServer(ctx context.Context, cfg *Config, logger *slog.Logger, ready chan
 	if err != nil {
 		return fmt.Errorf("GATEWAY_DNS_SERVERS: %w", err)
 	}
+	upstreamTLS, err := cfg.upstreamTLS()
+	if err != nil {
+		return err
+	}
+	minter, err := cfg.inspector()
+	if err != nil {
+		return err
+	}
+	var inspector proxy.Inspector
+	if minter != nil {
+		inspector = minter
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("GATEWAY_LISTEN: %w", err)
@@ -85,6 +97,9 @@ func runServer(ctx context.Context, cfg *Config, logger *slog.Logger, ready chan
 		DialTimeout:           cfg.DialTimeout + cfg.DNSTimeout,
 		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
 		Tunnel:                tlsbypass.Options{IdleTimeout: cfg.IdleTimeout, HalfCloseTimeout: cfg.HalfCloseTimeout},
+		ClientHelloTimeout:    cfg.ClientHelloTimeout,
+		UpstreamTLS:           upstreamTLS,
+		Inspector:             inspector,
 	})
 	if err != nil {
 		return err
@@ -103,7 +118,8 @@ func runServer(ctx context.Context, cfg *Config, logger *slog.Logger, ready chan
 	}
 	logger.Info("gateway listening", "listen", ln.Addr().String(), "version", buildVersion(),
 		"catalog_version", policy.Version(), "geographies", strings.Join(geos, ","),
-		"rules", len(policy.Rules()), "dns_servers", strings.Join(servers, ","))
+		"rules", len(policy.Rules()), "dns_servers", strings.Join(servers, ","),
+		"blob_scope", policy.BlobScope().String(), "inspection", minter != nil)
 	if ready != nil {
 		ready <- ln.Addr()
 	}

@@ -144,8 +144,11 @@ type Rule struct {
 	Required    bool      `json:"required"`
 	TLSExempt   bool      `json:"tls_exempt"`
 	Anonymous   bool      `json:"anonymous"`
-	Source      string    `json:"source,omitempty"`
-	Comment     string    `json:"comment,omitempty"`
+	// NoSNICheck switches off ClientHello verification of raw tunnels for
+	// clients known not to send SNI (rules file: verify_sni: false).
+	NoSNICheck bool   `json:"no_sni_check,omitempty"`
+	Source     string `json:"source,omitempty"`
+	Comment    string `json:"comment,omitempty"`
 }
 
 // Wildcard reports whether the rule's host is a "*.suffix" pattern.

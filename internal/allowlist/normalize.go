@@ -62,12 +62,20 @@ func ParseAuthority(s string) (Target, error) {
 	return newTarget(h, port)
 }
 
-// ParseURL parses the target of an absolute-form request (RFC 9112 §3.2.2).
-// Only http is accepted: the gateway forwards plain HTTP; HTTPS goes through
-// CONNECT.
+// ParseURL parses the target of an absolute-form request (RFC 9112 §3.2.2)
+// or of a request inside an inspected tunnel: http (default port 80) or https
+// (default port 443). Which scheme is acceptable where is the caller's call.
 func ParseURL(u *url.URL) (Target, error) {
-	if u == nil || !strings.EqualFold(u.Scheme, "http") {
-		return Target{}, fmt.Errorf("url: only absolute http:// URLs are proxied: %w", ErrBadTarget)
+	var port uint16
+	switch {
+	case u == nil:
+		return Target{}, fmt.Errorf("url: missing: %w", ErrBadTarget)
+	case strings.EqualFold(u.Scheme, "http"):
+		port = 80
+	case strings.EqualFold(u.Scheme, "https"):
+		port = 443
+	default:
+		return Target{}, fmt.Errorf("url: scheme %q not proxied: %w", u.Scheme, ErrBadTarget)
 	}
 	if u.User != nil {
 		return Target{}, fmt.Errorf("url: userinfo not allowed: %w", ErrBadTarget)
@@ -76,7 +84,6 @@ func ParseURL(u *url.URL) (Target, error) {
 	if i := strings.LastIndexByte(h, ':'); i >= 0 && !strings.HasSuffix(h, "]") {
 		h, p = h[:i], h[i+1:]
 	}
-	port := uint16(80)
 	if p != "" {
 		var err error
 		if port, err = ParsePort(p); err != nil {
@@ -103,17 +110,13 @@ func ParseTarget(s string) (Target, error) {
 		if err != nil {
 			return Target{}, fmt.Errorf("url %q: %w", s, ErrBadTarget)
 		}
-		if strings.EqualFold(u.Scheme, "https") {
-			if u.User != nil {
-				return Target{}, fmt.Errorf("url: userinfo not allowed: %w", ErrBadTarget)
-			}
-			hp := u.Host
-			if u.Port() == "" {
-				hp = net.JoinHostPort(u.Hostname(), "443")
-			}
-			return ParseAuthority(hp)
+		t, err := ParseURL(u)
+		if err == nil && strings.EqualFold(u.Scheme, "https") {
+			// An https URL reaches the gateway as a CONNECT: the path is
+			// not visible (unless inspected), so decide it as a tunnel.
+			t.Path, t.HasPath = "", false
 		}
-		return ParseURL(u)
+		return t, err
 	}
 	if _, _, err := net.SplitHostPort(s); err != nil {
 		s = net.JoinHostPort(strings.Trim(s, "[]"), "443")

@@ -16,18 +16,58 @@ type Options struct {
 	DisabledServices []string
 	// Rules are the operator's rules, added to the catalog's.
 	Rules []Rule
+	// BlobScope chooses how Azure blob storage is opened (see BlobScope).
+	BlobScope BlobScope
+}
+
+// BlobScope says how much of *.blob.core.windows.net the catalog opens.
+type BlobScope uint8
+
+const (
+	// BlobWildcard keeps the catalog's *.blob.core.windows.net rows (the MMA
+	// table: "HTTP inspection bypass: yes"): every storage account is allowed
+	// and tunnelled raw.
+	BlobWildcard BlobScope = iota
+	// BlobListed drops the wildcard rows, leaving only the storage accounts
+	// the catalog names for the configured geographies, as Microsoft's newer
+	// guidance asks: "Don't exclude the URL *.blob.core.windows.net from any
+	// kind of network inspection. Instead, exclude only the blob URLs that are
+	// specific to MDE and listed in the spreadsheet." (S3)
+	BlobListed
+)
+
+// BlobWildcardHost is the catalog pattern BlobListed removes.
+const BlobWildcardHost = "*.blob.core.windows.net"
+
+// ParseBlobScope parses "wildcard" or "listed".
+func ParseBlobScope(s string) (BlobScope, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "wildcard", "":
+		return BlobWildcard, nil
+	case "listed":
+		return BlobListed, nil
+	}
+	return 0, fmt.Errorf("blob scope %q: want wildcard or listed", s)
+}
+
+func (b BlobScope) String() string {
+	if b == BlobListed {
+		return "listed"
+	}
+	return "wildcard"
 }
 
 // Policy is the effective allowlist: catalog plus operator rules for the
 // configured geographies, indexed by name. It is immutable.
 type Policy struct {
-	version  string
-	geos     uint8 // bit per Geography; WW always set
-	allGeos  bool
-	rules    []Rule // catalog rows (disabled services removed) then operator rules
-	allow    index
-	deny     index
-	services []string
+	version   string
+	geos      uint8 // bit per Geography; WW always set
+	allGeos   bool
+	rules     []Rule // catalog rows (disabled services removed) then operator rules
+	allow     index
+	deny      index
+	services  []string
+	blobScope BlobScope
 }
 
 // index maps exact names and wildcard suffixes to rules. Lookups cost one map
@@ -113,10 +153,14 @@ func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 			p.services = append(p.services, s)
 		}
 	}
+	p.blobScope = opts.BlobScope
 	for i := range cat.Rules {
-		if !slices.Contains(opts.DisabledServices, cat.Rules[i].ServiceID) {
-			p.rules = append(p.rules, cat.Rules[i])
+		r := &cat.Rules[i]
+		if slices.Contains(opts.DisabledServices, r.ServiceID) ||
+			(opts.BlobScope == BlobListed && r.Host == BlobWildcardHost) {
+			continue
 		}
+		p.rules = append(p.rules, *r)
 	}
 	p.rules = append(p.rules, opts.Rules...)
 	for i := range p.rules {
@@ -151,6 +195,9 @@ func (p *Policy) Geographies() []Geography {
 // InGeography reports whether rows of geography g apply.
 func (p *Policy) InGeography(g Geography) bool { return p.geos&(1<<g) != 0 }
 
+// BlobScope is the blob storage scope in force.
+func (p *Policy) BlobScope() BlobScope { return p.blobScope }
+
 // Services lists the enabled catalog service ids.
 func (p *Policy) Services() []string { return p.services }
 
@@ -176,6 +223,9 @@ type Decision struct {
 	// PathUnchecked is true when the allowing rule is limited to paths the
 	// gateway cannot see (CONNECT tunnels carry the path encrypted).
 	PathUnchecked bool
+	// NoSNICheck is true when an allowing rule switches ClientHello
+	// verification off.
+	NoSNICheck bool
 }
 
 // Service returns the service id of the decision's rule, or "".
@@ -238,6 +288,7 @@ func (p *Policy) Decide(t Target) Decision {
 			}
 			d.TLSExempt = d.TLSExempt || r.TLSExempt
 			d.Anonymous = d.Anonymous || r.Anonymous
+			d.NoSNICheck = d.NoSNICheck || r.NoSNICheck
 		}
 	}
 	switch {

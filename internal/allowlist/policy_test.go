@@ -299,3 +299,49 @@ func BenchmarkDecide(b *testing.B) {
 		})
 	}
 }
+
+func TestBlobScope(t *testing.T) {
+	tests := []struct {
+		name   string
+		scope  BlobScope
+		geos   []Geography
+		target string
+		want   Reason
+	}{
+		{"wildcard any account", BlobWildcard, []Geography{US}, "someaccount.blob.core.windows.net:443", ReasonAllowed},
+		{"wildcard listed account", BlobWildcard, []Geography{US}, "ussus1eastprod.blob.core.windows.net:443", ReasonAllowed},
+		{"listed refuses other accounts", BlobListed, []Geography{US}, "someaccount.blob.core.windows.net:443", ReasonNotListed},
+		{"listed allows us account", BlobListed, []Geography{US}, "ussus1eastprod.blob.core.windows.net:443", ReasonAllowed},
+		{"listed allows automated ir", BlobListed, []Geography{US}, "automatedirstrprdcus.blob.core.windows.net:443", ReasonAllowed},
+		{"listed refuses eu account for us", BlobListed, []Geography{US}, "usseu1northprod.blob.core.windows.net:443", ReasonGeography},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mustPolicy(t, Options{Geographies: tt.geos, BlobScope: tt.scope})
+			d := decide(t, p, tt.target)
+			if d.Reason != tt.want {
+				t.Fatalf("%s with %s: reason %q, want %q", tt.target, tt.scope, d.Reason, tt.want)
+			}
+			if d.Allowed && !d.TLSExempt {
+				t.Errorf("%s: allowed blob account must be TLS-exempt", tt.target)
+			}
+		})
+	}
+	if _, err := ParseBlobScope("some"); err == nil {
+		t.Error("ParseBlobScope(some) succeeded")
+	}
+}
+
+func TestVerifySNIRule(t *testing.T) {
+	rs, err := ParseRules([]byte("rules:\n  - action: allow\n    host: legacy.contoso.com\n    verify_sni: false\n  - action: allow\n    host: modern.contoso.com\n"), "r.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := mustPolicy(t, Options{Rules: rs.Rules})
+	if d := decide(t, p, "legacy.contoso.com:443"); !d.Allowed || !d.NoSNICheck {
+		t.Errorf("legacy: allowed %v NoSNICheck %v, want true true", d.Allowed, d.NoSNICheck)
+	}
+	if d := decide(t, p, "modern.contoso.com:443"); !d.Allowed || d.NoSNICheck {
+		t.Errorf("modern: allowed %v NoSNICheck %v, want true false", d.Allowed, d.NoSNICheck)
+	}
+}

@@ -25,6 +25,7 @@ type ruleYAML struct {
 	Paths     []string `yaml:"paths"`
 	Anonymous bool     `yaml:"anonymous"`
 	TLSExempt bool     `yaml:"tls_exempt"`
+	VerifySNI *bool    `yaml:"verify_sni"`
 	Geography string   `yaml:"geography"`
 	Service   string   `yaml:"service"`
 	Comment   string   `yaml:"comment"`
@@ -47,6 +48,7 @@ type fileYAML struct {
 //	    paths: ["/pki/"]         # optional path prefixes (plain HTTP)
 //	    anonymous: true          # no proxy authentication needed
 //	    tls_exempt: true         # never TLS-inspected
+//	    verify_sni: false        # raw tunnels: skip the ClientHello SNI check (default true)
 //	    geography: WW            # default WW
 //	    service: contoso         # default "operator"
 //	    comment: "why this rule exists"
@@ -107,6 +109,7 @@ func (y *ruleYAML) rule() (Rule, error) {
 	default:
 		return r, fmt.Errorf("action: want allow or deny, got %q", y.Action)
 	}
+	r.NoSNICheck = y.VerifySNI != nil && !*y.VerifySNI
 	if y.Host == "" {
 		return r, errors.New("host: required")
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/resolver"
+	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
 // ReasonHeader carries the machine-readable reason of every response the
@@ -24,6 +25,10 @@ const (
 	ReasonDNSFailure          = "dns-failure"
 	ReasonUpstreamUnreachable = "upstream-unreachable"
 	ReasonUpstreamTimeout     = "upstream-timeout"
+	// ReasonNotTLS and ReasonSNIMismatch close verified raw tunnels (after
+	// the 200, so they appear in logs and metrics, not in a response).
+	ReasonNotTLS      = "not-tls"
+	ReasonSNIMismatch = "sni-mismatch"
 )
 
 // classify maps an error to the status code and reason sent to the client.
@@ -37,6 +42,10 @@ func classify(err error) (status int, reason string) {
 	}
 	var ne net.Error
 	switch {
+	case errors.Is(err, tlsbypass.ErrSNIMismatch):
+		return http.StatusForbidden, ReasonSNIMismatch
+	case errors.Is(err, tlsbypass.ErrNotTLS), errors.Is(err, tlsbypass.ErrPeekTimeout):
+		return http.StatusForbidden, ReasonNotTLS
 	case errors.Is(err, resolver.ErrPrivateDestination):
 		return http.StatusForbidden, ReasonPrivateDestination
 	case errors.Is(err, resolver.ErrDNSFailure):

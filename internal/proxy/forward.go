@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -9,6 +11,7 @@ import (
 	"github.com/elazarl/goproxy"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
 // hopByHop are the header fields a proxy must not forward (RFC 9110 §7.6.1),
@@ -51,17 +54,38 @@ type requestState struct {
 	policy   *allowlist.Policy
 }
 
-// handleRequest decides an absolute-form request and prepares it for
-// forwarding, or answers it with a refusal.
+// handleRequest decides an absolute-form request, or a request inside an
+// inspected tunnel, and prepares it for forwarding, or answers it with a
+// refusal.
 func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+	tunnel, inspected := ctx.UserData.(*connectState)
 	policy := s.opts.Policy()
+	tlsMode := ""
+	if inspected {
+		policy, tlsMode = tunnel.policy, tlsbypass.Inspect.String()
+	}
 	t, err := allowlist.ParseURL(r.URL)
+	switch {
+	case err != nil:
+	case !inspected && strings.EqualFold(r.URL.Scheme, "https"):
+		// https:// in absolute form would make the gateway originate TLS
+		// on the client's behalf; clients must use CONNECT.
+		err = fmt.Errorf("absolute-form https: use CONNECT: %w", allowlist.ErrBadTarget)
+	case inspected && (!strings.EqualFold(r.URL.Scheme, "https") || t.Host != tunnel.target.Host || t.Port != tunnel.target.Port):
+		// Inside a tunnel only the CONNECT's own origin may be addressed,
+		// and only over TLS.
+		err = fmt.Errorf("request for %s inside a tunnel to %s: %w", r.URL.Host, tunnel.target.HostPort(), allowlist.ErrBadTarget)
+	}
 	if err != nil {
-		s.logDecision(r, r.URL.Host, nil, err)
+		s.logDecision(r, r.URL.Host, nil, err, tlsMode)
 		return r, newRefusal(err, r.URL.Host, nil, policy).response(r)
 	}
 	d := policy.Decide(t)
-	s.logDecision(r, t.HostPort(), &d, d.Err)
+	var extra []slog.Attr
+	if inspected {
+		extra = []slog.Attr{slog.String("path", t.Path)}
+	}
+	s.logDecision(r, t.HostPort(), &d, d.Err, tlsMode, extra...)
 	if !d.Allowed {
 		return r, newRefusal(d.Err, t.HostPort(), &d, policy).response(r)
 	}
@@ -71,8 +95,8 @@ func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Re
 	if t.IP.Is6() {
 		host = "[" + host + "]"
 	}
-	if t.Port != 80 {
-		host = net.JoinHostPort(strings.Trim(host, "[]"), strconv.Itoa(int(t.Port)))
+	if (t.Port != 80 || inspected) && (t.Port != 443 || !inspected) {
+		host = net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
 	}
 	r.URL.Host, r.Host = host, host
 	removeHopByHop(r.Header)

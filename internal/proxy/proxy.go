@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"time"
 
 	"github.com/elazarl/goproxy"
@@ -30,9 +31,21 @@ import (
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
-// Dialer dials a destination after resolving and checking it.
+// Dialer reaches destinations, dialing only addresses it has checked
+// (resolver.Dialer).
 type Dialer interface {
+	// Lookup resolves and checks host's addresses for port.
+	Lookup(ctx context.Context, host string, port uint16) ([]netip.AddrPort, error)
+	// DialChecked connects to one of the addresses Lookup returned.
+	DialChecked(ctx context.Context, addrs []netip.AddrPort) (net.Conn, error)
+	// DialContext does both, for the HTTP transport.
 	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Inspector provides the TLS configuration that terminates an inspected
+// tunnel (inspect.Minter).
+type Inspector interface {
+	TLSConfig(host string) *tls.Config
 }
 
 // Options configure a Server.
@@ -52,6 +65,12 @@ type Options struct {
 	ResponseHeaderTimeout time.Duration
 	// Tunnel tunes CONNECT relays (idle and half-close timeouts).
 	Tunnel tlsbypass.Options
+	// ClientHelloTimeout bounds the wait for a raw tunnel's ClientHello.
+	ClientHelloTimeout time.Duration
+	// Inspector, if non-nil, terminates allowed tunnels that are not
+	// TLS-exempt and decides each inner request with its path; if nil,
+	// every allowed tunnel is a verified raw tunnel.
+	Inspector Inspector
 	// UpstreamTLS configures TLS towards upstreams for requests the gateway
 	// originates over TLS; nil means the system roots.
 	UpstreamTLS *tls.Config
@@ -65,8 +84,8 @@ type Server struct {
 	gp   *goproxy.ProxyHttpServer
 	tr   *http.Transport
 	log  *slog.Logger
-	// connect is the one ConnectAction every CONNECT gets.
-	connect *goproxy.ConnectAction
+	// connect takes a CONNECT over (refusal or raw tunnel); mitm inspects it.
+	connect, mitm *goproxy.ConnectAction
 }
 
 // New builds a Server.
@@ -82,6 +101,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.ResponseHeaderTimeout <= 0 {
 		opts.ResponseHeaderTimeout = 30 * time.Second
+	}
+	if opts.ClientHelloTimeout <= 0 {
+		opts.ClientHelloTimeout = 10 * time.Second
 	}
 	if opts.Via == "" {
 		opts.Via = "defender-gateway"
@@ -115,6 +137,7 @@ func New(opts Options) (*Server, error) {
 	gp.ConnectDialWithReq = nil
 	gp.NonproxyHandler = http.HandlerFunc(s.serveSelf)
 	s.connect = &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: s.serveConnect}
+	s.mitm = &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: s.mitmTLSConfig}
 	gp.OnRequest().HandleConnectFunc(s.handleConnect)
 	gp.OnRequest().DoFunc(s.handleRequest)
 	s.gp = gp

@@ -254,9 +254,20 @@ func TestUpstreamFailures(t *testing.T) {
 		w.mu.Lock()
 		w.portMap[443] = closed
 		w.mu.Unlock()
-		_, resp := w.connect("winatp-gw-weu.microsoft.com:443", nil)
+		// Without ClientHello verification the gateway dials before it
+		// answers, so the failure gets a status.
+		_, resp := w.connect("raw.lab.test:443", nil)
 		if resp.StatusCode != 502 || resp.Header.Get(ReasonHeader) != "upstream-unreachable" {
 			t.Errorf("got %d %q, want 502 upstream-unreachable", resp.StatusCode, resp.Header.Get(ReasonHeader))
+		}
+		// A verified tunnel must answer 200 before it may dial: the
+		// failure closes the tunnel after the ClientHello.
+		c, resp := w.connect("winatp-gw-weu.microsoft.com:443", clientHello(t, "winatp-gw-weu.microsoft.com"))
+		if resp.StatusCode != 200 {
+			t.Fatalf("verified: got %d, want 200", resp.StatusCode)
+		}
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Errorf("verified tunnel to a closed port: read %v, want EOF", err)
 		}
 	})
 	t.Run("http response timeout", func(t *testing.T) {
@@ -330,7 +341,7 @@ func TestTunnelHalfClose(t *testing.T) {
 	w.mu.Lock()
 	w.portMap[443] = up.Port()
 	w.mu.Unlock()
-	c, resp := w.connect("winatp-gw-weu.microsoft.com:443", nil)
+	c, resp := w.connect("raw.lab.test:443", nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
@@ -355,7 +366,7 @@ func TestTunnelHalfClose(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	for _, want := range []string{`"end":"closed"`, `"bytes_up":90000`, `"bytes_down":90000`, `"service":"edr-cnc"`} {
+	for _, want := range []string{`"end":"closed"`, `"bytes_up":90000`, `"bytes_down":90000`, `"service":"operator"`} {
 		if !strings.Contains(w.logs.String(), want) {
 			t.Errorf("tunnel log lacks %s:\n%s", want, w.logs.String())
 		}
@@ -375,7 +386,7 @@ func TestTunnelIdleTimeout(t *testing.T) {
 	w.mu.Lock()
 	w.portMap[443] = up.Port()
 	w.mu.Unlock()
-	c, resp := w.connect("winatp-gw-weu.microsoft.com:443", nil)
+	c, resp := w.connect("raw.lab.test:443", nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
@@ -436,7 +447,8 @@ func clientHello(t *testing.T, sni string) []byte {
 	a, b := net.Pipe()
 	defer a.Close()
 	go func() {
-		tls.Client(b, &tls.Config{ServerName: sni}).Handshake()
+		// No SNI needs InsecureSkipVerify, or crypto/tls refuses to start.
+		tls.Client(b, &tls.Config{ServerName: sni, InsecureSkipVerify: sni == ""}).Handshake()
 		b.Close()
 	}()
 	buf := make([]byte, 16<<10)
@@ -445,4 +457,25 @@ func clientHello(t *testing.T, sni string) []byte {
 		t.Fatal(err)
 	}
 	return buf[:n]
+}
+
+func TestNeverDialsItself(t *testing.T) {
+	w := newWorld(t, worldOptions{geos: eu})
+	// 127.0.0.1 is allowed as a destination in this world; the gateway's own
+	// listener on it must still be refused.
+	w.mu.Lock()
+	w.portMap[443] = port(mustResolveTCP(t, w.proxyURL.Host))
+	w.mu.Unlock()
+	_, resp := w.connect("winatp-gw-neu3.microsoft.com:443", nil)
+	if resp.StatusCode != 403 || resp.Header.Get(ReasonHeader) != "private-destination" {
+		t.Fatalf("got %d %q, want 403 private-destination", resp.StatusCode, resp.Header.Get(ReasonHeader))
+	}
+}
+
+func mustResolveTCP(t *testing.T, hostport string) net.Addr {
+	a, err := net.ResolveTCPAddr("tcp", hostport)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

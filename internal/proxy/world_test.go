@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/testutil"
 	"github.com/defendergw/gateway/internal/tlsbypass"
@@ -29,8 +30,14 @@ import (
 // loopback upstreams after the gateway has decided and resolved.
 var tlsNames = []string{
 	"winatp-gw-weu.microsoft.com", "winatp-gw-cus.microsoft.com", "eu.wdcp.microsoft.com",
-	"unlisted.example.com", "edr-cus.us.endpoint.security.microsoft.com",
+	"unlisted.example.com", "edr-cus.us.endpoint.security.microsoft.com", "winatp-gw-neu3.microsoft.com",
+	"raw.lab.test", "inspected.lab.test",
 }
+
+// rawRule allows raw.lab.test:443 without ClientHello verification, for
+// tests that push plain bytes through a tunnel.
+const rawRule = "rules:\n  - action: allow\n    host: raw.lab.test\n    verify_sni: false\n" +
+	"  - action: allow\n    host: inspected.lab.test\n    paths: [/allowed/]\n"
 
 type worldOptions struct {
 	geos   []allowlist.Geography
@@ -38,12 +45,18 @@ type worldOptions struct {
 	tunnel tlsbypass.Options
 	// responseHeaderTimeout for plain HTTP; default 5s.
 	responseHeaderTimeout time.Duration
+	// inspect configures an inspection CA (world.inspectCA).
+	inspect            bool
+	clientHelloTimeout time.Duration
+	blobScope          allowlist.BlobScope
 }
 
 type world struct {
 	t        *testing.T
 	dns      *testutil.DNS
 	ca       *testutil.CA
+	// inspectCA signs the gateway's leaf certificates when inspecting.
+	inspectCA *testutil.CA
 	tlsUp    *httptest.Server // TLS upstream on 127.0.0.1
 	httpUp   *httptest.Server // plain HTTP upstream on 127.0.0.1
 	tlsConns atomic.Int64
@@ -77,18 +90,30 @@ type portMapDialer struct {
 	w *world
 }
 
+func (p portMapDialer) mapPort(port uint16) uint16 {
+	p.w.mu.Lock()
+	defer p.w.mu.Unlock()
+	if m, ok := p.w.portMap[port]; ok {
+		return m
+	}
+	return port
+}
+
+func (p portMapDialer) Lookup(ctx context.Context, host string, port uint16) ([]netip.AddrPort, error) {
+	return p.d.Lookup(ctx, host, p.mapPort(port))
+}
+
+func (p portMapDialer) DialChecked(ctx context.Context, addrs []netip.AddrPort) (net.Conn, error) {
+	return p.d.DialChecked(ctx, addrs)
+}
+
 func (p portMapDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
 	}
 	n, _ := strconv.Atoi(port)
-	p.w.mu.Lock()
-	if m, ok := p.w.portMap[uint16(n)]; ok {
-		port = strconv.Itoa(int(m))
-	}
-	p.w.mu.Unlock()
-	return p.d.DialContext(ctx, network, net.JoinHostPort(host, port))
+	return p.d.DialContext(ctx, network, net.JoinHostPort(host, strconv.Itoa(int(p.mapPort(uint16(n))))))
 }
 
 func newWorld(t *testing.T, o worldOptions) *world {
@@ -149,8 +174,11 @@ func newWorld(t *testing.T, o worldOptions) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	popts := allowlist.Options{Geographies: o.geos}
-	if o.rules != "" {
+	popts := allowlist.Options{Geographies: o.geos, BlobScope: o.blobScope}
+	if o.rules == "" {
+		o.rules = rawRule
+	}
+	{
 		rs, err := allowlist.ParseRules([]byte(o.rules), "rules.yaml")
 		if err != nil {
 			t.Fatal(err)
@@ -168,7 +196,19 @@ func newWorld(t *testing.T, o worldOptions) *world {
 		AllowPrivate: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
 		Self:         []netip.AddrPort{self},
 	}}
+	var inspector Inspector
+	if o.inspect {
+		w.inspectCA = testutil.NewCA(t)
+		m, err := inspect.NewMinter(w.inspectCA.Cert, w.inspectCA.Key, inspect.MinterOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inspector = m
+	}
 	srv, err := New(Options{
+		Inspector:          inspector,
+		ClientHelloTimeout: o.clientHelloTimeout,
+		UpstreamTLS:        &tls.Config{RootCAs: w.ca.Pool},
 		Policy:                func() *allowlist.Policy { return policy },
 		Dialer:                portMapDialer{d: d, w: w},
 		Logger:                slog.New(slog.NewJSONHandler(w.logs, nil)),

@@ -63,13 +63,41 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, fmt.Errorf("dial %s: invalid port %q", addr, portStr)
 	}
 
-	timeout := d.Timeout
-	if timeout <= 0 {
-		timeout = defaultDialTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, d.timeout())
 	defer cancel()
+	checked, err := d.Lookup(ctx, host, uint16(port))
+	if err != nil {
+		return nil, err
+	}
+	targets := checked[:0:0]
+	for _, ap := range checked {
+		if (network == "tcp4" && !ap.Addr().Is4()) || (network == "tcp6" && !ap.Addr().Is6()) {
+			continue
+		}
+		targets = append(targets, ap)
+	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("dial %s: %w: no address for network %s", addr, ErrDNSFailure, network)
+	}
+	return d.DialChecked(ctx, targets)
+}
 
+func (d *Dialer) timeout() time.Duration {
+	if d.Timeout <= 0 {
+		return defaultDialTimeout
+	}
+	return d.Timeout
+}
+
+// Lookup resolves host (a name or an IP literal) and checks every address
+// with the policy for port. It returns the checked destinations, IPv4 first,
+// or an error wrapping ErrDNSFailure, ErrPrivateDestination or (deadline
+// while resolving) ErrUpstreamTimeout. If any address is refused, none is
+// returned. Callers that must answer before connecting (a verified tunnel
+// answers 200, reads the ClientHello, and only then connects) call Lookup
+// early and DialChecked later, still dialing only what was checked.
+func (d *Dialer) Lookup(ctx context.Context, host string, port uint16) ([]netip.AddrPort, error) {
+	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	var addrs []netip.Addr
 	if ip, perr := netip.ParseAddr(host); perr == nil {
 		addrs = []netip.Addr{ip}
@@ -77,6 +105,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		if d.Resolver == nil {
 			return nil, fmt.Errorf("dial %s: %w: no resolver configured", addr, ErrDNSFailure)
 		}
+		var err error
 		addrs, err = d.Resolver.Resolve(ctx, host)
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) {
@@ -88,23 +117,30 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 			return nil, fmt.Errorf("dial %s: %w", addr, err)
 		}
 	}
-
 	// Check every address before dialing any of them.
 	targets := make([]netip.AddrPort, 0, len(addrs))
 	for _, ip := range addrs {
-		ap := netip.AddrPortFrom(ip, uint16(port))
+		ap := netip.AddrPortFrom(ip, port)
 		if err := d.Policy.CheckAddrPort(ap); err != nil {
 			return nil, fmt.Errorf("dial %s: %w", addr, err)
-		}
-		if (network == "tcp4" && !ip.Is4()) || (network == "tcp6" && !ip.Is6()) {
-			continue
 		}
 		targets = append(targets, ap)
 	}
 	if len(targets) == 0 {
-		return nil, fmt.Errorf("dial %s: %w: no address for network %s", addr, ErrDNSFailure, network)
+		return nil, fmt.Errorf("dial %s: %w: no address", addr, ErrDNSFailure)
 	}
+	return targets, nil
+}
 
+// DialChecked connects to the first reachable destination of targets, which
+// must come from Lookup. It splits the remaining time between them like the
+// net package does and bounds the whole attempt by Timeout.
+func (d *Dialer) DialChecked(ctx context.Context, targets []netip.AddrPort) (net.Conn, error) {
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("dial: %w: no address", ErrDNSFailure)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.timeout())
+	defer cancel()
 	var firstErr error
 	for i, ap := range targets {
 		conn, err := d.dialOne(ctx, ap, len(targets)-i)
@@ -118,7 +154,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 			break
 		}
 	}
-	return nil, classifyDialError(addr, firstErr)
+	return nil, classifyDialError(targets[0].String(), firstErr)
 }
 
 // dialOne connects to ap, bounded by a share of ctx's remaining time.
