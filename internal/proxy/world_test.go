@@ -52,19 +52,19 @@ type worldOptions struct {
 }
 
 type world struct {
-	t        *testing.T
-	dns      *testutil.DNS
-	ca       *testutil.CA
+	t   *testing.T
+	dns *testutil.DNS
+	ca  *testutil.CA
 	// inspectCA signs the gateway's leaf certificates when inspecting.
 	inspectCA *testutil.CA
-	tlsUp    *httptest.Server // TLS upstream on 127.0.0.1
-	httpUp   *httptest.Server // plain HTTP upstream on 127.0.0.1
-	tlsConns atomic.Int64
-	httpReqs chan *http.Request
-	proxyURL *url.URL
-	logs     *syncBuffer
-	portMap  map[uint16]uint16
-	mu       sync.Mutex
+	tlsUp     *httptest.Server // TLS upstream on 127.0.0.1
+	httpUp    *httptest.Server // plain HTTP upstream on 127.0.0.1
+	tlsConns  atomic.Int64
+	httpReqs  chan *http.Request
+	proxyURL  *url.URL
+	logs      *syncBuffer
+	portMap   map[uint16]uint16
+	mu        sync.Mutex
 }
 
 type syncBuffer struct {
@@ -206,9 +206,9 @@ func newWorld(t *testing.T, o worldOptions) *world {
 		inspector = m
 	}
 	srv, err := New(Options{
-		Inspector:          inspector,
-		ClientHelloTimeout: o.clientHelloTimeout,
-		UpstreamTLS:        &tls.Config{RootCAs: w.ca.Pool},
+		Inspector:             inspector,
+		ClientHelloTimeout:    o.clientHelloTimeout,
+		UpstreamTLS:           &tls.Config{RootCAs: w.ca.Pool},
 		Policy:                func() *allowlist.Policy { return policy },
 		Dialer:                portMapDialer{d: d, w: w},
 		Logger:                slog.New(slog.NewJSONHandler(w.logs, nil)),
