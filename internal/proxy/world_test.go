@@ -52,7 +52,7 @@ type worldOptions struct {
 }
 
 type world struct {
-	t   *testing.T
+	t   testing.TB
 	dns *testutil.DNS
 	ca  *testutil.CA
 	// inspectCA signs the gateway's leaf certificates when inspecting.
@@ -116,7 +116,7 @@ func (p portMapDialer) DialContext(ctx context.Context, network, addr string) (n
 	return p.d.DialContext(ctx, network, net.JoinHostPort(host, strconv.Itoa(int(p.mapPort(uint16(n))))))
 }
 
-func newWorld(t *testing.T, o worldOptions) *world {
+func newWorld(t testing.TB, o worldOptions) *world {
 	t.Helper()
 	w := &world{t: t, dns: testutil.NewDNS(t), ca: testutil.NewCA(t), logs: &syncBuffer{},
 		httpReqs: make(chan *http.Request, 16), portMap: map[uint16]uint16{}}

@@ -1,0 +1,70 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// BenchmarkTunnelBulk streams TLS application data one way through a CONNECT
+// tunnel: "verified" peeks and checks the ClientHello before relaying,
+// "unverified" is a rule with verify_sni: false. The copy path after the
+// handshake is the same, so the two should be within noise of each other.
+func BenchmarkTunnelBulk(b *testing.B) {
+	for _, tc := range []struct{ name, host string }{
+		{"verified", "winatp-gw-weu.microsoft.com"},
+		{"unverified", "raw.lab.test"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			w := newWorld(b, worldOptions{geos: eu})
+			sink := sinkTLS(b, w.ca.Leaf(b, tlsNames...))
+			defer sink.Close()
+			w.mu.Lock()
+			w.portMap[443] = port(sink.Addr())
+			w.mu.Unlock()
+			c, resp := w.connect(tc.host+":443", nil)
+			if resp.StatusCode != 200 {
+				b.Fatalf("CONNECT %s: %d", tc.host, resp.StatusCode)
+			}
+			c.SetDeadline(time.Time{})
+			conn := tls.Client(c, &tls.Config{ServerName: tc.host, RootCAs: w.ca.Pool})
+			if err := conn.Handshake(); err != nil {
+				b.Fatal(err)
+			}
+			buf := make([]byte, 1<<20)
+			b.SetBytes(int64(len(buf)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := conn.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			conn.Close()
+		})
+	}
+}
+
+// sinkTLS accepts TLS connections, reads until EOF and answers one byte.
+func sinkTLS(b *testing.B, cert tls.Certificate) net.Listener {
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return ln
+}
