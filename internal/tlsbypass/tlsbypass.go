@@ -97,20 +97,24 @@ func Relay(client, upstream net.Conn, pending []byte, opts Options) Stats {
 	st.UpstreamToClient = down
 	st.Duration = time.Since(start)
 	st.End, st.Err = "closed", nil
-	for _, err := range []error{res.err, downErr} {
+	// The first failure decides how the tunnel ended: once one direction
+	// fails, the relay closes both connections, and the other direction's
+	// "use of closed network connection" is a consequence, not a cause.
+	if cause := r.cause.Load(); cause != nil {
+		st.Err = cause.err
 		switch {
-		case err == nil:
-		case st.Err != nil:
-		case errors.Is(err, errIdle):
-			st.End, st.Err = "idle-timeout", err
-		case errors.Is(err, errHalfClose):
-			st.End, st.Err = "half-close-timeout", err
+		case errors.Is(cause.err, errIdle):
+			st.End = "idle-timeout"
+		case errors.Is(cause.err, errHalfClose):
+			st.End = "half-close-timeout"
 		default:
-			st.End, st.Err = "error", err
+			st.End = "error"
 		}
 	}
 	return st
 }
+
+type failure struct{ err error }
 
 type result struct {
 	n   int64
@@ -119,17 +123,30 @@ type result struct {
 
 type relay struct {
 	opts        Options
+	cause       atomic.Pointer[failure] // first error that ended a direction
 	last        atomic.Int64 // unix nanoseconds of the last byte moved, either way
 	lingerUntil atomic.Int64 // unix nanoseconds; 0 while both directions flow
 }
 
 func (r *relay) touch() { r.last.Store(time.Now().UnixNano()) }
 
+// writeDeadline bounds a write by the idle limit and the half-close linger:
+// a peer that stops reading must not hold the tunnel open forever.
 func (r *relay) writeDeadline() time.Time {
-	if r.opts.IdleTimeout <= 0 {
-		return time.Time{}
+	var d time.Time
+	if r.opts.IdleTimeout > 0 {
+		d = time.Now().Add(r.opts.IdleTimeout)
 	}
-	return time.Now().Add(r.opts.IdleTimeout)
+	return r.earlierLinger(d)
+}
+
+func (r *relay) earlierLinger(d time.Time) time.Time {
+	if l := r.lingerUntil.Load(); l != 0 {
+		if lt := time.Unix(0, l); d.IsZero() || lt.Before(d) {
+			return lt
+		}
+	}
+	return d
 }
 
 // readDeadline is the earlier of the idle limit and the half-close linger.
@@ -138,12 +155,7 @@ func (r *relay) readDeadline() time.Time {
 	if r.opts.IdleTimeout > 0 {
 		d = time.Unix(0, r.last.Load()).Add(r.opts.IdleTimeout)
 	}
-	if l := r.lingerUntil.Load(); l != 0 {
-		if lt := time.Unix(0, l); d.IsZero() || lt.Before(d) {
-			d = lt
-		}
-	}
-	return d
+	return r.earlierLinger(d)
 }
 
 // expired tells whether a read deadline that fired is final.
@@ -158,16 +170,18 @@ func (r *relay) expired() error {
 	return nil
 }
 
-// finished is called when the direction reading src has ended. A clean end
-// (EOF) starts the half-close linger on the other direction; an error ends
-// the other direction at once.
+// finished is called when the direction reading src (and writing to other)
+// has ended. A clean end (EOF) starts the half-close linger on the other
+// direction, which reads other and writes src: both its reads and its writes
+// are bounded by the linger. An error ends the other direction at once.
 func (r *relay) finished(src, other net.Conn, err error) {
 	if err == nil {
 		r.lingerUntil.CompareAndSwap(0, time.Now().Add(r.opts.HalfCloseTimeout).UnixNano())
 		other.SetReadDeadline(r.readDeadline())
+		src.SetWriteDeadline(r.writeDeadline())
 		return
 	}
-	other.SetReadDeadline(time.Unix(1, 0))
+	r.cause.CompareAndSwap(nil, &failure{err})
 	src.Close()
 	other.Close()
 }
@@ -203,6 +217,13 @@ func (r *relay) copy(dst, src net.Conn) (int64, error) {
 			n += int64(nw)
 			if werr != nil {
 				bufPool.Put(bp)
+				if errors.Is(werr, os.ErrDeadlineExceeded) {
+					if err := r.expired(); err != nil {
+						return n, err
+					}
+					// The peer stopped reading for a whole idle period.
+					return n, errIdle
+				}
 				return n, werr
 			}
 		}
