@@ -17,6 +17,7 @@ import (
 	"github.com/caarlos0/env/v11"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/auth"
 	"github.com/defendergw/gateway/internal/inspect"
 )
 
@@ -49,14 +50,24 @@ type Config struct {
 	InspectLeafValidity      time.Duration `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
 	InspectCacheSize         int           `env:"INSPECT_CACHE_SIZE" envDefault:"1024"`
 	UpstreamCAFile           string        `env:"UPSTREAM_CA_FILE"`
+	ClientCIDRs              []string      `env:"CLIENT_CIDRS" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
+	AuthHtpasswd             string        `env:"AUTH_HTPASSWD"`
+	AuthRealm                string        `env:"AUTH_REALM" envDefault:"Defender egress gateway"`
+	AuthReloadInterval       time.Duration `env:"AUTH_RELOAD_INTERVAL" envDefault:"5s"`
+	AuthFailuresPerMinute    float64       `env:"AUTH_FAILURES_PER_MINUTE" envDefault:"10"`
+	Unlisted                 string        `env:"UNLISTED" envDefault:"deny"`
+	UnlistedPorts            []string      `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
+	Mode                     string        `env:"MODE" envDefault:"enforce"`
 	LogFormat                string        `env:"LOG_FORMAT" envDefault:"json"`
 	LogLevel                 string        `env:"LOG_LEVEL" envDefault:"info"`
 
 	// Derived by validate.
-	blobScope    allowlist.BlobScope
-	geos         []allowlist.Geography
-	allowPrivate []netip.Prefix
-	logLevel     slog.Level
+	clientNets    []netip.Prefix
+	unlistedPorts []uint16
+	blobScope     allowlist.BlobScope
+	geos          []allowlist.Geography
+	allowPrivate  []netip.Prefix
+	logLevel      slog.Level
 }
 
 // loadConfig parses and validates the environment. Errors name the variable.
@@ -125,6 +136,7 @@ func unknownVars(environ map[string]string) []string {
 }
 
 func (c *Config) validate() error {
+	var err error
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("GATEWAY_LISTEN: %q is not host:port: %v", c.Listen, err)
 	}
@@ -141,19 +153,8 @@ func (c *Config) validate() error {
 		}
 	}
 	c.DisabledServices = trimList(c.DisabledServices)
-	for _, s := range trimList(c.AllowPrivateDestinations) {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return fmt.Errorf("GATEWAY_ALLOW_PRIVATE_DESTINATIONS: %q is not a CIDR prefix or address", s)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		if p.Masked() != p {
-			return fmt.Errorf("GATEWAY_ALLOW_PRIVATE_DESTINATIONS: %q has host bits set (did you mean %s?)", s, p.Masked())
-		}
-		c.allowPrivate = append(c.allowPrivate, p)
+	if c.allowPrivate, err = parsePrefixes(trimList(c.AllowPrivateDestinations)); err != nil {
+		return fmt.Errorf("GATEWAY_ALLOW_PRIVATE_DESTINATIONS: %v", err)
 	}
 	var servers []string
 	for _, s := range trimList(c.DNSServers) {
@@ -189,7 +190,6 @@ func (c *Config) validate() error {
 	if c.MaxHeaderBytes < 4096 || c.MaxHeaderBytes > 1<<20 {
 		return fmt.Errorf("GATEWAY_MAX_HEADER_BYTES: must be between 4096 and 1048576, got %d", c.MaxHeaderBytes)
 	}
-	var err error
 	if c.blobScope, err = allowlist.ParseBlobScope(c.BlobScope); err != nil {
 		return fmt.Errorf("GATEWAY_BLOB_SCOPE: %v", err)
 	}
@@ -205,6 +205,42 @@ func (c *Config) validate() error {
 	if c.InspectCacheSize <= 0 {
 		return fmt.Errorf("GATEWAY_INSPECT_CACHE_SIZE: must be positive, got %d", c.InspectCacheSize)
 	}
+	if c.clientNets, err = parsePrefixes(trimList(c.ClientCIDRs)); err != nil {
+		return fmt.Errorf("GATEWAY_CLIENT_CIDRS: %v", err)
+	}
+	if len(c.clientNets) == 0 {
+		return errors.New("GATEWAY_CLIENT_CIDRS: empty: no client could use the gateway")
+	}
+	switch c.Unlisted {
+	case "deny":
+	case "authenticated":
+		if c.AuthHtpasswd == "" {
+			return errors.New("GATEWAY_UNLISTED=authenticated needs GATEWAY_AUTH_HTPASSWD: unlisted destinations are only for authenticated users")
+		}
+	default:
+		return fmt.Errorf("GATEWAY_UNLISTED: want deny or authenticated, got %q", c.Unlisted)
+	}
+	for _, p := range trimList(c.UnlistedPorts) {
+		port, err := allowlist.ParsePort(p)
+		if err != nil {
+			return fmt.Errorf("GATEWAY_UNLISTED_PORTS: %q is not a port", p)
+		}
+		c.unlistedPorts = append(c.unlistedPorts, port)
+	}
+	switch c.Mode {
+	case "enforce", "audit":
+	default:
+		return fmt.Errorf("GATEWAY_MODE: want enforce or audit, got %q", c.Mode)
+	}
+	if c.AuthReloadInterval <= 0 {
+		return fmt.Errorf("GATEWAY_AUTH_RELOAD_INTERVAL: must be a positive duration, got %s", c.AuthReloadInterval)
+	}
+	if c.AuthFailuresPerMinute <= 0 {
+		return fmt.Errorf("GATEWAY_AUTH_FAILURES_PER_MINUTE: must be positive, got %v", c.AuthFailuresPerMinute)
+	}
+	if strings.ContainsAny(c.AuthRealm, "\r\n") {
+		return errors.New("GATEWAY_AUTH_REALM: must be one line")
+	}
 	switch c.LogFormat {
 	case "json", "text":
 	default:
@@ -214,6 +250,26 @@ func (c *Config) validate() error {
 		return fmt.Errorf("GATEWAY_LOG_LEVEL: want debug, info, warn or error, got %q", c.LogLevel)
 	}
 	return nil
+}
+
+// parsePrefixes parses CIDR prefixes or single addresses.
+func parsePrefixes(list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range list {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is not a CIDR prefix or address", s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Masked() != p {
+			return nil, fmt.Errorf("%q has host bits set (did you mean %s?)", s, p.Masked())
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 func trimList(in []string) []string {
@@ -232,7 +288,8 @@ func (c *Config) buildPolicy() (*allowlist.Policy, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := allowlist.Options{Geographies: c.geos, DisabledServices: c.DisabledServices, BlobScope: c.blobScope}
+	opts := allowlist.Options{Geographies: c.geos, DisabledServices: c.DisabledServices, BlobScope: c.blobScope,
+		Audit: c.Mode == "audit", UnlistedAuthenticated: c.Unlisted == "authenticated", UnlistedPorts: c.unlistedPorts}
 	if c.RulesFile != "" {
 		data, err := os.ReadFile(c.RulesFile)
 		if err != nil {
@@ -274,6 +331,18 @@ func (c *Config) upstreamTLS() (*tls.Config, error) {
 		}
 	}
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// authenticator loads the htpasswd file, if one is configured.
+func (c *Config) authenticator() (*auth.Authenticator, error) {
+	if c.AuthHtpasswd == "" {
+		return nil, nil
+	}
+	a, err := auth.New(auth.Options{File: c.AuthHtpasswd, FailuresPerMinute: c.AuthFailuresPerMinute})
+	if err != nil {
+		return nil, fmt.Errorf("GATEWAY_AUTH_HTPASSWD: %w", err)
+	}
+	return a, nil
 }
 
 // inspector loads the inspection CA, if one is configured.

@@ -309,16 +309,28 @@ func TestServeBinaryBadConfig(t *testing.T) {
 		{"geography", []string{"GATEWAY_GEOGRAPHIES=EU,XX"}, "GATEWAY_GEOGRAPHIES"},
 		{"timeout", []string{"GATEWAY_IDLE_TIMEOUT=forever"}, "GATEWAY_IDLE_TIMEOUT"},
 		{"listen in use", nil, "GATEWAY_LISTEN"},
+		{"non-bcrypt htpasswd", nil, "line 2"},
+		{"unlisted without htpasswd", []string{"GATEWAY_UNLISTED=authenticated"}, "GATEWAY_AUTH_HTPASSWD"},
+		{"bad client cidr", []string{"GATEWAY_CLIENT_CIDRS=10.0.0.0/33"}, "GATEWAY_CLIENT_CIDRS"},
+		{"bad mode", []string{"GATEWAY_MODE=block"}, "GATEWAY_MODE"},
+		{"inspect cert without key", []string{"GATEWAY_INSPECT_CA_CERT=/x.pem"}, "GATEWAY_INSPECT_CA_KEY"},
+		{"bad blob scope", []string{"GATEWAY_BLOB_SCOPE=some"}, "GATEWAY_BLOB_SCOPE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			env := tt.env
-			if tt.name == "listen in use" {
+			switch tt.name {
+			case "listen in use":
 				l := testutil.Listen(t, "127.0.0.1:0")
 				env = []string{"GATEWAY_LISTEN=" + l.Addr().String(), "GATEWAY_DNS_SERVERS=127.0.0.1:53"}
+			case "non-bcrypt htpasswd":
+				f := filepath.Join(t.TempDir(), "users.htpasswd")
+				writeFile(t, f, "# users\nbob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n")
+				env = []string{"GATEWAY_AUTH_HTPASSWD=" + f, "GATEWAY_DNS_SERVERS=127.0.0.1:53"}
+				tt.want = f + " line 2"
 			}
 			_, errOut, code := runCLI(t, env, "serve")
-			if code == 0 || !strings.Contains(errOut, tt.want) {
+			if code == 0 || !strings.Contains(errOut, tt.want) || strings.Contains(errOut, "W6ph5Mm5") {
 				t.Errorf("exit %d, stderr %q: want non-zero and a message naming %s", code, errOut, tt.want)
 			}
 		})

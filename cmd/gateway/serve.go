@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/auth"
 	"github.com/defendergw/gateway/internal/proxy"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/tlsbypass"
@@ -75,6 +76,21 @@ func runServer(ctx context.Context, cfg *Config, logger *slog.Logger, ready chan
 	if minter != nil {
 		inspector = minter
 	}
+	authn, err := cfg.authenticator()
+	if err != nil {
+		return err
+	}
+	var authenticator proxy.Authenticator
+	if authn != nil {
+		authenticator = authn
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go authn.Watch(wctx, cfg.AuthReloadInterval,
+			func() { logger.Info("htpasswd reloaded", "file", cfg.AuthHtpasswd, "users", authn.Users()) },
+			func(err error) {
+				logger.Error("htpasswd reload failed; keeping the previous users", "error", err.Error())
+			})
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("GATEWAY_LISTEN: %w", err)
@@ -100,6 +116,9 @@ func runServer(ctx context.Context, cfg *Config, logger *slog.Logger, ready chan
 		ClientHelloTimeout:    cfg.ClientHelloTimeout,
 		UpstreamTLS:           upstreamTLS,
 		Inspector:             inspector,
+		ClientNetworks:        cfg.clientNets,
+		Auth:                  authenticator,
+		Challenge:             auth.Challenge(cfg.AuthRealm),
 	})
 	if err != nil {
 		return err
@@ -119,7 +138,8 @@ func runServer(ctx context.Context, cfg *Config, logger *slog.Logger, ready chan
 	logger.Info("gateway listening", "listen", ln.Addr().String(), "version", buildVersion(),
 		"catalog_version", policy.Version(), "geographies", strings.Join(geos, ","),
 		"rules", len(policy.Rules()), "dns_servers", strings.Join(servers, ","),
-		"blob_scope", policy.BlobScope().String(), "inspection", minter != nil)
+		"blob_scope", policy.BlobScope().String(), "inspection", minter != nil, "mode", cfg.Mode,
+		"unlisted", cfg.Unlisted, "authentication", authn != nil)
 	if ready != nil {
 		ready <- ln.Addr()
 	}

@@ -48,6 +48,9 @@ const (
 	ReasonPort       Reason = "port"
 	ReasonIPLiteral  Reason = "ip-literal"
 	ReasonBadRequest Reason = "bad-request"
+	// ReasonUnlisted marks an unlisted destination allowed to an
+	// authenticated user.
+	ReasonUnlisted Reason = "unlisted"
 )
 
 // ReasonOf maps an error from this package to its reason code, or "" if err

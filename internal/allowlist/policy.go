@@ -18,6 +18,18 @@ type Options struct {
 	Rules []Rule
 	// BlobScope chooses how Azure blob storage is opened (see BlobScope).
 	BlobScope BlobScope
+	// Audit allows what enforce mode refuses for allowlist reasons
+	// (not-listed, geography, port) and marks the decision as audited, like
+	// network protection's Audit mode. Address safety (ip-literal,
+	// malformed targets) is enforced in every mode.
+	Audit bool
+	// UnlistedAuthenticated lets authenticated users reach destinations no
+	// rule names (the general egress proxy case), on UnlistedPorts only and
+	// never against a deny rule. The caller enforces the authentication.
+	UnlistedAuthenticated bool
+	// UnlistedPorts are the ports unlisted destinations may use; default
+	// 80 and 443.
+	UnlistedPorts []uint16
 }
 
 // BlobScope says how much of *.blob.core.windows.net the catalog opens.
@@ -60,14 +72,17 @@ func (b BlobScope) String() string {
 // Policy is the effective allowlist: catalog plus operator rules for the
 // configured geographies, indexed by name. It is immutable.
 type Policy struct {
-	version   string
-	geos      uint8 // bit per Geography; WW always set
-	allGeos   bool
-	rules     []Rule // catalog rows (disabled services removed) then operator rules
-	allow     index
-	deny      index
-	services  []string
-	blobScope BlobScope
+	version       string
+	geos          uint8 // bit per Geography; WW always set
+	allGeos       bool
+	rules         []Rule // catalog rows (disabled services removed) then operator rules
+	allow         index
+	deny          index
+	services      []string
+	blobScope     BlobScope
+	audit         bool
+	unlistedAuth  bool
+	unlistedPorts []uint16
 }
 
 // index maps exact names and wildcard suffixes to rules. Lookups cost one map
@@ -153,7 +168,11 @@ func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 			p.services = append(p.services, s)
 		}
 	}
-	p.blobScope = opts.BlobScope
+	p.blobScope, p.audit, p.unlistedAuth = opts.BlobScope, opts.Audit, opts.UnlistedAuthenticated
+	p.unlistedPorts = opts.UnlistedPorts
+	if len(p.unlistedPorts) == 0 {
+		p.unlistedPorts = []uint16{80, 443}
+	}
 	for i := range cat.Rules {
 		r := &cat.Rules[i]
 		if slices.Contains(opts.DisabledServices, r.ServiceID) ||
@@ -195,6 +214,13 @@ func (p *Policy) Geographies() []Geography {
 // InGeography reports whether rows of geography g apply.
 func (p *Policy) InGeography(g Geography) bool { return p.geos&(1<<g) != 0 }
 
+// Audit reports whether the policy is in audit mode.
+func (p *Policy) Audit() bool { return p.audit }
+
+// UnlistedAuthenticated reports whether authenticated users may reach
+// unlisted destinations.
+func (p *Policy) UnlistedAuthenticated() bool { return p.unlistedAuth }
+
 // BlobScope is the blob storage scope in force.
 func (p *Policy) BlobScope() BlobScope { return p.blobScope }
 
@@ -226,6 +252,13 @@ type Decision struct {
 	// NoSNICheck is true when an allowing rule switches ClientHello
 	// verification off.
 	NoSNICheck bool
+	// Unlisted is true when the target is allowed only because it is an
+	// unlisted destination open to authenticated users: the caller must
+	// authenticate the client.
+	Unlisted bool
+	// Audited is true when audit mode allowed a target that enforce mode
+	// would refuse; Reason and Rule then say why and by which rule.
+	Audited bool
 }
 
 // Service returns the service id of the decision's rule, or "".
@@ -259,6 +292,26 @@ func refuse(t Target, err error, r *Rule) Decision {
 // Decide matches a normalised target. It does no I/O and, for targets without
 // a path, does not allocate.
 func (p *Policy) Decide(t Target) Decision {
+	d := p.match(t)
+	if d.Allowed || d.Err == ErrIPLiteral || d.Err == ErrBadTarget {
+		return d
+	}
+	if p.unlistedAuth && d.Err == ErrNotListed && (d.Rule == nil || d.Rule.Action == Allow) &&
+		slices.Contains(p.unlistedPorts, t.Port) {
+		d.Allowed, d.Unlisted, d.Reason, d.Err = true, true, ReasonUnlisted, nil
+		return d
+	}
+	if p.audit {
+		d.Allowed, d.Audited, d.Err = true, true, nil
+		if d.Rule != nil && d.Rule.Action == Allow {
+			d.TLSExempt, d.Anonymous, d.NoSNICheck = d.Rule.TLSExempt, d.Rule.Anonymous, d.Rule.NoSNICheck
+		}
+	}
+	return d
+}
+
+// match is Decide in enforce mode.
+func (p *Policy) match(t Target) Decision {
 	if denied := p.deny.match(t); denied != nil {
 		return refuse(t, ErrNotListed, denied)
 	}

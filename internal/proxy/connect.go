@@ -6,74 +6,32 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"time"
 
 	"github.com/elazarl/goproxy"
 
-	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
-// connectState carries a CONNECT's decision from handleConnect to the
-// tunnel (and, for inspected tunnels, to every inner request).
-type connectState struct {
-	raw      string // request target as sent
-	target   allowlist.Target
-	decision allowlist.Decision
-	policy   *allowlist.Policy
-	addrs    []netip.AddrPort // resolved and checked, dialed only after the ClientHello passed
-	err      error            // why the CONNECT is refused, if it is
-	mode     tlsbypass.Mode
-}
-
-// handleConnect decides a CONNECT and resolves its destination before
-// anything is answered, so refusals and DNS failures get a proper status.
-// Allowed tunnels to TLS-exempt destinations (and every allowed tunnel when
-// no inspection CA is configured) are taken over by serveConnect; the rest
-// are inspected through goproxy's MITM.
-func (s *Server) handleConnect(_ string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
-	req := ctx.Req
-	st := &connectState{raw: req.RequestURI, policy: s.opts.Policy()}
-	if st.raw == "" {
-		st.raw = req.URL.Host
-	}
+// handleConnect picks how an allowed CONNECT (decided and resolved by
+// ServeHTTP) is carried: TLS-exempt destinations, and every destination when
+// no inspection CA is configured, are taken over by serveConnect as verified
+// raw tunnels; the rest are inspected through goproxy's MITM.
+func (s *Server) handleConnect(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+	st := stateFrom(ctx.Req.Context())
 	ctx.UserData = st
-	st.target, st.err = allowlist.ParseAuthority(st.raw)
-	if st.err != nil {
-		s.logDecision(req, st.raw, nil, st.err, "")
-		return s.connect, st.raw
-	}
-	st.decision = st.policy.Decide(st.target)
-	st.err = st.decision.Err
-	if st.err == nil {
-		st.mode = tlsbypass.Choose(&st.decision, s.opts.Inspector != nil)
-	}
-	s.logDecision(req, st.target.HostPort(), &st.decision, st.err, st.mode.String())
-	if st.err != nil {
-		return s.connect, st.raw
-	}
-	lctx, cancel := context.WithTimeout(req.Context(), s.opts.DialTimeout)
-	st.addrs, st.err = s.opts.Dialer.Lookup(lctx, st.target.Host, st.target.Port)
-	cancel()
-	if st.err != nil {
-		s.log.Warn("connect failed", "client", clientAddr(req), "target", st.target.HostPort(),
-			"rule", st.decision.RuleID(), "service", st.decision.Service(), "error", st.err.Error())
-		return s.connect, st.raw
-	}
-	if st.mode == tlsbypass.Inspect {
+	if st != nil && st.mode == tlsbypass.Inspect {
 		return s.mitm, st.target.HostPort()
 	}
-	return s.connect, st.raw
+	return s.connect, host
 }
 
 // mitmTLSConfig serves the inspection certificate for the CONNECT's host.
 func (s *Server) mitmTLSConfig(_ string, ctx *goproxy.ProxyCtx) (*tls.Config, error) {
-	st, ok := ctx.UserData.(*connectState)
-	if !ok {
+	st, ok := ctx.UserData.(*reqState)
+	if !ok || st == nil {
 		return nil, errors.New("proxy: inspected tunnel without state")
 	}
 	return s.opts.Inspector.TLSConfig(st.target.Host), nil
@@ -93,16 +51,10 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 	if req.ProtoMajor != 1 {
 		proto = "HTTP/1.1"
 	}
-	st, _ := gctx.UserData.(*connectState)
+	st, _ := gctx.UserData.(*reqState)
 	if st == nil {
-		st = &connectState{err: fmt.Errorf("connect: no decision: %w", allowlist.ErrBadTarget)}
-	}
-	if st.err != nil {
-		target := st.raw
-		if st.target.Host != "" {
-			target = st.target.HostPort()
-		}
-		s.refuseConn(client, proto, newRefusal(st.err, target, &st.decision, st.policy))
+		// ServeHTTP decides every CONNECT before goproxy sees it.
+		client.Close()
 		return
 	}
 	ev := tunnelEvent{req: req, st: st}
@@ -156,7 +108,7 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 }
 
 // dialChecked connects to the addresses handleConnect checked.
-func (s *Server) dialChecked(req *http.Request, st *connectState) (net.Conn, error) {
+func (s *Server) dialChecked(req *http.Request, st *reqState) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(req.Context(), s.opts.DialTimeout)
 	defer cancel()
 	c, err := s.opts.Dialer.DialChecked(ctx, st.addrs)
@@ -170,7 +122,7 @@ func (s *Server) dialChecked(req *http.Request, st *connectState) (net.Conn, err
 // tunnelEvent is what the logs say about one tunnel.
 type tunnelEvent struct {
 	req    *http.Request
-	st     *connectState
+	st     *reqState
 	sni    string
 	remote string
 	stats  tlsbypass.Stats
@@ -180,7 +132,7 @@ type tunnelEvent struct {
 func (e *tunnelEvent) attrs() []any {
 	return []any{"client", clientAddr(e.req), "target", e.st.target.HostPort(), "rule", e.st.decision.RuleID(),
 		"service", e.st.decision.Service(), "geography", e.st.decision.Geography(), "tls", e.st.mode.String(),
-		"sni", e.sni}
+		"sni", e.sni, "user", e.st.user}
 }
 
 func (s *Server) logTunnelRefused(e tunnelEvent) {
@@ -211,30 +163,4 @@ func (s *Server) refuseConn(c net.Conn, proto string, f refusal) {
 		io.Copy(io.Discard, io.LimitReader(c, 256<<10))
 	}
 	c.Close()
-}
-
-func (s *Server) logDecision(req *http.Request, target string, d *allowlist.Decision, err error, tlsMode string, extra ...slog.Attr) {
-	attrs := []slog.Attr{
-		slog.String("client", clientAddr(req)),
-		slog.String("method", req.Method),
-		slog.String("target", target),
-	}
-	if tlsMode != "" {
-		attrs = append(attrs, slog.String("tls", tlsMode))
-	}
-	attrs = append(attrs, extra...)
-	if d != nil && d.Allowed {
-		attrs = append(attrs, slog.String("decision", "allow"), slog.String("reason", string(d.Reason)))
-	} else {
-		_, reason := classify(err)
-		attrs = append(attrs, slog.String("decision", "deny"), slog.String("reason", reason))
-	}
-	if d != nil {
-		attrs = append(attrs, slog.String("rule", d.RuleID()), slog.String("service", d.Service()),
-			slog.String("geography", d.Geography()))
-		if d.PathUnchecked {
-			attrs = append(attrs, slog.Bool("path_unchecked", true))
-		}
-	}
-	s.log.LogAttrs(context.Background(), slog.LevelInfo, "decision", attrs...)
 }

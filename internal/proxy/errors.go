@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/auth"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
@@ -29,6 +30,13 @@ const (
 	// the 200, so they appear in logs and metrics, not in a response).
 	ReasonNotTLS      = "not-tls"
 	ReasonSNIMismatch = "sni-mismatch"
+	// ReasonClientNotAllowed refuses clients outside GATEWAY_CLIENT_CIDRS.
+	ReasonClientNotAllowed = "client-not-allowed"
+	// ReasonAuthRequired asks for (valid) proxy credentials: 407, or 403
+	// inside an inspected tunnel opened anonymously.
+	ReasonAuthRequired = "auth-required"
+	// ReasonAuthRateLimited refuses a client that failed too often.
+	ReasonAuthRateLimited = "auth-rate-limited"
 )
 
 // classify maps an error to the status code and reason sent to the client.
@@ -42,6 +50,14 @@ func classify(err error) (status int, reason string) {
 	}
 	var ne net.Error
 	switch {
+	case errors.Is(err, ErrClientNotAllowed):
+		return http.StatusForbidden, ReasonClientNotAllowed
+	case errors.Is(err, errAuthInsideTunnel):
+		return http.StatusForbidden, ReasonAuthRequired
+	case errors.Is(err, auth.ErrRateLimited):
+		return http.StatusTooManyRequests, ReasonAuthRateLimited
+	case errors.Is(err, auth.ErrNoCredentials), errors.Is(err, auth.ErrBadCredentials):
+		return http.StatusProxyAuthRequired, ReasonAuthRequired
 	case errors.Is(err, tlsbypass.ErrSNIMismatch):
 		return http.StatusForbidden, ReasonSNIMismatch
 	case errors.Is(err, tlsbypass.ErrNotTLS), errors.Is(err, tlsbypass.ErrPeekTimeout):
@@ -88,6 +104,12 @@ func hint(reason, target string, d *allowlist.Decision, p *allowlist.Policy) str
 		return "connect by host name: IP-literal destinations are refused unless a rule in GATEWAY_RULES_FILE names the address."
 	case string(allowlist.ReasonBadRequest):
 		return "the request target is malformed; send CONNECT host:port or an absolute http:// URL."
+	case ReasonClientNotAllowed:
+		return "this client address is not in GATEWAY_CLIENT_CIDRS; the gateway serves only the configured client networks."
+	case ReasonAuthRequired:
+		return fmt.Sprintf("%s needs proxy authentication: send valid Basic credentials in Proxy-Authorization (Defender service URLs never need them).", target)
+	case ReasonAuthRateLimited:
+		return "too many failed authentication attempts from this address; wait a minute and retry with valid credentials."
 	case ReasonPrivateDestination:
 		return fmt.Sprintf("%s resolves to an internal address; the gateway does not connect to internal networks (labs may allow ranges with GATEWAY_ALLOW_PRIVATE_DESTINATIONS).", target)
 	case ReasonDNSFailure:

@@ -47,63 +47,63 @@ func (s *Server) addVia(h http.Header, major, minor int) {
 	h.Set("Via", v)
 }
 
-// requestState travels with a forwarded request through goproxy.
-type requestState struct {
-	target   allowlist.Target
-	decision allowlist.Decision
-	policy   *allowlist.Policy
-}
-
-// handleRequest decides an absolute-form request, or a request inside an
-// inspected tunnel, and prepares it for forwarding, or answers it with a
-// refusal.
+// handleRequest forwards an absolute-form request that ServeHTTP allowed, or
+// decides a request inside an inspected tunnel with its path.
 func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
-	tunnel, inspected := ctx.UserData.(*connectState)
-	policy := s.opts.Policy()
-	tlsMode := ""
-	if inspected {
-		policy, tlsMode = tunnel.policy, tlsbypass.Inspect.String()
+	st := stateFrom(r.Context())
+	if tunnel, ok := ctx.UserData.(*reqState); ok && tunnel != nil && tunnel.mode == tlsbypass.Inspect {
+		var resp *http.Response
+		if st, resp = s.decideInner(r, tunnel); resp != nil {
+			return r, resp
+		}
 	}
-	t, err := allowlist.ParseURL(r.URL)
-	switch {
-	case err != nil:
-	case !inspected && strings.EqualFold(r.URL.Scheme, "https"):
-		// https:// in absolute form would make the gateway originate TLS
-		// on the client's behalf; clients must use CONNECT.
-		err = fmt.Errorf("absolute-form https: use CONNECT: %w", allowlist.ErrBadTarget)
-	case inspected && (!strings.EqualFold(r.URL.Scheme, "https") || t.Host != tunnel.target.Host || t.Port != tunnel.target.Port):
-		// Inside a tunnel only the CONNECT's own origin may be addressed,
-		// and only over TLS.
-		err = fmt.Errorf("request for %s inside a tunnel to %s: %w", r.URL.Host, tunnel.target.HostPort(), allowlist.ErrBadTarget)
-	}
-	if err != nil {
-		s.logDecision(r, r.URL.Host, nil, err, tlsMode)
-		return r, newRefusal(err, r.URL.Host, nil, policy).response(r)
-	}
-	d := policy.Decide(t)
-	var extra []slog.Attr
-	if inspected {
-		extra = []slog.Attr{slog.String("path", t.Path)}
-	}
-	s.logDecision(r, t.HostPort(), &d, d.Err, tlsMode, extra...)
-	if !d.Allowed {
-		return r, newRefusal(d.Err, t.HostPort(), &d, policy).response(r)
+	if st == nil {
+		err := fmt.Errorf("request reached the forwarder undecided: %w", allowlist.ErrBadTarget)
+		return r, newRefusal(err, r.URL.Host, nil, nil).response(r)
 	}
 	// Forward to exactly the normalised name that was decided: the
 	// absolute URI wins over any Host header (RFC 9112 §3.2.2).
+	t := st.target
 	host := t.Host
 	if t.IP.Is6() {
 		host = "[" + host + "]"
 	}
-	if (t.Port != 80 || inspected) && (t.Port != 443 || !inspected) {
+	if defPort := map[bool]uint16{false: 80, true: 443}[strings.EqualFold(r.URL.Scheme, "https")]; t.Port != defPort {
 		host = net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
 	}
 	r.URL.Host, r.Host = host, host
 	removeHopByHop(r.Header)
 	s.addVia(r.Header, r.ProtoMajor, r.ProtoMinor)
-	ctx.UserData = &requestState{target: t, decision: d, policy: policy}
+	ctx.UserData = st
 	ctx.RoundTripper = goproxy.RoundTripperFunc(s.roundTrip)
 	return r, nil
+}
+
+// decideInner decides a request inside an inspected tunnel. Only the
+// CONNECT's own origin may be addressed, only over TLS, and each path is
+// decided on its own.
+func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *http.Response) {
+	st := &reqState{client: tunnel.client, policy: tunnel.policy, raw: r.URL.Host, user: tunnel.user, mode: tunnel.mode}
+	t, err := allowlist.ParseURL(r.URL)
+	if err == nil && (!strings.EqualFold(r.URL.Scheme, "https") || t.Host != tunnel.target.Host || t.Port != tunnel.target.Port) {
+		err = fmt.Errorf("request for %s inside a tunnel to %s: %w", r.URL.Host, tunnel.target.HostPort(), allowlist.ErrBadTarget)
+	}
+	if err == nil {
+		st.target = t
+		st.decision = st.policy.Decide(t)
+		switch {
+		case !st.decision.Allowed:
+			err = st.decision.Err
+		case s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted) && st.user == "":
+			err = errAuthInsideTunnel
+		}
+	}
+	extra := []slog.Attr{slog.String("tls", tlsbypass.Inspect.String()), slog.String("path", t.Path)}
+	s.logDecision(r, st, err, extra...)
+	if err != nil {
+		return nil, newRefusal(err, st.raw, &st.decision, st.policy).response(r)
+	}
+	return st, nil
 }
 
 // roundTrip forwards a request through the checked dialer and turns failures
@@ -114,7 +114,7 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 		target := r.URL.Host
 		var d *allowlist.Decision
 		var p *allowlist.Policy
-		if st, ok := ctx.UserData.(*requestState); ok {
+		if st, ok := ctx.UserData.(*reqState); ok && st != nil {
 			target, d, p = st.target.HostPort(), &st.decision, st.policy
 		}
 		s.log.Warn("forward failed", "client", clientAddr(r), "target", target, "error", err.Error())

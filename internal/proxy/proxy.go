@@ -42,6 +42,11 @@ type Dialer interface {
 	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
+// Authenticator checks a Proxy-Authorization header (auth.Authenticator).
+type Authenticator interface {
+	Authenticate(header string, client netip.Addr) (user string, err error)
+}
+
 // Inspector provides the TLS configuration that terminates an inspected
 // tunnel (inspect.Minter).
 type Inspector interface {
@@ -67,6 +72,15 @@ type Options struct {
 	Tunnel tlsbypass.Options
 	// ClientHelloTimeout bounds the wait for a raw tunnel's ClientHello.
 	ClientHelloTimeout time.Duration
+	// ClientNetworks lists who may use the gateway; others get 403
+	// client-not-allowed before anything else happens. Empty means anyone.
+	ClientNetworks []netip.Prefix
+	// Auth, if non-nil, authenticates requests to destinations that are not
+	// anonymous (and to unlisted destinations); if nil, nothing is
+	// authenticated.
+	Auth Authenticator
+	// Challenge is the Proxy-Authenticate value sent with 407.
+	Challenge string
 	// Inspector, if non-nil, terminates allowed tunnels that are not
 	// TLS-exempt and decides each inner request with its path; if nil,
 	// every allowed tunnel is a verified raw tunnel.
@@ -105,6 +119,9 @@ func New(opts Options) (*Server, error) {
 	if opts.ClientHelloTimeout <= 0 {
 		opts.ClientHelloTimeout = 10 * time.Second
 	}
+	if opts.Challenge == "" {
+		opts.Challenge = `Basic realm="Defender egress gateway", charset="UTF-8"`
+	}
 	if opts.Via == "" {
 		opts.Via = "defender-gateway"
 	}
@@ -142,11 +159,6 @@ func New(opts Options) (*Server, error) {
 	gp.OnRequest().DoFunc(s.handleRequest)
 	s.gp = gp
 	return s, nil
-}
-
-// ServeHTTP serves one proxy request.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.gp.ServeHTTP(&hijackKeeper{ResponseWriter: w}, r)
 }
 
 // Close releases idle upstream connections.

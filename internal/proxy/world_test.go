@@ -12,6 +12,8 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/auth"
 	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/testutil"
@@ -49,6 +52,11 @@ type worldOptions struct {
 	inspect            bool
 	clientHelloTimeout time.Duration
 	blobScope          allowlist.BlobScope
+	// htpasswd, if set, is the content of an htpasswd file.
+	htpasswd       string
+	unlisted       bool // GATEWAY_UNLISTED=authenticated
+	audit          bool
+	clientNetworks []netip.Prefix
 }
 
 type world struct {
@@ -174,7 +182,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
-	popts := allowlist.Options{Geographies: o.geos, BlobScope: o.blobScope}
+	popts := allowlist.Options{Geographies: o.geos, BlobScope: o.blobScope, Audit: o.audit, UnlistedAuthenticated: o.unlisted}
 	if o.rules == "" {
 		o.rules = rawRule
 	}
@@ -205,7 +213,22 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		}
 		inspector = m
 	}
+	var authn Authenticator
+	if o.htpasswd != "" {
+		f := filepath.Join(t.TempDir(), "htpasswd")
+		if err := os.WriteFile(f, []byte(o.htpasswd), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		a, err := auth.New(auth.Options{File: f, FailureBurst: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		authn = a
+	}
 	srv, err := New(Options{
+		Auth:                  authn,
+		Challenge:             auth.Challenge("test realm"),
+		ClientNetworks:        o.clientNetworks,
 		Inspector:             inspector,
 		ClientHelloTimeout:    o.clientHelloTimeout,
 		UpstreamTLS:           &tls.Config{RootCAs: w.ca.Pool},

@@ -1,0 +1,197 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"strings"
+
+	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/tlsbypass"
+)
+
+// ErrClientNotAllowed refuses clients outside the configured client networks.
+var ErrClientNotAllowed = errors.New("client address is not allowed to use the gateway")
+
+// errAuthInsideTunnel refuses an inner request of an inspected tunnel that
+// needs authentication the CONNECT did not carry: clients do not send
+// Proxy-Authorization inside TLS.
+var errAuthInsideTunnel = errors.New("authentication required for this path, but the tunnel was opened anonymously")
+
+// reqState is one request's decision, made once at the front door and read
+// by the goproxy handlers (from the request context) and, for inspected
+// tunnels, by every inner request (from the goproxy context).
+type reqState struct {
+	client   netip.Addr
+	policy   *allowlist.Policy
+	raw      string // request target as sent
+	target   allowlist.Target
+	decision allowlist.Decision
+	user     string
+	mode     tlsbypass.Mode
+	addrs    []netip.AddrPort // CONNECT: resolved and checked before answering
+}
+
+type stateKey struct{}
+
+func stateFrom(ctx context.Context) *reqState {
+	st, _ := ctx.Value(stateKey{}).(*reqState)
+	return st
+}
+
+// ServeHTTP is the gateway's front door: client networks, target, allowlist,
+// authentication and (for CONNECT) the destination's addresses are all
+// decided here, so every refusal is an ordinary HTTP response (a 407 to a
+// CONNECT can be retried on the same connection). Only allowed requests
+// reach goproxy.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	st := &reqState{policy: s.opts.Policy(), raw: r.RequestURI}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		st.client = ap.Addr().Unmap()
+	}
+	if !s.clientAllowed(st.client) {
+		s.logDecision(r, st, ErrClientNotAllowed)
+		s.refuse(w, r, st, ErrClientNotAllowed)
+		return
+	}
+	if r.Method != http.MethodConnect && !r.URL.IsAbs() {
+		s.serveSelf(w, r)
+		return
+	}
+	if err := s.decide(r, st); err != nil {
+		s.logDecision(r, st, err)
+		s.refuse(w, r, st, err)
+		return
+	}
+	s.logDecision(r, st, nil)
+	if r.Method == http.MethodConnect {
+		ctx, cancel := context.WithTimeout(r.Context(), s.opts.DialTimeout)
+		addrs, err := s.opts.Dialer.Lookup(ctx, st.target.Host, st.target.Port)
+		cancel()
+		if err != nil {
+			s.log.Warn("connect failed", "client", r.RemoteAddr, "target", st.target.HostPort(),
+				"rule", st.decision.RuleID(), "service", st.decision.Service(), "error", err.Error())
+			s.refuse(w, r, st, err)
+			return
+		}
+		st.addrs = addrs
+	}
+	s.gp.ServeHTTP(&hijackKeeper{ResponseWriter: w}, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+}
+
+func (s *Server) clientAllowed(a netip.Addr) bool {
+	if len(s.opts.ClientNetworks) == 0 {
+		return true
+	}
+	for _, p := range s.opts.ClientNetworks {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// decide parses the target, decides it and authenticates the client when
+// the destination needs it.
+func (s *Server) decide(r *http.Request, st *reqState) error {
+	var err error
+	if r.Method == http.MethodConnect {
+		if st.raw == "" {
+			st.raw = r.URL.Host
+		}
+		st.target, err = allowlist.ParseAuthority(st.raw)
+	} else {
+		st.raw = r.URL.Host
+		st.target, err = allowlist.ParseURL(r.URL)
+		if err == nil && !strings.EqualFold(r.URL.Scheme, "http") {
+			// https:// in absolute form would make the gateway originate
+			// TLS on the client's behalf; clients must use CONNECT.
+			err = fmt.Errorf("absolute-form %s: use CONNECT: %w", r.URL.Scheme, allowlist.ErrBadTarget)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	st.decision = st.policy.Decide(st.target)
+	if !st.decision.Allowed {
+		return st.decision.Err
+	}
+	if s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted) {
+		// System-context Defender traffic (anonymous rows) is never
+		// challenged, with or without credentials: "make sure anonymous
+		// traffic is permitted in your proxy or firewall for the
+		// previously listed URLs" (Configure device proxy and Internet
+		// connectivity settings).
+		if st.user, err = s.opts.Auth.Authenticate(r.Header.Get("Proxy-Authorization"), st.client); err != nil {
+			return err
+		}
+	}
+	st.mode = tlsbypass.Choose(&st.decision, s.opts.Inspector != nil)
+	return nil
+}
+
+// refuse answers a request the gateway will not serve.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, err error) {
+	target := st.raw
+	if st.target.Host != "" {
+		target = st.target.HostPort()
+	}
+	f := newRefusal(err, target, &st.decision, st.policy)
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set(ReasonHeader, f.reason)
+	if f.status == http.StatusProxyAuthRequired {
+		h.Set("Proxy-Authenticate", s.opts.Challenge)
+	} else if r.Method == http.MethodConnect {
+		// The client may already have sent tunnel bytes behind the
+		// CONNECT; they must not be read as a next request.
+		h.Set("Connection", "close")
+	}
+	w.WriteHeader(f.status)
+	w.Write([]byte(f.body))
+}
+
+func (s *Server) logDecision(r *http.Request, st *reqState, err error, extra ...slog.Attr) {
+	target := st.raw
+	if st.target.Host != "" {
+		target = st.target.HostPort()
+	}
+	d := &st.decision
+	attrs := []slog.Attr{
+		slog.String("client", r.RemoteAddr),
+		slog.String("method", r.Method),
+		slog.String("target", target),
+	}
+	switch {
+	case err != nil:
+		_, reason := classify(err)
+		attrs = append(attrs, slog.String("decision", "deny"), slog.String("reason", reason))
+	case d.Audited:
+		attrs = append(attrs, slog.String("decision", "audit"), slog.String("reason", string(d.Reason)))
+	default:
+		attrs = append(attrs, slog.String("decision", "allow"), slog.String("reason", string(d.Reason)))
+	}
+	if d.Rule != nil {
+		attrs = append(attrs, slog.String("rule", d.RuleID()), slog.String("service", d.Service()),
+			slog.String("geography", d.Geography()))
+	}
+	if st.user != "" {
+		attrs = append(attrs, slog.String("user", st.user))
+	}
+	if err == nil && r.Method == http.MethodConnect {
+		attrs = append(attrs, slog.String("tls", st.mode.String()))
+	}
+	if d.PathUnchecked {
+		attrs = append(attrs, slog.Bool("path_unchecked", true))
+	}
+	attrs = append(attrs, extra...)
+	level := slog.LevelInfo
+	if d.Audited {
+		level = slog.LevelWarn
+	}
+	s.log.LogAttrs(context.Background(), level, "decision", attrs...)
+}
