@@ -124,8 +124,8 @@ type result struct {
 type relay struct {
 	opts        Options
 	cause       atomic.Pointer[failure] // first error that ended a direction
-	last        atomic.Int64 // unix nanoseconds of the last byte moved, either way
-	lingerUntil atomic.Int64 // unix nanoseconds; 0 while both directions flow
+	last        atomic.Int64            // unix nanoseconds of the last byte moved, either way
+	lingerUntil atomic.Int64            // unix nanoseconds; 0 while both directions flow
 }
 
 func (r *relay) touch() { r.last.Store(time.Now().UnixNano()) }
