@@ -154,11 +154,7 @@ func catalog(args []string, stdout, stderr io.Writer) int {
 	case "json":
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(struct {
-			Version     string           `json:"catalog_version"`
-			Geographies []string         `json:"geographies"`
-			Rules       []allowlist.Rule `json:"rules"`
-		}{p.Version(), geos, rules})
+		enc.Encode(p.List(f.all))
 	case "csv":
 		w := csv.NewWriter(stdout)
 		w.Write([]string{"id", "action", "service_id", "service_name", "geography", "host", "paths", "ports",

@@ -100,6 +100,13 @@ func (g Geography) String() string {
 // MarshalText implements encoding.TextMarshaler.
 func (g Geography) MarshalText() ([]byte, error) { return []byte(g.String()), nil }
 
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (g *Geography) UnmarshalText(b []byte) error {
+	v, err := ParseGeography(string(b))
+	*g = v
+	return err
+}
+
 // AllGeographies lists every known geography, WW first.
 func AllGeographies() []Geography {
 	return []Geography{WW, US, EU, UK, AU, UAE}
@@ -133,6 +140,19 @@ func (a Action) String() string {
 
 // MarshalText implements encoding.TextMarshaler.
 func (a Action) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (a *Action) UnmarshalText(b []byte) error {
+	switch string(b) {
+	case "allow":
+		*a = Allow
+	case "deny":
+		*a = Deny
+	default:
+		return fmt.Errorf("action %q: want allow or deny", b)
+	}
+	return nil
+}
 
 // Rule is one row of the catalog or of the operator's rules file.
 type Rule struct {

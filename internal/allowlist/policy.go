@@ -411,3 +411,36 @@ func (p *Policy) Explain(input string) Explanation {
 	}
 	return e
 }
+
+// Listing is the effective allowlist as the admin endpoint and `gateway
+// catalog --format json` show it.
+type Listing struct {
+	CatalogVersion string   `json:"catalog_version"`
+	Geographies    []string `json:"geographies"`
+	BlobScope      string   `json:"blob_scope"`
+	Mode           string   `json:"mode"`
+	Unlisted       string   `json:"unlisted"`
+	Rules          []Rule   `json:"rules"`
+}
+
+// List returns the rules in force (all rules, including other geographies'
+// rows, when all is true).
+func (p *Policy) List(all bool) Listing {
+	l := Listing{CatalogVersion: p.version, BlobScope: p.blobScope.String(), Mode: "enforce", Unlisted: "deny",
+		Rules: []Rule{}}
+	if p.audit {
+		l.Mode = "audit"
+	}
+	if p.unlistedAuth {
+		l.Unlisted = "authenticated"
+	}
+	for _, g := range p.Geographies() {
+		l.Geographies = append(l.Geographies, g.String())
+	}
+	for _, r := range p.rules {
+		if all || p.InGeography(r.Geography) {
+			l.Rules = append(l.Rules, r)
+		}
+	}
+	return l
+}

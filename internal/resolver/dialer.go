@@ -24,6 +24,10 @@ type Dialer struct {
 	Resolver *Resolver
 	Policy   *Policy
 	Timeout  time.Duration // overall bound for one DialContext call (resolution and all attempts); default 10s
+	// Observe, if non-nil, is called after every DialChecked with how long
+	// connecting took and its error (nil on success); if nil, nothing is
+	// reported.
+	Observe func(d time.Duration, err error)
 
 	// dial replaces net.Dialer.DialContext in tests (to assert that only
 	// loopback addresses are ever dialed).
@@ -141,6 +145,15 @@ func (d *Dialer) DialChecked(ctx context.Context, targets []netip.AddrPort) (net
 	}
 	ctx, cancel := context.WithTimeout(ctx, d.timeout())
 	defer cancel()
+	start := time.Now()
+	conn, err := d.dialTargets(ctx, targets)
+	if d.Observe != nil {
+		d.Observe(time.Since(start), err)
+	}
+	return conn, err
+}
+
+func (d *Dialer) dialTargets(ctx context.Context, targets []netip.AddrPort) (net.Conn, error) {
 	var firstErr error
 	for i, ap := range targets {
 		conn, err := d.dialOne(ctx, ap, len(targets)-i)

@@ -72,6 +72,11 @@ type Options struct {
 	CacheSize   int           // max cached names; default 10000
 	// Now, if non-nil, is used as the clock for cache expiry; if nil, time.Now is used. (for tests)
 	Now func() time.Time
+	// Observe, if non-nil, is called once per name lookup with its result
+	// (success, nxdomain, servfail, timeout, error) and duration, and with
+	// "cache_hit" and zero for answers served from the cache; if nil,
+	// nothing is reported.
+	Observe func(result string, d time.Duration)
 }
 
 // Resolver resolves host names to addresses using the configured DNS servers.
@@ -83,6 +88,7 @@ type Resolver struct {
 	maxTTL      time.Duration
 	negativeTTL time.Duration
 	now         func() time.Time
+	observe     func(string, time.Duration)
 
 	udp   *dns.Client
 	tcp   *dns.Client
@@ -129,6 +135,7 @@ func New(opts Options) (*Resolver, error) {
 		maxTTL:      orDefault(opts.MaxTTL, defaultMaxTTL),
 		negativeTTL: orDefault(opts.NegativeTTL, defaultNegativeTTL),
 		now:         opts.Now,
+		observe:     opts.Observe,
 	}
 	if r.minTTL > r.maxTTL {
 		return nil, fmt.Errorf("resolver: min ttl %v above max ttl %v", r.minTTL, r.maxTTL)
@@ -172,6 +179,9 @@ func orDefault(v, def time.Duration) time.Duration {
 func (r *Resolver) Resolve(ctx context.Context, host string) ([]netip.Addr, error) {
 	host = strings.TrimSuffix(strings.ToLower(host), ".")
 	if addrs, err, ok := r.cache.get(host, r.now()); ok {
+		if r.observe != nil {
+			r.observe("cache_hit", 0)
+		}
 		return addrs, err
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
@@ -187,7 +197,14 @@ func (r *Resolver) Resolve(ctx context.Context, host string) ([]netip.Addr, erro
 	// Each caller holds one flights unit until the shared result exists, so
 	// waiting on flights waits for lookups that callers gave up on.
 	r.flights.Add(1)
-	ch := r.group.DoChan(host, func() (any, error) { return r.lookup(bg, host) })
+	ch := r.group.DoChan(host, func() (any, error) {
+		start := time.Now()
+		addrs, result, err := r.lookup(bg, host)
+		if r.observe != nil && result != "" {
+			r.observe(result, time.Since(start))
+		}
+		return addrs, err
+	})
 	select {
 	case res := <-ch:
 		r.flights.Done()
@@ -231,12 +248,13 @@ func validHostname(host string) bool {
 	return label > 0
 }
 
-// lookup runs the A and AAAA queries for host, caches and returns the outcome.
-// It runs inside a singleflight call.
-func (r *Resolver) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+// lookup runs the A and AAAA queries for host, caches and returns the outcome
+// and its result class for Observe ("" when served from the cache). It runs
+// inside a singleflight call.
+func (r *Resolver) lookup(ctx context.Context, host string) ([]netip.Addr, string, error) {
 	// A flight that finished just before this one started has filled the cache.
 	if addrs, err, ok := r.cache.get(host, r.now()); ok {
-		return addrs, err
+		return addrs, "", err
 	}
 	fqdn := dns.Fqdn(host)
 	var aaaa familyResult
@@ -259,15 +277,16 @@ func (r *Resolver) lookup(ctx context.Context, host string) ([]netip.Addr, error
 		}
 		ttl = max(ttl, r.minTTL)
 		r.cache.put(host, addrs, nil, r.now(), ttl)
-		return addrs, nil
+		return addrs, "success", nil
 	}
 
 	var err error
+	result := "error"
 	cacheable := a.answered && aaaa.answered
 	switch {
 	case a.rcode == dns.RcodeNameError || aaaa.rcode == dns.RcodeNameError:
 		err = fmt.Errorf("resolve %s: %w: NXDOMAIN", host, ErrDNSFailure)
-		cacheable = true
+		cacheable, result = true, "nxdomain"
 	case a.answered && aaaa.answered && a.rcode == dns.RcodeSuccess && aaaa.rcode == dns.RcodeSuccess:
 		err = fmt.Errorf("resolve %s: %w: no A/AAAA records", host, ErrDNSFailure)
 	default:
@@ -277,11 +296,18 @@ func (r *Resolver) lookup(ctx context.Context, host string) ([]netip.Addr, error
 			f = aaaa
 		}
 		err = fmt.Errorf("resolve %s: %w: %v", host, ErrDNSFailure, f.err)
+		var ne net.Error
+		switch {
+		case f.answered && f.rcode == dns.RcodeServerFailure:
+			result = "servfail"
+		case errors.As(f.err, &ne) && ne.Timeout(), errors.Is(f.err, context.DeadlineExceeded):
+			result = "timeout"
+		}
 	}
 	if cacheable {
 		r.cache.put(host, nil, err, r.now(), r.negativeTTL)
 	}
-	return nil, err
+	return nil, result, err
 }
 
 // familyResult is the outcome of querying one record type across the servers.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -406,5 +407,31 @@ func TestPing(t *testing.T) {
 				t.Errorf("Ping took %v, want < 1s", elapsed)
 			}
 		})
+	}
+}
+
+func TestResolveObserve(t *testing.T) {
+	srv := newDNSServer(t)
+	srv.add(t, "ok.example. 300 IN A 192.0.2.1")
+	srv.setNXDOMAIN("missing.example")
+	srv.setSERVFAIL("broken.example")
+	var mu sync.Mutex
+	var got []string
+	r := newTestResolver(t, Options{Servers: []string{srv.addr}, Timeout: time.Second,
+		Observe: func(result string, d time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			got = append(got, result)
+		}})
+	ctx := context.Background()
+	r.Resolve(ctx, "ok.example")
+	r.Resolve(ctx, "ok.example")
+	r.Resolve(ctx, "missing.example")
+	r.Resolve(ctx, "broken.example")
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"success", "cache_hit", "nxdomain", "servfail"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("observed %v, want %v", got, want)
 	}
 }

@@ -1,0 +1,80 @@
+package admin
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/defendergw/gateway/internal/allowlist"
+)
+
+func TestHandler(t *testing.T) {
+	cat, err := allowlist.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := allowlist.NewPolicy(cat, allowlist.Options{Geographies: []allowlist.Geography{allowlist.EU}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var notReady error
+	srv := httptest.NewServer(Handler(Options{
+		Policy:  func() *allowlist.Policy { return p },
+		Metrics: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "gateway_up 1\n") }),
+		Ready:   func() error { return notReady },
+	}))
+	defer srv.Close()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	tests := []struct {
+		name, path string
+		wantCode   int
+		want       string
+	}{
+		{"metrics", "/metrics", 200, "gateway_up 1"},
+		{"healthz", "/healthz", 200, "ok"},
+		{"readyz", "/readyz", 200, "ready"},
+		{"decide allowed", "/decide?target=winatp-gw-weu.microsoft.com:443", 200, `"allowed": true`},
+		{"decide refused", "/decide?target=https://winatp-gw-cus.microsoft.com/", 200, `"reason": "geography"`},
+		{"decide missing target", "/decide", 400, "missing"},
+		{"allowlist", "/allowlist", 200, `"catalog_version"`},
+		{"unknown", "/nope", 404, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, body := get(tt.path)
+			if code != tt.wantCode || !strings.Contains(body, tt.want) {
+				t.Errorf("GET %s: %d %q, want %d containing %q", tt.path, code, body, tt.wantCode, tt.want)
+			}
+		})
+	}
+	notReady = errors.New("dns: no server answers")
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "dns") {
+		t.Errorf("readyz while not ready: %d %q", code, body)
+	}
+	_, body := get("/allowlist")
+	var l allowlist.Listing
+	if err := json.Unmarshal([]byte(body), &l); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range l.Rules {
+		if r.Geography != allowlist.WW && r.Geography != allowlist.EU {
+			t.Errorf("EU allowlist lists %s of %s", r.Host, r.Geography)
+		}
+	}
+	_, all := get("/allowlist?all=1")
+	if !strings.Contains(all, "winatp-gw-cus.microsoft.com") || strings.Contains(body, "winatp-gw-cus.microsoft.com") {
+		t.Errorf("?all=1 should add other geographies' rows, and only then")
+	}
+}
