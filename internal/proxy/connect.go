@@ -103,7 +103,9 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 		}
 	}
 	ev.remote = upstream.RemoteAddr().String()
+	s.tunnels.add(client, upstream)
 	ev.stats = tlsbypass.Relay(client, upstream, pending, s.opts.Tunnel)
+	s.tunnels.remove(client)
 	s.logTunnelClosed(ev)
 }
 

@@ -94,10 +94,11 @@ type Options struct {
 
 // Server is the forward proxy. It implements http.Handler.
 type Server struct {
-	opts Options
-	gp   *goproxy.ProxyHttpServer
-	tr   *http.Transport
-	log  *slog.Logger
+	opts    Options
+	gp      *goproxy.ProxyHttpServer
+	tr      *http.Transport
+	log     *slog.Logger
+	tunnels tunnels
 	// connect takes a CONNECT over (refusal or raw tunnel); mitm inspects it.
 	connect, mitm *goproxy.ConnectAction
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -478,4 +479,43 @@ func mustResolveTCP(t *testing.T, hostport string) net.Addr {
 		t.Fatal(err)
 	}
 	return a
+}
+
+func TestShutdownClosesTunnelsAfterGrace(t *testing.T) {
+	w := newWorld(t, worldOptions{geos: eu})
+	up, _ := echoUpstream(t)
+	w.mu.Lock()
+	w.portMap[443] = up.Port()
+	w.mu.Unlock()
+	c, resp := w.connect("raw.lab.test:443", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for w.srv.Active() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("active tunnels = %d, want 1", w.srv.Active())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	// The tunnel still flows during the grace period.
+	if _, err := c.Write([]byte("during grace")); err != nil {
+		t.Fatalf("write during grace: %v", err)
+	}
+	err := w.srv.Shutdown(ctx)
+	if err == nil || time.Since(start) < 150*time.Millisecond {
+		t.Errorf("Shutdown returned %v after %v; want the grace period to expire", err, time.Since(start))
+	}
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := io.ReadAll(c); err != nil && !isReset(err) {
+		t.Errorf("tunnel not closed after the grace period: %v", err)
+	}
+	for deadline := time.Now().Add(3 * time.Second); w.srv.Active() != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("active tunnels after shutdown = %d", w.srv.Active())
+		}
+	}
 }

@@ -70,6 +70,7 @@ type world struct {
 	tlsConns  atomic.Int64
 	httpReqs  chan *http.Request
 	proxyURL  *url.URL
+	srv       *Server
 	logs      *syncBuffer
 	portMap   map[uint16]uint16
 	mu        sync.Mutex
@@ -242,6 +243,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.srv = srv
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
 	go hs.Serve(ln)
 	t.Cleanup(func() {
