@@ -58,6 +58,13 @@ type Config struct {
 	Unlisted                 string        `env:"UNLISTED" envDefault:"deny"`
 	UnlistedPorts            []string      `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
 	Mode                     string        `env:"MODE" envDefault:"enforce"`
+	AdminListen              string        `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:9090"`
+	AccessLog                string        `env:"ACCESS_LOG" envDefault:"stdout"`
+	AccessLogFormat          string        `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
+	DNSProbeInterval         time.Duration `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
+	ReloadInterval           time.Duration `env:"RELOAD_INTERVAL" envDefault:"5s"`
+	ShutdownGrace            time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
+	ShutdownDelay            time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 	LogFormat                string        `env:"LOG_FORMAT" envDefault:"json"`
 	LogLevel                 string        `env:"LOG_LEVEL" envDefault:"info"`
 
@@ -240,6 +247,25 @@ func (c *Config) validate() error {
 	}
 	if strings.ContainsAny(c.AuthRealm, "\r\n") {
 		return errors.New("GATEWAY_AUTH_REALM: must be one line")
+	}
+	if c.AdminListen != "off" {
+		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
+			return fmt.Errorf("GATEWAY_ADMIN_LISTEN: %q is not host:port (or off): %v", c.AdminListen, err)
+		}
+	}
+	switch c.AccessLogFormat {
+	case "json", "squid":
+	default:
+		return fmt.Errorf("GATEWAY_ACCESS_LOG_FORMAT: want json or squid, got %q", c.AccessLogFormat)
+	}
+	for name, d := range map[string]time.Duration{"GATEWAY_DNS_PROBE_INTERVAL": c.DNSProbeInterval,
+		"GATEWAY_RELOAD_INTERVAL": c.ReloadInterval, "GATEWAY_SHUTDOWN_GRACE": c.ShutdownGrace} {
+		if d <= 0 {
+			return fmt.Errorf("%s: must be a positive duration, got %s", name, d)
+		}
+	}
+	if c.ShutdownDelay < 0 {
+		return fmt.Errorf("GATEWAY_SHUTDOWN_DELAY: must not be negative, got %s", c.ShutdownDelay)
 	}
 	switch c.LogFormat {
 	case "json", "text":

@@ -153,6 +153,7 @@ func TestCatalogCLI(t *testing.T) {
 type servedGateway struct {
 	cmd    *exec.Cmd
 	addr   string
+	admin  string
 	stderr *bytes.Buffer
 	lines  chan string
 }
@@ -161,7 +162,8 @@ type servedGateway struct {
 func startGateway(t *testing.T, env ...string) *servedGateway {
 	t.Helper()
 	cmd := exec.Command(gatewayBin, "serve")
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "GATEWAY_LISTEN=127.0.0.1:0"}, env...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "GATEWAY_LISTEN=127.0.0.1:0",
+		"GATEWAY_ADMIN_LISTEN=127.0.0.1:0"}, env...)
 	pr, pw := io.Pipe()
 	cmd.Stderr = pw
 	g := &servedGateway{cmd: cmd, stderr: &bytes.Buffer{}, lines: make(chan string, 1000)}
@@ -191,9 +193,10 @@ func startGateway(t *testing.T, env ...string) *servedGateway {
 			var m struct {
 				Msg    string `json:"msg"`
 				Listen string `json:"listen"`
+				Admin  string `json:"admin"`
 			}
 			if json.Unmarshal([]byte(l), &m) == nil && m.Msg == "gateway listening" {
-				g.addr = m.Listen
+				g.addr, g.admin = m.Listen, m.Admin
 			}
 		case <-deadline:
 			t.Fatalf("gateway did not start:\n%s", g.stderr)

@@ -11,15 +11,22 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/defendergw/gateway/internal/admin"
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/auth"
+	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/proxy"
 	"github.com/defendergw/gateway/internal/resolver"
+	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
@@ -33,7 +40,12 @@ func serve(stderr io.Writer) int {
 	for _, k := range unknown {
 		logger.Warn("unknown setting ignored (typo?)", "variable", k)
 	}
-	if err := runServer(context.Background(), cfg, logger, nil); err != nil {
+	g, err := newGateway(cfg, logger)
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway: %v\n", err)
+		return 2
+	}
+	if err := g.run(context.Background()); err != nil {
 		logger.Error("gateway stopped", "error", err.Error())
 		fmt.Fprintf(stderr, "gateway: %v\n", err)
 		return 1
@@ -41,73 +53,100 @@ func serve(stderr io.Writer) int {
 	return 0
 }
 
-// runServer runs the gateway until ctx ends or SIGINT/SIGTERM arrives.
-// ready, if non-nil, receives the proxy's listening address.
-func runServer(ctx context.Context, cfg *Config, logger *slog.Logger, ready chan<- net.Addr) error {
+// gateway is one running gateway: listeners, policy, and the parts wired
+// between them.
+type gateway struct {
+	cfg     *Config
+	log     *slog.Logger
+	policy  atomic.Pointer[allowlist.Policy]
+	res     *resolver.Resolver
+	authn   *auth.Authenticator
+	metrics *telemetry.Metrics
+	reg     *prometheus.Registry
+	events  *telemetry.EventLog
+	srv     *proxy.Server
+	ln      net.Listener
+	adminLn net.Listener
+
+	shuttingDown atomic.Bool
+	dnsErr       atomic.Pointer[error] // last DNS probe result
+}
+
+// newGateway builds every part and opens the listeners; it fails on any bad
+// setting, naming it.
+func newGateway(cfg *Config, logger *slog.Logger) (_ *gateway, err error) {
+	g := &gateway{cfg: cfg, log: logger, reg: prometheus.NewRegistry()}
+	defer func() {
+		if err != nil {
+			g.close() // whatever was opened before the failure
+		}
+	}()
 	policy, err := cfg.buildPolicy()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if policy.AllGeographies() {
 		logger.Warn("GATEWAY_GEOGRAPHIES is not set: the rows of every data location (US, EU, UK, AU, UAE) are allowed; set it to your tenant's data location, e.g. GATEWAY_GEOGRAPHIES=EU")
 	}
+	g.policy.Store(policy)
+	g.metrics = telemetry.NewMetrics(g.reg, telemetry.BuildInfo{
+		Version: buildVersion(), CatalogVersion: policy.Version(), GoVersion: runtime.Version()})
+	g.metrics.CatalogRules(policy)
+
 	servers := cfg.DNSServers
 	if len(servers) == 0 {
 		if servers, err = resolver.ServersFromResolvConf("/etc/resolv.conf"); err != nil {
-			return fmt.Errorf("GATEWAY_DNS_SERVERS is not set and /etc/resolv.conf is unusable: %w", err)
+			return nil, fmt.Errorf("GATEWAY_DNS_SERVERS is not set and /etc/resolv.conf is unusable: %w", err)
 		}
 	}
-	res, err := resolver.New(resolver.Options{
+	g.res, err = resolver.New(resolver.Options{
 		Servers: servers, Timeout: cfg.DNSTimeout, MinTTL: cfg.DNSMinTTL, MaxTTL: cfg.DNSMaxTTL,
 		NegativeTTL: cfg.DNSNegativeTTL, CacheSize: cfg.DNSCacheSize,
+		Observe: func(result string, d time.Duration) {
+			if result == "cache_hit" {
+				g.metrics.DNSCacheHit()
+				return
+			}
+			g.metrics.DNSQuery(result, d)
+		},
 	})
 	if err != nil {
-		return fmt.Errorf("GATEWAY_DNS_SERVERS: %w", err)
+		return nil, fmt.Errorf("GATEWAY_DNS_SERVERS: %w", err)
 	}
 	upstreamTLS, err := cfg.upstreamTLS()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	minter, err := cfg.inspector()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var inspector proxy.Inspector
-	if minter != nil {
-		inspector = minter
+	if g.authn, err = cfg.authenticator(); err != nil {
+		return nil, err
 	}
-	authn, err := cfg.authenticator()
-	if err != nil {
-		return err
+	if g.events, err = telemetry.NewEventLog(telemetry.EventLogOptions{
+		Path: cfg.AccessLog, Format: cfg.AccessLogFormat,
+		OnLogged: g.metrics.EventLogged, OnDropped: g.metrics.EventDropped,
+	}); err != nil {
+		return nil, fmt.Errorf("GATEWAY_ACCESS_LOG: %w", err)
 	}
-	var authenticator proxy.Authenticator
-	if authn != nil {
-		authenticator = authn
-		wctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		go authn.Watch(wctx, cfg.AuthReloadInterval,
-			func() { logger.Info("htpasswd reloaded", "file", cfg.AuthHtpasswd, "users", authn.Users()) },
-			func(err error) {
-				logger.Error("htpasswd reload failed; keeping the previous users", "error", err.Error())
-			})
+	if g.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("GATEWAY_LISTEN: %w", err)
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("GATEWAY_LISTEN: %w", err)
+	self := []netip.AddrPort{addrPort(g.ln.Addr())}
+	if cfg.AdminListen != "off" {
+		if g.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
+			return nil, fmt.Errorf("GATEWAY_ADMIN_LISTEN: %w", err)
+		}
+		self = append(self, addrPort(g.adminLn.Addr()))
 	}
-	defer ln.Close()
-	self, err := netip.ParseAddrPort(ln.Addr().String())
-	if err != nil {
-		return fmt.Errorf("listener address: %w", err)
-	}
-	var current atomic.Pointer[allowlist.Policy]
-	current.Store(policy)
-	srv, err := proxy.New(proxy.Options{
-		Policy: current.Load,
+	opts := proxy.Options{
+		Policy: g.policy.Load,
 		Dialer: &resolver.Dialer{
-			Resolver: res,
-			Policy:   &resolver.Policy{AllowPrivate: cfg.allowPrivate, Self: []netip.AddrPort{self}},
+			Resolver: g.res,
+			Policy:   &resolver.Policy{AllowPrivate: cfg.allowPrivate, Self: self},
 			Timeout:  cfg.DialTimeout,
+			Observe:  func(d time.Duration, err error) { g.metrics.Dial(d, dialKind(err)) },
 		},
 		Logger:                logger,
 		DialTimeout:           cfg.DialTimeout + cfg.DNSTimeout,
@@ -115,49 +154,243 @@ func runServer(ctx context.Context, cfg *Config, logger *slog.Logger, ready chan
 		Tunnel:                tlsbypass.Options{IdleTimeout: cfg.IdleTimeout, HalfCloseTimeout: cfg.HalfCloseTimeout},
 		ClientHelloTimeout:    cfg.ClientHelloTimeout,
 		UpstreamTLS:           upstreamTLS,
-		Inspector:             inspector,
 		ClientNetworks:        cfg.clientNets,
-		Auth:                  authenticator,
 		Challenge:             auth.Challenge(cfg.AuthRealm),
-	})
-	if err != nil {
-		return err
+		Metrics:               g.metrics,
+		Events:                g.events,
 	}
-	defer srv.Close()
-	hs := &http.Server{
-		Handler:           srv,
-		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
-		IdleTimeout:       cfg.ClientIdleTimeout,
-		MaxHeaderBytes:    cfg.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	if minter != nil {
+		opts.Inspector = minter
 	}
-	var geos []string
-	for _, g := range policy.Geographies() {
-		geos = append(geos, g.String())
+	if g.authn != nil {
+		opts.Auth = g.authn
 	}
-	logger.Info("gateway listening", "listen", ln.Addr().String(), "version", buildVersion(),
-		"catalog_version", policy.Version(), "geographies", strings.Join(geos, ","),
-		"rules", len(policy.Rules()), "dns_servers", strings.Join(servers, ","),
-		"blob_scope", policy.BlobScope().String(), "inspection", minter != nil, "mode", cfg.Mode,
-		"unlisted", cfg.Unlisted, "authentication", authn != nil)
-	if ready != nil {
-		ready <- ln.Addr()
+	if g.srv, err = proxy.New(opts); err != nil {
+		return nil, err
 	}
+	return g, nil
+}
 
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
+func addrPort(a net.Addr) netip.AddrPort {
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// dialKind names a dial error for gateway_upstream_dial_errors_total.
+func dialKind(err error) string {
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, resolver.ErrUpstreamTimeout):
+		return "timeout"
+	case errors.Is(err, resolver.ErrUpstreamUnreachable):
+		return "refused"
+	case errors.Is(err, resolver.ErrPrivateDestination):
+		return "private"
+	case errors.Is(err, resolver.ErrDNSFailure):
+		return "dns"
 	}
-	logger.Info("shutting down")
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
+	return "other"
+}
+
+// ready reports whether the gateway should receive traffic.
+func (g *gateway) ready() error {
+	if g.shuttingDown.Load() {
+		return errors.New("shutting down")
+	}
+	if p := g.dnsErr.Load(); p != nil && *p != nil {
+		return fmt.Errorf("dns: %w", *p)
+	}
+	if g.policy.Load() == nil {
+		return errors.New("no policy loaded")
 	}
 	return nil
 }
+
+// probeDNS keeps the readiness view of DNS current.
+func (g *gateway) probeDNS(ctx context.Context) {
+	t := time.NewTicker(g.cfg.DNSProbeInterval)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, g.cfg.DNSTimeout)
+		err := g.res.Ping(pctx)
+		cancel()
+		if prev := g.dnsErr.Swap(&err); (prev == nil || *prev == nil) != (err == nil) {
+			if err != nil {
+				g.log.Error("dns servers do not answer: not ready", "error", err.Error())
+			} else if prev != nil {
+				g.log.Info("dns servers answer again: ready")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// reload re-reads the rules file (and the htpasswd file) and swaps the new
+// policy in at once; a bad file keeps the previous policy.
+func (g *gateway) reload(why string) {
+	p, err := g.cfg.buildPolicy()
+	if err != nil {
+		g.metrics.ConfigReload(false)
+		g.log.Error("reload failed; keeping the previous rules", "trigger", why, "error", err.Error())
+		return
+	}
+	g.policy.Store(p)
+	g.metrics.CatalogRules(p)
+	g.metrics.ConfigReload(true)
+	g.log.Info("rules reloaded", "trigger", why, "rules", len(p.Rules()), "catalog_version", p.Version())
+}
+
+// watchRules reloads when the rules file changes (mtime, size or inode).
+func (g *gateway) watchRules(ctx context.Context) {
+	if g.cfg.RulesFile == "" {
+		return
+	}
+	last := statKey(g.cfg.RulesFile)
+	t := time.NewTicker(g.cfg.ReloadInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if k := statKey(g.cfg.RulesFile); k != last {
+			last = k
+			g.reload("rules file changed")
+		}
+	}
+}
+
+func statKey(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "missing"
+	}
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	return fmt.Sprintf("%d/%d/%d", fi.ModTime().UnixNano(), fi.Size(), ino)
+}
+
+// run serves until ctx ends or SIGINT/SIGTERM arrives, then shuts down:
+// readiness fails first, the proxy listener stops accepting, in-flight
+// requests finish and tunnels get GATEWAY_SHUTDOWN_GRACE.
+func (g *gateway) run(ctx context.Context) error {
+	defer g.close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hs := &http.Server{
+		Handler:           g.srv,
+		ReadHeaderTimeout: g.cfg.ReadHeaderTimeout,
+		IdleTimeout:       g.cfg.ClientIdleTimeout,
+		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+	}
+	var as *http.Server
+	if g.adminLn != nil {
+		as = &http.Server{
+			Handler: admin.Handler(admin.Options{
+				Policy:  g.policy.Load,
+				Metrics: promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{Registry: g.reg}),
+				Ready:   g.ready,
+			}),
+			ReadHeaderTimeout: 5 * time.Second,
+		}
+		go as.Serve(g.adminLn)
+	}
+	go g.probeDNS(ctx)
+	go g.watchRules(ctx)
+	if g.authn != nil {
+		go g.authn.Watch(ctx, g.cfg.AuthReloadInterval,
+			func() { g.log.Info("htpasswd reloaded", "file", g.cfg.AuthHtpasswd, "users", g.authn.Users()) },
+			func(err error) {
+				g.metrics.ConfigReload(false)
+				g.log.Error("htpasswd reload failed; keeping the previous users", "error", err.Error())
+			})
+	}
+
+	p := g.policy.Load()
+	var geos []string
+	for _, geo := range p.Geographies() {
+		geos = append(geos, geo.String())
+	}
+	adminAddr := "off"
+	if g.adminLn != nil {
+		adminAddr = g.adminLn.Addr().String()
+	}
+	g.log.Info("gateway listening", "listen", g.ln.Addr().String(), "admin", adminAddr, "version", buildVersion(),
+		"catalog_version", p.Version(), "geographies", strings.Join(geos, ","), "rules", len(p.Rules()),
+		"blob_scope", p.BlobScope().String(), "inspection", g.cfg.InspectCACert != "", "mode", g.cfg.Mode,
+		"unlisted", g.cfg.Unlisted, "authentication", g.authn != nil)
+
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(g.ln) }()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			return g.shutdown(hs, as)
+		case s := <-sigs:
+			if s != syscall.SIGHUP {
+				g.log.Info("shutting down", "signal", s.String())
+				return g.shutdown(hs, as)
+			}
+			g.reload("SIGHUP")
+			if g.authn != nil {
+				if _, err := g.authn.Reload(); err != nil {
+					g.metrics.ConfigReload(false)
+					g.log.Error("htpasswd reload failed; keeping the previous users", "error", err.Error())
+				}
+			}
+			if err := g.events.Reopen(); err != nil {
+				g.log.Error("reopening the access log failed", "error", err.Error())
+			}
+		}
+	}
+}
+
+func (g *gateway) shutdown(hs, as *http.Server) error {
+	g.shuttingDown.Store(true)
+	time.Sleep(g.cfg.ShutdownDelay) // let load balancers see /readyz fail
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownGrace)
+	defer cancel()
+	hs.Shutdown(ctx) // stops accepting; waits for in-flight requests
+	if err := g.srv.Shutdown(ctx); err != nil {
+		g.log.Warn("closed tunnels still open at the end of the grace period", "grace", g.cfg.ShutdownGrace.String())
+	}
+	if as != nil {
+		actx, acancel := context.WithTimeout(context.Background(), time.Second)
+		as.Shutdown(actx)
+		acancel()
+	}
+	g.log.Info("gateway stopped")
+	return nil
+}
+
+func (g *gateway) close() {
+	if g.srv != nil {
+		g.srv.Close()
+	}
+	if g.ln != nil {
+		g.ln.Close()
+	}
+	if g.adminLn != nil {
+		g.adminLn.Close()
+	}
+	if g.events != nil {
+		g.events.Close()
+	}
+}
+
+// compile-time check that the minter satisfies the proxy's interface.
+var _ proxy.Inspector = (*inspect.Minter)(nil)

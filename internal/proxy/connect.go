@@ -12,6 +12,7 @@ import (
 
 	"github.com/elazarl/goproxy"
 
+	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
@@ -64,7 +65,9 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 		// proper 502/504 instead of a closed tunnel.
 		var err error
 		if upstream, err = s.dialChecked(req, st); err != nil {
-			s.refuseConn(client, proto, newRefusal(err, st.target.HostPort(), &st.decision, st.policy))
+			f := newRefusal(err, st.target.HostPort(), &st.decision, st.policy)
+			s.eventRefused(req, st, err, f.status)
+			s.refuseConn(client, proto, f)
 			return
 		}
 	}
@@ -94,19 +97,45 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 			client.Close()
 			ev.err = err
 			s.logTunnelRefused(ev)
+			_, reason := classify(err)
+			if s.opts.Metrics != nil {
+				s.opts.Metrics.TunnelRefused(reason)
+			}
+			e := newEvent(telemetry.ConnectionBlocked, req, st)
+			e.Status, e.Fields.Reason, e.Fields.SNI, e.Fields.TLS = http.StatusOK, reason, hello.ServerName, st.mode.String()
+			s.logEvent(e)
 			return
 		}
 		pending = seen
 		if upstream, err = s.dialChecked(req, st); err != nil {
 			client.Close()
+			s.eventRefused(req, st, err, http.StatusOK)
 			return
 		}
 	}
 	ev.remote = upstream.RemoteAddr().String()
 	s.tunnels.add(client, upstream)
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.TunnelOpened(st.mode.String())
+	}
 	ev.stats = tlsbypass.Relay(client, upstream, pending, s.opts.Tunnel)
 	s.tunnels.remove(client)
 	s.logTunnelClosed(ev)
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.TunnelClosed(st.mode.String(), st.decision.Service(), ev.stats.End,
+			ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration)
+	}
+	e := newEvent(successAction(st), req, st)
+	e.Status, e.RemoteIP = http.StatusOK, ev.remote
+	if ap, err := netipAddrPort(ev.remote); err == nil {
+		e.RemoteIP = ap.ip
+	}
+	e.Fields.TLS, e.Fields.SNI = st.mode.String(), ev.sni
+	e.Fields.BytesUp, e.Fields.BytesDown, e.Fields.Duration = ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration
+	if ev.stats.Err != nil {
+		e.Fields.Reason = ev.stats.End
+	}
+	s.logEvent(e)
 }
 
 // dialChecked connects to the addresses handleConnect checked.

@@ -53,7 +53,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.client = ap.Addr().Unmap()
 	}
 	if !s.clientAllowed(st.client) {
-		s.logDecision(r, st, ErrClientNotAllowed)
 		s.refuse(w, r, st, ErrClientNotAllowed)
 		return
 	}
@@ -62,24 +61,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := s.decide(r, st); err != nil {
-		s.logDecision(r, st, err)
 		s.refuse(w, r, st, err)
 		return
 	}
-	s.logDecision(r, st, nil)
 	if r.Method == http.MethodConnect {
 		ctx, cancel := context.WithTimeout(r.Context(), s.opts.DialTimeout)
 		addrs, err := s.opts.Dialer.Lookup(ctx, st.target.Host, st.target.Port)
 		cancel()
 		if err != nil {
-			s.log.Warn("connect failed", "client", r.RemoteAddr, "target", st.target.HostPort(),
-				"rule", st.decision.RuleID(), "service", st.decision.Service(), "error", err.Error())
 			s.refuse(w, r, st, err)
 			return
 		}
 		st.addrs = addrs
 	}
-	s.gp.ServeHTTP(&hijackKeeper{ResponseWriter: w}, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+	s.logDecision(r, st, nil)
+	s.observeDecision(protocolOf(r), st, nil)
+	keeper := &hijackKeeper{ResponseWriter: w}
+	if st.mode == tlsbypass.Inspect {
+		keeper.onHijack = s.observeInspectedTunnel(r, st)
+	}
+	s.gp.ServeHTTP(keeper, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
 }
 
 func (s *Server) clientAllowed(a netip.Addr) bool {
@@ -125,7 +126,9 @@ func (s *Server) decide(r *http.Request, st *reqState) error {
 		// traffic is permitted in your proxy or firewall for the
 		// previously listed URLs" (Configure device proxy and Internet
 		// connectivity settings).
-		if st.user, err = s.opts.Auth.Authenticate(r.Header.Get("Proxy-Authorization"), st.client); err != nil {
+		st.user, err = s.opts.Auth.Authenticate(r.Header.Get("Proxy-Authorization"), st.client)
+		s.observeAuth(err)
+		if err != nil {
 			return err
 		}
 	}
@@ -133,13 +136,17 @@ func (s *Server) decide(r *http.Request, st *reqState) error {
 	return nil
 }
 
-// refuse answers a request the gateway will not serve.
+// refuse answers a request the gateway will not serve, and logs, counts and
+// records it.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, err error) {
 	target := st.raw
 	if st.target.Host != "" {
 		target = st.target.HostPort()
 	}
 	f := newRefusal(err, target, &st.decision, st.policy)
+	s.logDecision(r, st, err)
+	s.observeDecision(protocolOf(r), st, err)
+	s.eventRefused(r, st, err, f.status)
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Cache-Control", "no-store")

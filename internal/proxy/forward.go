@@ -5,8 +5,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/elazarl/goproxy"
 
@@ -100,8 +102,11 @@ func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *htt
 	}
 	extra := []slog.Attr{slog.String("tls", tlsbypass.Inspect.String()), slog.String("path", t.Path)}
 	s.logDecision(r, st, err, extra...)
+	s.observeDecision(protoInspected, st, err)
 	if err != nil {
-		return nil, newRefusal(err, st.raw, &st.decision, st.policy).response(r)
+		f := newRefusal(err, st.raw, &st.decision, st.policy)
+		s.eventRefused(r, st, err, f.status)
+		return nil, f.response(r)
 	}
 	return st, nil
 }
@@ -109,16 +114,31 @@ func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *htt
 // roundTrip forwards a request through the checked dialer and turns failures
 // into refusals with a reason, so goproxy never answers with its own 500.
 func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
-	resp, err := s.tr.RoundTrip(r)
+	st, _ := ctx.UserData.(*reqState)
+	start := time.Now()
+	var remote string
+	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if ap, err := netipAddrPort(info.Conn.RemoteAddr().String()); err == nil {
+			remote = ap.ip
+		}
+	}}
+	resp, err := s.tr.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
 	if err != nil {
 		target := r.URL.Host
 		var d *allowlist.Decision
 		var p *allowlist.Policy
-		if st, ok := ctx.UserData.(*reqState); ok && st != nil {
+		if st != nil {
 			target, d, p = st.target.HostPort(), &st.decision, st.policy
 		}
 		s.log.Warn("forward failed", "client", clientAddr(r), "target", target, "error", err.Error())
-		return newRefusal(err, target, d, p).response(r), nil
+		f := newRefusal(err, target, d, p)
+		if st != nil {
+			s.eventRefused(r, st, err, f.status)
+		}
+		return f.response(r), nil
+	}
+	if st != nil {
+		s.observeForwarded(r, st, resp, remote, start)
 	}
 	removeHopByHop(resp.Header)
 	// Only the gateway speaks with X-Gateway-Reason; an upstream must not be

@@ -23,11 +23,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/elazarl/goproxy"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
@@ -81,6 +83,12 @@ type Options struct {
 	Auth Authenticator
 	// Challenge is the Proxy-Authenticate value sent with 407.
 	Challenge string
+	// Metrics, if non-nil, counts decisions, tunnels and forwarded
+	// responses; if nil, nothing is counted.
+	Metrics *telemetry.Metrics
+	// Events, if non-nil, receives one connection event per connection
+	// outcome; if nil, no events are recorded.
+	Events *telemetry.EventLog
 	// Inspector, if non-nil, terminates allowed tunnels that are not
 	// TLS-exempt and decides each inner request with its path; if nil,
 	// every allowed tunnel is a verified raw tunnel.
@@ -184,6 +192,9 @@ func (s *Server) serveSelf(w http.ResponseWriter, r *http.Request) {
 // segment as the CONNECT.
 type hijackKeeper struct {
 	http.ResponseWriter
+	// onHijack, if non-nil, is called with the hijacked connection (for
+	// inspected tunnels, which goproxy carries); if nil, nothing is called.
+	onHijack func(*hijackedConn)
 }
 
 func (h *hijackKeeper) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -200,7 +211,11 @@ func (h *hijackKeeper) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		b, _ := rw.Reader.Peek(n)
 		pending = append([]byte(nil), b...)
 	}
-	return &hijackedConn{Conn: conn, pending: pending}, rw, nil
+	hc := &hijackedConn{Conn: conn, pending: pending}
+	if h.onHijack != nil {
+		h.onHijack(hc)
+	}
+	return hc, rw, nil
 }
 
 // hijackedConn is the hijacked client connection plus the bytes read ahead
@@ -209,6 +224,18 @@ func (h *hijackKeeper) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 type hijackedConn struct {
 	net.Conn
 	pending []byte
+	// onClose, if non-nil, is called once when goproxy closes an
+	// inspected tunnel; if nil, nothing is called.
+	onClose   func()
+	closeOnce sync.Once
+}
+
+// Close closes the connection and reports the end of an inspected tunnel.
+func (c *hijackedConn) Close() error {
+	if c.onClose != nil {
+		c.closeOnce.Do(c.onClose)
+	}
+	return c.Conn.Close()
 }
 
 // Read serves buffered bytes first, for goproxy code paths (WebSocket) that

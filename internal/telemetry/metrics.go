@@ -1,0 +1,428 @@
+package telemetry
+
+import (
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/defendergw/gateway/internal/allowlist"
+)
+
+const namespace = "gateway"
+
+// none stands in for an empty label value.
+const none = "none"
+
+// Label values used by the gateway. Callers may pass others; these are the
+// ones whose series are created up front.
+const (
+	TLSBypass    = "bypass"
+	TLSInspected = "inspected"
+
+	DirectionUp   = "client_to_upstream"
+	DirectionDown = "upstream_to_client"
+)
+
+var (
+	// latencyBuckets are shared by DNS queries and upstream dials.
+	latencyBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
+	// tunnelBuckets span a millisecond to a day.
+	tunnelBuckets = []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
+
+	tlsModes       = []string{TLSBypass, TLSInspected}
+	refusalReasons = []string{"sni-mismatch", "not-tls"}
+	codeClasses    = []string{"1xx", "2xx", "3xx", "4xx", "5xx"}
+	dnsResults     = []string{"success", "nxdomain", "servfail", "timeout", "error", "cache_hit"}
+	dialErrorKinds = []string{"refused", "timeout", "private", "dns", "other"}
+	authResults    = []string{"success", "failure", "no_credentials", "rate_limited"}
+)
+
+// BuildInfo labels gateway_build_info.
+type BuildInfo struct {
+	Version, CatalogVersion, GoVersion string // GoVersion defaults to runtime.Version()
+}
+
+// Metrics holds the gateway's collectors. The zero value is not usable; a
+// nil *Metrics is, and records nothing.
+type Metrics struct {
+	decisions *prometheus.CounterVec
+	audited   *prometheus.CounterVec
+
+	tunnelsActive  fixedGauge
+	tunnelDuration *prometheus.HistogramVec
+	tunnelBytes    *prometheus.CounterVec
+	tunnelRefusals fixedCounter
+
+	forwarded fixedCounter
+
+	dnsQueries  fixedCounter
+	dnsCacheHit prometheus.Counter
+	dnsDuration prometheus.Histogram
+
+	dialDuration prometheus.Histogram
+	dialErrors   fixedCounter
+
+	auth fixedCounter
+
+	catalogMu    sync.Mutex // serialises CatalogRules' reset-and-set
+	catalogRules *prometheus.GaugeVec
+
+	reloadOK, reloadFailed prometheus.Counter
+
+	eventsLogged, eventsDropped prometheus.Counter
+}
+
+// NewRegistry returns an empty registry for NewMetrics; the caller owns it
+// and serves it (promhttp.HandlerFor).
+func NewRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
+
+// NewMetrics creates every gateway collector and registers it, together with
+// the Go runtime and process collectors, on reg. It panics if a collector is
+// already registered on reg (as prometheus.MustRegister does). A nil reg
+// registers nothing.
+func NewMetrics(reg prometheus.Registerer, info BuildInfo) *Metrics {
+	m := &Metrics{}
+	var cs []prometheus.Collector
+	add := func(c prometheus.Collector) { cs = append(cs, c) }
+
+	buildInfo := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help: "Gateway build: always 1, labelled with the gateway version, the embedded endpoint catalog version and the Go version.",
+	}, []string{"version", "catalog_version", "go_version"})
+	if info.GoVersion == "" {
+		info.GoVersion = runtime.Version()
+	}
+	buildInfo.WithLabelValues(lv(info.Version), lv(info.CatalogVersion), lv(info.GoVersion)).Set(1)
+	add(buildInfo)
+
+	m.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "decisions_total",
+		Help: "Allowlist decisions by protocol (connect, http, inspected), decision (allow, deny, audit), reason, catalog service and geography.",
+	}, []string{"protocol", "decision", "reason", "service", "geography"})
+	add(m.decisions)
+	m.audited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "audited_total",
+		Help: "Requests let through by audit mode that the policy would have denied, by reason and service.",
+	}, []string{"reason", "service"})
+	add(m.audited)
+
+	active := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "tunnels_active",
+		Help: "Open CONNECT tunnels by TLS handling (bypass, inspected).",
+	}, []string{"tls"})
+	m.tunnelsActive = newFixedGauge(active, tlsModes)
+	add(active)
+	m.tunnelDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "tunnel_duration_seconds",
+		Help:    "Lifetime of closed CONNECT tunnels by TLS handling and by which end closed them.",
+		Buckets: tunnelBuckets,
+	}, []string{"tls", "end"})
+	add(m.tunnelDuration)
+	m.tunnelBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "tunnel_bytes_total",
+		Help: "Bytes relayed through closed CONNECT tunnels by direction (client_to_upstream, upstream_to_client) and service.",
+	}, []string{"direction", "service"})
+	add(m.tunnelBytes)
+	refusals := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "tunnel_refusals_total",
+		Help: "Allowed CONNECT tunnels closed after the ClientHello check, by reason (sni-mismatch, not-tls).",
+	}, []string{"reason"})
+	m.tunnelRefusals = newFixedCounter(refusals, refusalReasons)
+	add(refusals)
+
+	forwarded := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "forwarded_responses_total",
+		Help: "Plain and inspected HTTP responses relayed to clients, by status code class.",
+	}, []string{"code_class"})
+	m.forwarded = newFixedCounter(forwarded, codeClasses)
+	add(forwarded)
+
+	dnsQueries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "dns_queries_total",
+		Help: "Name resolutions by result (success, nxdomain, servfail, timeout, error, cache_hit).",
+	}, []string{"result"})
+	m.dnsQueries = newFixedCounter(dnsQueries, dnsResults)
+	m.dnsCacheHit = m.dnsQueries.with("cache_hit")
+	add(dnsQueries)
+	m.dnsDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "dns_query_duration_seconds",
+		Help:    "Latency of DNS queries sent upstream (cache hits excluded).",
+		Buckets: latencyBuckets,
+	})
+	add(m.dnsDuration)
+
+	m.dialDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "upstream_dial_duration_seconds",
+		Help:    "Latency of successful upstream TCP dials.",
+		Buckets: latencyBuckets,
+	})
+	add(m.dialDuration)
+	dialErrors := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "upstream_dial_errors_total",
+		Help: "Failed upstream dials by kind (refused, timeout, private, dns, other).",
+	}, []string{"kind"})
+	m.dialErrors = newFixedCounter(dialErrors, dialErrorKinds)
+	add(dialErrors)
+
+	auth := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "auth_total",
+		Help: "Proxy authentication attempts by result (success, failure, no_credentials, rate_limited).",
+	}, []string{"result"})
+	m.auth = newFixedCounter(auth, authResults)
+	add(auth)
+
+	m.catalogRules = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "catalog_rules",
+		Help: "Rules of the effective allowlist for the configured geographies, by geography and service.",
+	}, []string{"geography", "service"})
+	add(m.catalogRules)
+
+	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "config_reloads_total",
+		Help: "Configuration reloads by result (success, failure).",
+	}, []string{"result"})
+	m.reloadOK, m.reloadFailed = reloads.WithLabelValues("success"), reloads.WithLabelValues("failure")
+	add(reloads)
+
+	m.eventsLogged = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "event_log_events_total",
+		Help: "Connection events written to the event log.",
+	})
+	m.eventsDropped = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "event_log_dropped_total",
+		Help: "Connection events dropped because the event log queue was full or closed.",
+	})
+	add(m.eventsLogged)
+	add(m.eventsDropped)
+
+	if reg != nil {
+		add(collectors.NewGoCollector())
+		add(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg.MustRegister(cs...)
+	}
+	return m
+}
+
+// Decision counts an allowlist decision. protocol is connect, http or
+// inspected; decision is allow, deny or audit. An audit decision also counts
+// in gateway_audited_total.
+func (m *Metrics) Decision(protocol, decision, reason, service, geography string) {
+	if m == nil {
+		return
+	}
+	reason, service = lv(reason), lv(service)
+	m.decisions.WithLabelValues(lv(protocol), lv(decision), reason, service, lv(geography)).Inc()
+	if decision == "audit" {
+		m.audited.WithLabelValues(reason, service).Inc()
+	}
+}
+
+// TunnelOpened counts a tunnel as active; tls is bypass or inspected.
+func (m *Metrics) TunnelOpened(tls string) {
+	if m == nil {
+		return
+	}
+	m.tunnelsActive.with(tls).Inc()
+}
+
+// TunnelClosed undoes TunnelOpened(tls) and records the tunnel's lifetime, by
+// which end closed it, and its bytes: up from client to upstream, down from
+// upstream to client. Negative byte counts are ignored.
+func (m *Metrics) TunnelClosed(tls, service, end string, up, down int64, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.tunnelsActive.with(tls).Dec()
+	m.tunnelDuration.WithLabelValues(lv(tls), lv(end)).Observe(d.Seconds())
+	service = lv(service)
+	if up > 0 {
+		m.tunnelBytes.WithLabelValues(DirectionUp, service).Add(float64(up))
+	}
+	if down > 0 {
+		m.tunnelBytes.WithLabelValues(DirectionDown, service).Add(float64(down))
+	}
+}
+
+// TunnelRefused counts a tunnel refused after the ClientHello check; reason
+// is sni-mismatch or not-tls.
+func (m *Metrics) TunnelRefused(reason string) {
+	if m == nil {
+		return
+	}
+	m.tunnelRefusals.with(reason).Inc()
+}
+
+// Forwarded counts a plain or inspected HTTP response relayed to a client by
+// its code class, 1xx to 5xx; a status outside 100-599 counts as "other".
+func (m *Metrics) Forwarded(status int) {
+	if m == nil {
+		return
+	}
+	if status >= 100 && status < 600 {
+		m.forwarded.known[status/100-1].Inc()
+		return
+	}
+	m.forwarded.with("other").Inc()
+}
+
+// DNSQuery counts a DNS query sent upstream and observes its latency; result
+// is success, nxdomain, servfail, timeout or error.
+func (m *Metrics) DNSQuery(result string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.dnsQueries.with(result).Inc()
+	m.dnsDuration.Observe(d.Seconds())
+}
+
+// DNSCacheHit counts a resolution answered from cache (result="cache_hit");
+// no latency is observed.
+func (m *Metrics) DNSCacheHit() {
+	if m == nil {
+		return
+	}
+	m.dnsCacheHit.Inc()
+}
+
+// Dial records an upstream dial: kind "" is a success whose latency d is
+// observed; otherwise kind (refused, timeout, private, dns, other) counts an
+// error and d is ignored.
+func (m *Metrics) Dial(d time.Duration, kind string) {
+	if m == nil {
+		return
+	}
+	if kind == "" {
+		m.dialDuration.Observe(d.Seconds())
+		return
+	}
+	m.dialErrors.with(kind).Inc()
+}
+
+// Auth counts a proxy authentication attempt; result is success, failure,
+// no_credentials or rate_limited.
+func (m *Metrics) Auth(result string) {
+	if m == nil {
+		return
+	}
+	m.auth.with(result).Inc()
+}
+
+// CatalogRules replaces gateway_catalog_rules with the number of p's rules
+// per geography and service, counting only rules in p's geographies.
+func (m *Metrics) CatalogRules(p *allowlist.Policy) {
+	if m == nil {
+		return
+	}
+	type key struct {
+		geo     allowlist.Geography
+		service string
+	}
+	counts := map[key]int{}
+	if p != nil {
+		for _, r := range p.Rules() {
+			if p.InGeography(r.Geography) {
+				counts[key{r.Geography, r.ServiceID}]++
+			}
+		}
+	}
+	m.catalogMu.Lock()
+	defer m.catalogMu.Unlock()
+	m.catalogRules.Reset()
+	for k, n := range counts {
+		m.catalogRules.WithLabelValues(lv(k.geo.String()), lv(k.service)).Set(float64(n))
+	}
+}
+
+// ConfigReload counts a configuration reload.
+func (m *Metrics) ConfigReload(ok bool) {
+	if m == nil {
+		return
+	}
+	if ok {
+		m.reloadOK.Inc()
+	} else {
+		m.reloadFailed.Inc()
+	}
+}
+
+// EventLogged counts an event written to the event log (EventLogOptions.OnLogged).
+func (m *Metrics) EventLogged() {
+	if m == nil {
+		return
+	}
+	m.eventsLogged.Inc()
+}
+
+// EventDropped counts an event the event log dropped (EventLogOptions.OnDropped).
+func (m *Metrics) EventDropped() {
+	if m == nil {
+		return
+	}
+	m.eventsDropped.Inc()
+}
+
+// lv makes s a readable, valid label value: "" becomes "none" and invalid
+// UTF-8 (which client_golang would panic on) is repaired.
+func lv(s string) string {
+	if s == "" {
+		return none
+	}
+	if !utf8.ValidString(s) {
+		return strings.ToValidUTF8(s, "\uFFFD")
+	}
+	return s
+}
+
+// fixedCounter is a one-label counter vector whose expected values are
+// resolved once; other values fall back to WithLabelValues.
+type fixedCounter struct {
+	vec    *prometheus.CounterVec
+	values []string
+	known  []prometheus.Counter
+}
+
+func newFixedCounter(vec *prometheus.CounterVec, values []string) fixedCounter {
+	f := fixedCounter{vec: vec, values: values, known: make([]prometheus.Counter, len(values))}
+	for i, v := range values {
+		f.known[i] = vec.WithLabelValues(v)
+	}
+	return f
+}
+
+func (f *fixedCounter) with(v string) prometheus.Counter {
+	for i, k := range f.values {
+		if k == v {
+			return f.known[i]
+		}
+	}
+	return f.vec.WithLabelValues(lv(v))
+}
+
+// fixedGauge is fixedCounter for gauges.
+type fixedGauge struct {
+	vec    *prometheus.GaugeVec
+	values []string
+	known  []prometheus.Gauge
+}
+
+func newFixedGauge(vec *prometheus.GaugeVec, values []string) fixedGauge {
+	f := fixedGauge{vec: vec, values: values, known: make([]prometheus.Gauge, len(values))}
+	for i, v := range values {
+		f.known[i] = vec.WithLabelValues(v)
+	}
+	return f
+}
+
+func (f *fixedGauge) with(v string) prometheus.Gauge {
+	for i, k := range f.values {
+		if k == v {
+			return f.known[i]
+		}
+	}
+	return f.vec.WithLabelValues(lv(v))
+}
