@@ -2,9 +2,11 @@ package proxy
 
 import (
 	"bytes"
+
 	"context"
 	"crypto/tls"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net"
@@ -24,6 +26,7 @@ import (
 	"github.com/defendergw/gateway/internal/auth"
 	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/resolver"
+	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/testutil"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
@@ -57,6 +60,9 @@ type worldOptions struct {
 	unlisted       bool // GATEWAY_UNLISTED=authenticated
 	audit          bool
 	clientNetworks []netip.Prefix
+	// telemetry wires a metrics registry (world.reg) and an event log
+	// (world.eventFile, JSON).
+	telemetry bool
 }
 
 type world struct {
@@ -71,6 +77,9 @@ type world struct {
 	httpReqs  chan *http.Request
 	proxyURL  *url.URL
 	srv       *Server
+	reg       *prometheus.Registry
+	events    *telemetry.EventLog
+	eventFile string
 	logs      *syncBuffer
 	portMap   map[uint16]uint16
 	mu        sync.Mutex
@@ -226,7 +235,19 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		}
 		authn = a
 	}
+	var metrics *telemetry.Metrics
+	if o.telemetry {
+		w.reg = prometheus.NewRegistry()
+		metrics = telemetry.NewMetrics(w.reg, telemetry.BuildInfo{Version: "test"})
+		w.eventFile = filepath.Join(t.TempDir(), "events.json")
+		if w.events, err = telemetry.NewEventLog(telemetry.EventLogOptions{Path: w.eventFile, Format: "json"}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { w.events.Close() })
+	}
 	srv, err := New(Options{
+		Metrics:               metrics,
+		Events:                w.events,
 		Auth:                  authn,
 		Challenge:             auth.Challenge("test realm"),
 		ClientNetworks:        o.clientNetworks,

@@ -144,15 +144,16 @@ func (l *EventLog) Log(e Event) {
 
 func (l *EventLog) run() {
 	defer close(l.done)
+	e := new(Event) // reused: the encoder's argument escapes
 	for {
 		select {
-		case e := <-l.queue:
-			l.write(&e)
+		case *e = <-l.queue:
+			l.write(e)
 		case <-l.quit:
 			for {
 				select {
-				case e := <-l.queue:
-					l.write(&e)
+				case *e = <-l.queue:
+					l.write(e)
 				default:
 					l.mu.Lock()
 					l.flush()

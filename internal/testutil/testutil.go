@@ -30,6 +30,8 @@ import (
 type DNS struct {
 	Addr string // "127.0.0.1:port"
 
+	stop func()
+
 	mu      sync.Mutex
 	zone    map[string][]netip.Addr
 	queries map[string]int
@@ -58,12 +60,19 @@ func NewDNS(t testing.TB) *DNS {
 	go tcp.ActivateAndServe()
 	<-started
 	<-started
-	t.Cleanup(func() {
-		udp.Shutdown()
-		tcp.Shutdown()
-	})
+	var once sync.Once
+	d.stop = func() {
+		once.Do(func() {
+			udp.Shutdown()
+			tcp.Shutdown()
+		})
+	}
+	t.Cleanup(d.stop)
 	return d
 }
+
+// Close stops the server (to simulate DNS going down).
+func (d *DNS) Close() { d.stop() }
 
 // Set makes name resolve to addrs (replacing earlier answers).
 func (d *DNS) Set(name string, addrs ...string) {

@@ -1,0 +1,151 @@
+package proxy
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMetricsAndEvents drives one allowed tunnel, one refusal, one DNS
+// failure and one audited tunnel through an audit-mode gateway and checks
+// the exact metric increments and the four connection events.
+func TestMetricsAndEvents(t *testing.T) {
+	w := newWorld(t, worldOptions{geos: eu, audit: true, telemetry: true})
+
+	tunnel := func(target string) {
+		t.Helper()
+		c, resp := w.connect(target+":443", clientHello(t, target))
+		if resp.StatusCode != 200 {
+			t.Fatalf("CONNECT %s: %d", target, resp.StatusCode)
+		}
+		c.Close()
+	}
+	tunnel("winatp-gw-weu.microsoft.com")                             // allowed
+	if _, r := w.connect("127.0.0.1:443", nil); r.StatusCode != 403 { // refused
+		t.Fatalf("ip literal: %d", r.StatusCode)
+	}
+	if _, r := w.connect("nxdomain.wdcp.microsoft.com:443", nil); r.StatusCode != 502 { // dns failure
+		t.Fatalf("dns failure: %d", r.StatusCode)
+	}
+	tunnel("unlisted.example.com") // audited
+	for deadline := time.Now().Add(5 * time.Second); w.srv.Active() != 0 || strings.Count(w.logs.String(), "tunnel closed") < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("tunnels did not close:\n%s", w.logs.String())
+		}
+	}
+
+	expect := map[string]float64{
+		`gateway_decisions_total{decision="allow",geography="EU",protocol="connect",reason="allowed",service="edr-cnc"}`:    1,
+		`gateway_decisions_total{decision="deny",geography="none",protocol="connect",reason="ip-literal",service="none"}`:   1,
+		`gateway_decisions_total{decision="deny",geography="WW",protocol="connect",reason="dns-failure",service="av-maps"}`: 1,
+		`gateway_decisions_total{decision="audit",geography="none",protocol="connect",reason="not-listed",service="none"}`:  1,
+		`gateway_audited_total{reason="not-listed",service="none"}`:                                                         1,
+		`gateway_tunnels_active{tls="bypass"}`: 0,
+	}
+	got := scrape(t, w)
+	for series, want := range expect {
+		if v, ok := got[series]; !ok || v != want {
+			t.Errorf("%s = %v (present %v), want %v", series, v, ok, want)
+		}
+	}
+	var decisions float64
+	for k, v := range got {
+		if strings.HasPrefix(k, "gateway_decisions_total{") {
+			decisions += v
+		}
+	}
+	if decisions != 4 {
+		t.Errorf("decisions in total = %v, want exactly 4", decisions)
+	}
+	if v := got[`gateway_tunnel_duration_seconds_count{end="closed",tls="bypass"}`]; v != 2 {
+		t.Errorf("closed tunnels = %v, want 2", v)
+	}
+
+	w.events.Close()
+	f, err := os.Open(w.eventFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	type event struct {
+		ActionType       string
+		LocalIP          string
+		LocalPort        int
+		RemoteUrl        string
+		RemoteIP         string
+		RemotePort       int
+		Protocol         string
+		AdditionalFields map[string]any
+	}
+	byAction := map[string]event{}
+	sc := bufio.NewScanner(f)
+	n := 0
+	for sc.Scan() {
+		var e event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("event %q: %v", sc.Text(), err)
+		}
+		byAction[e.ActionType] = e
+		n++
+	}
+	if n != 4 {
+		t.Fatalf("%d events, want 4", n)
+	}
+	tests := []struct {
+		action, url, remoteIP, reason string
+	}{
+		{"ConnectionSuccess", "winatp-gw-weu.microsoft.com", "127.0.0.1", ""},
+		{"ConnectionBlocked", "127.0.0.1", "", "ip-literal"},
+		{"ConnectionFailed", "nxdomain.wdcp.microsoft.com", "", "dns-failure"},
+		{"ConnectionAudited", "unlisted.example.com", "127.0.0.1", "not-listed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.action, func(t *testing.T) {
+			e, ok := byAction[tt.action]
+			if !ok {
+				t.Fatalf("no %s event", tt.action)
+			}
+			if e.RemoteUrl != tt.url || e.RemoteIP != tt.remoteIP || e.RemotePort != 443 || e.LocalIP != "127.0.0.1" || e.LocalPort == 0 || e.Protocol != "Tcp" {
+				t.Errorf("event %+v", e)
+			}
+			if r, _ := e.AdditionalFields["reason"].(string); r != tt.reason {
+				t.Errorf("reason %q, want %q", r, tt.reason)
+			}
+		})
+	}
+	if e := byAction["ConnectionSuccess"]; e.AdditionalFields["sni"] != "winatp-gw-weu.microsoft.com" ||
+		e.AdditionalFields["tls"] != "bypass" || e.AdditionalFields["service"] != "edr-cnc" {
+		t.Errorf("success event fields %v", e.AdditionalFields)
+	}
+}
+
+// scrape gathers the world's registry into "name{labels}" → value.
+func scrape(t *testing.T, w *world) map[string]float64 {
+	t.Helper()
+	families, err := w.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range families {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+`="`+l.GetValue()+`"`)
+			}
+			key := mf.GetName() + "{" + strings.Join(labels, ",") + "}"
+			switch {
+			case m.Counter != nil:
+				out[key] = m.Counter.GetValue()
+			case m.Gauge != nil:
+				out[key] = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				out[mf.GetName()+"_count{"+strings.Join(labels, ",")+"}"] = float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return out
+}
