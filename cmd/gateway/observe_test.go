@@ -251,3 +251,44 @@ func mustURL(t *testing.T, s string) *url.URL {
 	}
 	return u
 }
+
+func TestAccessLogFile(t *testing.T) {
+	dns := testutil.NewDNS(t)
+	dir := t.TempDir()
+	logFile := filepath.Join(dir, "access.log")
+	g := startGateway(t, "GATEWAY_DNS_SERVERS="+dns.Addr, "GATEWAY_GEOGRAPHIES=EU",
+		"GATEWAY_ACCESS_LOG="+logFile, "GATEWAY_ACCESS_LOG_FORMAT=squid")
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(mustURL(t, "http://"+g.addr))}}
+	client.Get("http://crl.microsoft.com/other")
+	// logrotate: move the file away, SIGHUP, and the next event lands in a new file.
+	waitFile := func(path, want string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			b, _ := os.ReadFile(path)
+			if strings.Contains(string(b), want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s lacks %q: %q", path, want, b)
+			}
+		}
+	}
+	waitFile(logFile, "TCP_DENIED/403 0 GET http://crl.microsoft.com/other")
+	if err := os.Rename(logFile, logFile+".1"); err != nil {
+		t.Fatal(err)
+	}
+	g.cmd.Process.Signal(syscall.SIGHUP)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(logFile); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("log file not reopened after SIGHUP")
+		}
+	}
+	client.Get("http://crl.microsoft.com/second")
+	waitFile(logFile, "GET http://crl.microsoft.com/second")
+	if b, _ := os.ReadFile(logFile + ".1"); strings.Contains(string(b), "second") {
+		t.Errorf("event written to the rotated file")
+	}
+}

@@ -124,11 +124,13 @@ func newGateway(cfg *Config, logger *slog.Logger) (_ *gateway, err error) {
 	if g.authn, err = cfg.authenticator(); err != nil {
 		return nil, err
 	}
-	if g.events, err = telemetry.NewEventLog(telemetry.EventLogOptions{
-		Path: cfg.AccessLog, Format: cfg.AccessLogFormat,
-		OnLogged: g.metrics.EventLogged, OnDropped: g.metrics.EventDropped,
-	}); err != nil {
-		return nil, fmt.Errorf("GATEWAY_ACCESS_LOG: %w", err)
+	if cfg.AccessLog != "off" {
+		if g.events, err = telemetry.NewEventLog(telemetry.EventLogOptions{
+			Path: cfg.AccessLog, Format: cfg.AccessLogFormat,
+			OnLogged: g.metrics.EventLogged, OnDropped: g.metrics.EventDropped,
+		}); err != nil {
+			return nil, fmt.Errorf("GATEWAY_ACCESS_LOG: %w", err)
+		}
 	}
 	if g.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("GATEWAY_LISTEN: %w", err)
@@ -157,7 +159,9 @@ func newGateway(cfg *Config, logger *slog.Logger) (_ *gateway, err error) {
 		ClientNetworks:        cfg.clientNets,
 		Challenge:             auth.Challenge(cfg.AuthRealm),
 		Metrics:               g.metrics,
-		Events:                g.events,
+	}
+	if g.events != nil {
+		opts.Events = g.events
 	}
 	if minter != nil {
 		opts.Inspector = minter
@@ -351,6 +355,9 @@ func (g *gateway) run(ctx context.Context) error {
 					g.metrics.ConfigReload(false)
 					g.log.Error("htpasswd reload failed; keeping the previous users", "error", err.Error())
 				}
+			}
+			if g.events == nil {
+				continue
 			}
 			if err := g.events.Reopen(); err != nil {
 				g.log.Error("reopening the access log failed", "error", err.Error())
