@@ -287,6 +287,11 @@ func statKey(path string) string {
 // requests finish and tunnels get GATEWAY_SHUTDOWN_GRACE.
 func (g *gateway) run(ctx context.Context) error {
 	defer g.close()
+	// Signals are wired before the gateway announces itself, so that a
+	// SIGHUP sent as soon as it listens reloads rather than kills it.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	hs := &http.Server{
@@ -335,9 +340,6 @@ func (g *gateway) run(ctx context.Context) error {
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(g.ln) }()
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	for {
 		select {
 		case err := <-errc:
