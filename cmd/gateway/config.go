@@ -58,6 +58,7 @@ type Config struct {
 	Unlisted                 string        `env:"UNLISTED" envDefault:"deny"`
 	UnlistedPorts            []string      `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
 	Mode                     string        `env:"MODE" envDefault:"enforce"`
+	Anonymous                string        `env:"ANONYMOUS" envDefault:"listed"`
 	AdminListen              string        `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:9090"`
 	AccessLog                string        `env:"ACCESS_LOG" envDefault:"stdout"`
 	AccessLogFormat          string        `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
@@ -238,6 +239,11 @@ func (c *Config) validate() error {
 	case "enforce", "audit":
 	default:
 		return fmt.Errorf("GATEWAY_MODE: want enforce or audit, got %q", c.Mode)
+	}
+	switch c.Anonymous {
+	case "listed", "none":
+	default:
+		return fmt.Errorf("GATEWAY_ANONYMOUS: want listed or none, got %q", c.Anonymous)
 	}
 	if c.AuthReloadInterval <= 0 {
 		return fmt.Errorf("GATEWAY_AUTH_RELOAD_INTERVAL: must be a positive duration, got %s", c.AuthReloadInterval)

@@ -28,6 +28,12 @@ Usage:
       --format F      table (default), json or csv
       --all           include rows of geographies that are not configured
       --geo LIST, --rules FILE as for explain
+  gateway lab [flags]                a loopback replica: DNS answering the catalog's names, simulated Defender
+                                     endpoints (lab CA written to disk) and the gateway using them
+      --listen ADDR   gateway listener (default 127.0.0.1:3128)
+      --addr IP       address of the simulated endpoints and DNS (default 127.0.0.1)
+      --dir DIR       where to write the lab CA (default: a new temporary directory)
+      --geo LIST      geographies
   gateway version                    print the gateway and catalog versions
   gateway help                       this text
 
@@ -63,6 +69,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return explain(args, stdout, stderr)
 	case "catalog":
 		return catalog(args, stdout, stderr)
+	case "lab":
+		return labCmd(args, stdout, stderr)
 	case "version", "--version":
 		return printVersion(stdout)
 	case "help", "-h", "-help", "--help":

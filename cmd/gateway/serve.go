@@ -40,7 +40,7 @@ func serve(stderr io.Writer) int {
 	for _, k := range unknown {
 		logger.Warn("unknown setting ignored (typo?)", "variable", k)
 	}
-	g, err := newGateway(cfg, logger)
+	g, err := newGateway(cfg, logger, nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway: %v\n", err)
 		return 2
@@ -73,8 +73,10 @@ type gateway struct {
 }
 
 // newGateway builds every part and opens the listeners; it fails on any bad
-// setting, naming it.
-func newGateway(cfg *Config, logger *slog.Logger) (_ *gateway, err error) {
+// setting, naming it. wrapDialer, if non-nil, wraps the checked dialer (the
+// lab maps the catalog's ports to its endpoints); if nil, the dialer is used
+// as is.
+func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) proxy.Dialer) (_ *gateway, err error) {
 	g := &gateway{cfg: cfg, log: logger, reg: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
@@ -158,6 +160,7 @@ func newGateway(cfg *Config, logger *slog.Logger) (_ *gateway, err error) {
 		UpstreamTLS:           upstreamTLS,
 		ClientNetworks:        cfg.clientNets,
 		Challenge:             auth.Challenge(cfg.AuthRealm),
+		NoAnonymous:           cfg.Anonymous == "none",
 		Metrics:               g.metrics,
 	}
 	if g.events != nil {
@@ -165,6 +168,9 @@ func newGateway(cfg *Config, logger *slog.Logger) (_ *gateway, err error) {
 	}
 	if minter != nil {
 		opts.Inspector = minter
+	}
+	if wrapDialer != nil {
+		opts.Dialer = wrapDialer(opts.Dialer)
 	}
 	if g.authn != nil {
 		opts.Auth = g.authn

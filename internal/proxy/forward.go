@@ -96,7 +96,7 @@ func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *htt
 		switch {
 		case !st.decision.Allowed:
 			err = st.decision.Err
-		case s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted) && st.user == "":
+		case s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted || s.opts.NoAnonymous) && st.user == "":
 			err = errAuthInsideTunnel
 		}
 	}

@@ -83,6 +83,10 @@ type Options struct {
 	Auth Authenticator
 	// Challenge is the Proxy-Authenticate value sent with 407.
 	Challenge string
+	// NoAnonymous makes Auth apply to anonymous rows too. It reproduces a
+	// proxy that breaks Defender's system-context traffic, for labs and the
+	// connectivity probe; never use it in production.
+	NoAnonymous bool
 	// Metrics, if non-nil, counts decisions, tunnels and forwarded
 	// responses; if nil, nothing is counted.
 	Metrics *telemetry.Metrics
