@@ -34,6 +34,9 @@ Usage:
       --addr IP       address of the simulated endpoints and DNS (default 127.0.0.1)
       --dir DIR       where to write the lab CA (default: a new temporary directory)
       --geo LIST      geographies
+  gateway healthcheck [flags]        exit 0 if the local gateway answers /healthz (the container HEALTHCHECK)
+      --ready         check /readyz instead
+      --url URL       check this URL instead of GATEWAY_ADMIN_LISTEN
   gateway version                    print the gateway and catalog versions
   gateway help                       this text
 
@@ -71,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return catalog(args, stdout, stderr)
 	case "lab":
 		return labCmd(args, stdout, stderr)
+	case "healthcheck":
+		return healthcheck(args, stdout, stderr)
 	case "version", "--version":
 		return printVersion(stdout)
 	case "help", "-h", "-help", "--help":
