@@ -156,6 +156,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for !stop.Load() {
+				startedAfterChange := changed.Load()
 				code, reason, err := rw.get(host)
 				switch {
 				case err != nil:
@@ -169,7 +170,7 @@ func TestReloadUnderLoad(t *testing.T) {
 					failures = append(failures, fmt.Sprintf("%s: %d %s", host, code, reason))
 					mu.Unlock()
 				}
-				if host == "app.lab.test" && code == 200 && changed.Load() {
+				if host == "app.lab.test" && code == 200 && startedAfterChange {
 					appAllowedAfterChange.Store(true)
 				}
 			}

@@ -190,14 +190,16 @@ func (r *relay) finished(src, other net.Conn, err error) {
 // after propagating the half-close to dst.
 func (r *relay) copy(dst, src net.Conn) (int64, error) {
 	var raw syscall.RawConn
+	var ready func(uintptr) bool
 	if sc, ok := src.(syscall.Conn); ok {
 		raw, _ = sc.SyscallConn()
+		ready = readyFunc() // once per direction: waiting must not allocate
 	}
 	var n int64
 	src.SetReadDeadline(r.readDeadline())
 	for {
 		if raw != nil {
-			if err := waitReadable(raw); err != nil {
+			if err := raw.Read(ready); err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					if err := r.expired(); err != nil {
 						return n, err
@@ -246,15 +248,16 @@ func (r *relay) copy(dst, src net.Conn) (int64, error) {
 	}
 }
 
-// waitReadable blocks until src has data (or EOF, or an error) without
-// reading it, so an idle direction holds no buffer. The callback peeks one
-// byte without blocking: data already queued (the poller's readiness is reset
-// when RawConn.Read starts, so it would not report it) returns at once; only
-// EAGAIN makes the runtime poller wait for the next readability edge.
-func waitReadable(raw syscall.RawConn) error {
+// readyFunc returns the RawConn.Read callback that waits until a socket has
+// data (or EOF, or an error) without reading it, so an idle direction holds
+// no buffer. The callback peeks one byte without blocking: data already
+// queued (the poller's readiness is reset when RawConn.Read starts, so it
+// would not report it) returns at once; only EAGAIN makes the runtime poller
+// wait for the next readability edge.
+func readyFunc() func(uintptr) bool {
 	var b [1]byte
-	return raw.Read(func(fd uintptr) bool {
+	return func(fd uintptr) bool {
 		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return err != syscall.EAGAIN
-	})
+	}
 }
