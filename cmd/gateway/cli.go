@@ -36,6 +36,12 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 
 // cliPolicy builds the policy from the environment, with flag overrides.
 func cliPolicy(f *cliFlags) (*allowlist.Policy, error) {
+	_, p, err := cliConfigPolicy(f)
+	return p, err
+}
+
+// cliConfigPolicy loads the configuration and policy, with flag overrides.
+func cliConfigPolicy(f *cliFlags) (*Config, *allowlist.Policy, error) {
 	environ := environMap()
 	if f.geo != "" {
 		environ["GATEWAY_GEOGRAPHIES"] = f.geo
@@ -45,9 +51,10 @@ func cliPolicy(f *cliFlags) (*allowlist.Policy, error) {
 	}
 	cfg, _, err := loadConfig(environ)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return cfg.buildPolicy()
+	p, err := cfg.buildPolicy()
+	return cfg, p, err
 }
 
 func newFlagSet(name string, stderr io.Writer, f *cliFlags, defFormat string) *flag.FlagSet {

@@ -59,6 +59,8 @@ type Config struct {
 	UnlistedPorts            []string      `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
 	Mode                     string        `env:"MODE" envDefault:"enforce"`
 	Anonymous                string        `env:"ANONYMOUS" envDefault:"listed"`
+	PublicAddr               string        `env:"PUBLIC_ADDR"`
+	PACDefault               string        `env:"PAC_DEFAULT" envDefault:"DIRECT"`
 	AdminListen              string        `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:9090"`
 	AccessLog                string        `env:"ACCESS_LOG" envDefault:"stdout"`
 	AccessLogFormat          string        `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
@@ -239,6 +241,16 @@ func (c *Config) validate() error {
 	case "enforce", "audit":
 	default:
 		return fmt.Errorf("GATEWAY_MODE: want enforce or audit, got %q", c.Mode)
+	}
+	if c.PublicAddr != "" {
+		if _, _, err := net.SplitHostPort(c.PublicAddr); err != nil {
+			return fmt.Errorf("GATEWAY_PUBLIC_ADDR: %q is not host:port", c.PublicAddr)
+		}
+	}
+	switch strings.ToUpper(c.PACDefault) {
+	case "DIRECT", "PROXY":
+	default:
+		return fmt.Errorf("GATEWAY_PAC_DEFAULT: want DIRECT or PROXY, got %q", c.PACDefault)
 	}
 	switch c.Anonymous {
 	case "listed", "none":

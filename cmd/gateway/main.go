@@ -28,6 +28,21 @@ Usage:
       --format F      table (default), json or csv
       --all           include rows of geographies that are not configured
       --geo LIST, --rules FILE as for explain
+  gateway pac [flags]                print the PAC file the gateway serves at /proxy.pac and /wpad.dat
+      --proxy HOST:PORT  advertised gateway address (default GATEWAY_PUBLIC_ADDR, else GATEWAY_LISTEN)
+      --default D        DIRECT or PROXY for hosts not on the allowlist (default GATEWAY_PAC_DEFAULT)
+      --geo LIST, --rules FILE as for explain
+  gateway client-config --proxy HOST:PORT [flags]
+                                     print what points all three Defender components at the gateway
+      --format F      cmd (default), ps1 or reg
+      --pac-url URL   Defender Antivirus ProxyPacUrl;  --bypass LIST  ProxyBypass and WinHTTP bypass list
+      --offline       also set PreferStaticProxyForHttpRequest (fully offline devices)
+      --undo          print the script that removes the settings
+  gateway probe [flags]              check every catalog endpoint like the MDE client analyzer; exits 1 when a
+                                     required endpoint fails
+      --via URL       through this gateway (http://host:port); default direct
+      --geo LIST      geographies to probe;  --format text|json;  --ca FILE  extra roots (the lab CA)
+      --proxy-user U:P  credentials for the gateway;  --timeout D;  --concurrency N
   gateway lab [flags]                a loopback replica: DNS answering the catalog's names, simulated Defender
                                      endpoints (lab CA written to disk) and the gateway using them
       --listen ADDR   gateway listener (default 127.0.0.1:3128)
@@ -76,6 +91,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return labCmd(args, stdout, stderr)
 	case "healthcheck":
 		return healthcheck(args, stdout, stderr)
+	case "pac":
+		return pacCmd(args, stdout, stderr)
+	case "client-config":
+		return clientConfigCmd(args, stdout, stderr)
+	case "probe":
+		return probeCmd(args, stdout, stderr)
 	case "version", "--version":
 		return printVersion(stdout)
 	case "help", "-h", "-help", "--help":

@@ -172,6 +172,8 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 	if wrapDialer != nil {
 		opts.Dialer = wrapDialer(opts.Dialer)
 	}
+	ps := &pacServer{public: cfg.PublicAddr, dflt: cfg.PACDefault, listen: g.ln.Addr()}
+	opts.PAC = ps.pac
 	if g.authn != nil {
 		opts.Auth = g.authn
 	}

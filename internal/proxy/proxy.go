@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
@@ -87,6 +88,10 @@ type Options struct {
 	// proxy that breaks Defender's system-context traffic, for labs and the
 	// connectivity probe; never use it in production.
 	NoAnonymous bool
+	// PAC, if non-nil, renders the proxy auto-config file served at
+	// /proxy.pac and /wpad.dat (origin-form requests to the gateway);
+	// requestHost is the Host the client used. If nil, those paths are 404.
+	PAC func(p *allowlist.Policy, requestHost string) ([]byte, error)
 	// Metrics, if non-nil, counts decisions, tunnels and forwarded
 	// responses; if nil, nothing is counted.
 	Metrics *telemetry.Metrics
@@ -177,17 +182,32 @@ func New(opts Options) (*Server, error) {
 // Close releases idle upstream connections.
 func (s *Server) Close() { s.tr.CloseIdleConnections() }
 
-// serveSelf answers origin-form requests addressed to the gateway itself.
+// serveSelf answers origin-form requests addressed to the gateway itself:
+// the PAC/WPAD file and a short page.
 func (s *Server) serveSelf(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/" {
-		http.NotFound(w, r)
-		return
-	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	p := s.opts.Policy()
-	fmt.Fprintf(w, "Microsoft Defender egress gateway (catalog %s, geographies %s).\n"+
-		"This is a forward proxy: point endpoints at it (netsh winhttp set proxy <host:port>, TelemetryProxyServer, "+
-		"Defender Antivirus ProxyServer) rather than browsing to it.\n", p.Version(), geoList(p))
+	switch {
+	case (r.URL.Path == "/proxy.pac" || r.URL.Path == "/wpad.dat") && s.opts.PAC != nil &&
+		(r.Method == http.MethodGet || r.Method == http.MethodHead):
+		body, err := s.opts.PAC(p, r.Host)
+		if err != nil {
+			s.log.Error("rendering the PAC file failed", "error", err.Error())
+			http.Error(w, "PAC file unavailable", http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ns-proxy-autoconfig")
+		w.Header().Set("Cache-Control", "max-age=300")
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.Write(body)
+	case r.URL.Path == "/":
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintf(w, "Microsoft Defender egress gateway (catalog %s, geographies %s).\n"+
+			"This is a forward proxy: point endpoints at it (netsh winhttp set proxy <host:port>, TelemetryProxyServer, "+
+			"Defender Antivirus ProxyServer) rather than browsing to it. Proxy auto-config: /proxy.pac, /wpad.dat.\n",
+			p.Version(), geoList(p))
+	default:
+		http.NotFound(w, r)
+	}
 }
 
 // hijackKeeper hands goproxy a connection that still carries the bytes the

@@ -1,0 +1,724 @@
+package endpoint
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"unicode/utf16"
+)
+
+// ClientConfig describes the device-side proxy settings that point the three
+// Microsoft Defender for Endpoint components (EDR sensor, Defender Antivirus
+// and the system-wide WinHTTP proxy the OS uses for CRL fetches) at the
+// gateway. Render turns it into a script an administrator deploys by Group
+// Policy, a startup script or Intune.
+//
+// Source: Microsoft, "Configure device proxy and Internet connectivity
+// settings" (learn.microsoft.com/defender-endpoint/configure-proxy-internet).
+type ClientConfig struct {
+	// Proxy is the gateway address, "host:port". Required. The host is a DNS
+	// name (ASCII; punycode for IDNs), a dotted IPv4 address or a bracketed
+	// IPv6 literal ("[2001:db8::1]:3128"); no scheme, user info or path.
+	Proxy string
+	// PACURL is the optional Defender Antivirus ProxyPacUrl, an absolute
+	// http:// or https:// URL.
+	PACURL string
+	// Bypass lists optional proxy bypass entries, written to Defender
+	// Antivirus ProxyBypass (joined with ';') and to the netsh winhttp
+	// bypass-list. Entries are host names, addresses or wildcards
+	// ("*.contoso.local"); the netsh token "<local>" is accepted as is.
+	Bypass []string
+	// Offline adds PreferStaticProxyForHttpRequest for fully offline devices
+	// (honoured by MsSense.exe 10.8210.* or 10.8049.* and later).
+	Offline bool
+	// Undo renders the script that removes the settings instead.
+	Undo bool
+}
+
+// ClientConfigError is the validation error Render returns; Field names the
+// offending ClientConfig field ("Proxy", "PACURL", "Bypass[2]").
+type ClientConfigError struct {
+	Field  string
+	Reason string
+}
+
+func (e *ClientConfigError) Error() string {
+	return "client-config: " + e.Field + ": " + e.Reason
+}
+
+// Registry locations, relative to HKEY_LOCAL_MACHINE.
+const (
+	ccKeyDataCollection = `SOFTWARE\Policies\Microsoft\Windows\DataCollection`
+	ccKeyATP            = `SOFTWARE\Policies\Microsoft\Windows Advanced Threat Protection`
+	ccKeyDefender       = `SOFTWARE\Policies\Microsoft\Windows Defender`
+)
+
+const (
+	ccSourceTitle = `Microsoft, "Configure device proxy and Internet connectivity settings"`
+	ccSourceURL   = "https://learn.microsoft.com/defender-endpoint/configure-proxy-internet"
+	// ccForbidden are the characters that could end a quoted string or start
+	// an expansion in cmd (" % ^ & | < > !), PowerShell (' " ` $) or reg.exe
+	// argument parsing (\ before a quote). Whitespace, control characters
+	// and non-ASCII are rejected separately.
+	ccForbidden = "\"'%^&|<>`$!\\"
+)
+
+// ccValue is one registry value the scripts write (apply) or delete (undo).
+type ccValue struct {
+	key   string // under HKLM
+	name  string
+	dword bool   // REG_DWORD 1; otherwise REG_SZ
+	sz    string // REG_SZ data
+	step  string // label used in error messages
+}
+
+// ccBlock is a group of values with the comments that explain them.
+type ccBlock struct {
+	title    string
+	comments []string
+	values   []ccValue
+}
+
+// ccPlan is the validated, format-independent content of a script.
+type ccPlan struct {
+	proxy      string // host:port, canonical
+	ipv6       bool
+	avServer   string // http://host:port
+	pac        string
+	bypass     []string
+	bypassList string // bypass entries joined with ';'
+	offline    bool
+	undo       bool
+	blocks     []ccBlock
+}
+
+// Render returns the script in format "cmd" (batch file), "ps1" (Windows
+// PowerShell 5.1) or "reg" (registry file for regedit / reg import, UTF-16LE
+// with BOM). cmd and ps1 are ASCII with CRLF line endings. Validation errors
+// are *ClientConfigError and name the field.
+func (c ClientConfig) Render(format string) ([]byte, error) {
+	if format != "cmd" && format != "ps1" && format != "reg" {
+		return nil, fmt.Errorf("client-config: unknown format %q (want cmd, ps1 or reg)", format)
+	}
+	p, err := c.plan()
+	if err != nil {
+		return nil, err
+	}
+	var w ccWriter
+	switch format {
+	case "cmd":
+		p.renderCmd(&w)
+	case "ps1":
+		p.renderPS1(&w)
+	case "reg":
+		p.renderReg(&w)
+		return ccUTF16LE(w.crlf()), nil
+	}
+	return w.crlf(), nil
+}
+
+func (c ClientConfig) plan() (*ccPlan, error) {
+	proxy, ipv6, err := ccValidateProxy(c.Proxy)
+	if err != nil {
+		return nil, err
+	}
+	p := &ccPlan{proxy: proxy, ipv6: ipv6, avServer: "http://" + proxy, offline: c.Offline, undo: c.Undo}
+	if c.PACURL != "" {
+		if err := ccValidatePAC(c.PACURL); err != nil {
+			return nil, err
+		}
+		p.pac = c.PACURL
+	}
+	for i, b := range c.Bypass {
+		if err := ccValidateBypass(b); err != nil {
+			return nil, &ClientConfigError{Field: fmt.Sprintf("Bypass[%d]", i), Reason: err.Error()}
+		}
+	}
+	p.bypass = c.Bypass
+	p.bypassList = strings.Join(c.Bypass, ";")
+	p.blocks = p.buildBlocks()
+	return p, nil
+}
+
+func (p *ccPlan) buildBlocks() []ccBlock {
+	edr := ccBlock{
+		title: "EDR sensor (MsSense): static proxy",
+		comments: []string{
+			`GPO: Computer Configuration\Administrative Templates\Windows Components\Data Collection and Preview Builds:`,
+			`"Configure connected user experiences and telemetry" (proxy) and "Configure Authenticated Proxy usage`,
+			`for the Connected User Experience and Telemetry service" (Disable Authenticated Proxy usage).`,
+		},
+		values: []ccValue{
+			{key: ccKeyDataCollection, name: "TelemetryProxyServer", sz: p.proxy, step: "EDR sensor: TelemetryProxyServer"},
+			{key: ccKeyDataCollection, name: "DisableEnterpriseAuthProxy", dword: true, step: "EDR sensor: DisableEnterpriseAuthProxy"},
+		},
+	}
+	offline := ccBlock{
+		title: "Fully offline devices: the sensor prefers the static proxy for its own HTTP requests",
+		comments: []string{
+			"Needed when the device cannot reach CRLs or Windows Update directly.",
+			"Honoured by MsSense.exe 10.8210.* or 10.8049.* and later.",
+		},
+		values: []ccValue{
+			{key: ccKeyATP, name: "PreferStaticProxyForHttpRequest", dword: true, step: "Offline: PreferStaticProxyForHttpRequest"},
+		},
+	}
+	av := ccBlock{
+		title: "Microsoft Defender Antivirus: static proxy",
+		comments: []string{
+			`GPO: Computer Configuration\Administrative Templates\Windows Components\Microsoft Defender Antivirus:`,
+			`"Define proxy server for connecting to the network" (ProxyServer, must start with http://),`,
+			`"Define proxy auto-config (.pac) for connecting to the network" (ProxyPacUrl),`,
+			`"Define addresses to bypass proxy server" (ProxyBypass, entries separated by ';').`,
+		},
+		values: []ccValue{
+			{key: ccKeyDefender, name: "ProxyServer", sz: p.avServer, step: "Defender Antivirus: ProxyServer"},
+		},
+	}
+	if p.undo {
+		// Undo removes everything an apply script may have written,
+		// whatever options it was generated with.
+		offline.comments = nil
+		av.values = append(av.values,
+			ccValue{key: ccKeyDefender, name: "ProxyPacUrl", step: "Defender Antivirus: ProxyPacUrl"},
+			ccValue{key: ccKeyDefender, name: "ProxyBypass", step: "Defender Antivirus: ProxyBypass"})
+		return []ccBlock{edr, offline, av}
+	}
+	if p.pac != "" {
+		av.values = append(av.values, ccValue{key: ccKeyDefender, name: "ProxyPacUrl", sz: p.pac, step: "Defender Antivirus: ProxyPacUrl"})
+	}
+	if len(p.bypass) > 0 {
+		av.values = append(av.values, ccValue{key: ccKeyDefender, name: "ProxyBypass", sz: p.bypassList, step: "Defender Antivirus: ProxyBypass"})
+	}
+	if p.offline {
+		return []ccBlock{edr, offline, av}
+	}
+	return []ccBlock{edr, av}
+}
+
+// header returns the comment header shared by all formats.
+func (p *ccPlan) header() []string {
+	h := []string{`Generated by "gateway client-config". Regenerate rather than edit.`}
+	if p.undo {
+		h = append(h,
+			"UNDO: removes the Microsoft Defender for Endpoint proxy settings that point this device",
+			"at the egress gateway "+p.proxy+", and resets the system WinHTTP proxy to direct access.",
+			"All values an apply script may have written are removed, whatever options it used.",
+			"Blocks:",
+			"  - EDR sensor: remove TelemetryProxyServer and DisableEnterpriseAuthProxy (DataCollection policy).",
+			"  - Offline devices: remove PreferStaticProxyForHttpRequest.",
+			"  - Defender Antivirus: remove ProxyServer, ProxyPacUrl and ProxyBypass (Windows Defender policy).",
+			"  - WinHTTP: netsh winhttp reset proxy. A WinHTTP proxy set before the apply script is not restored.",
+		)
+	} else {
+		h = append(h,
+			"Points the three Microsoft Defender for Endpoint components at the egress gateway "+p.proxy+".",
+			"All three proxy settings (EDR sensor, Defender Antivirus, system WinHTTP) must be set for",
+			"proxying to work. Transparent proxies and WPAD need none of this.",
+			"Blocks:",
+			"  - EDR sensor: TelemetryProxyServer = "+p.proxy+", DisableEnterpriseAuthProxy = 1 (DataCollection policy).",
+		)
+		if p.offline {
+			h = append(h, "  - Offline devices: PreferStaticProxyForHttpRequest = 1 (Windows Advanced Threat Protection policy).")
+		}
+		av := "  - Defender Antivirus: ProxyServer = " + p.avServer
+		if p.pac != "" {
+			av += ", ProxyPacUrl"
+		}
+		if len(p.bypass) > 0 {
+			av += ", ProxyBypass"
+		}
+		h = append(h, av+" (Windows Defender policy).",
+			"  - WinHTTP: netsh winhttp set proxy, the system-wide proxy the OS uses for CRL fetches.",
+			"  - Verify: MpCmdRun -ValidateMapsConnection, MDE Client Analyzer, netsh winhttp show proxy.",
+		)
+	}
+	if p.ipv6 {
+		h = append(h, "Note: Microsoft does not support devices configured for IPv6-only traffic.")
+	}
+	return append(h,
+		"Run elevated, in a 64-bit process (32-bit netsh only sets the WOW64 WinHTTP proxy).",
+		"Source: "+ccSourceTitle,
+		"        "+ccSourceURL,
+	)
+}
+
+// ccWinHTTPComments explain the netsh block.
+var ccWinHTTPComments = []string{
+	"Used by Windows services and by the OS for certificate revocation list",
+	"(CRL) fetches. Without it MpCmdRun -ValidateMapsConnection fails with hr=0x80072F8F httpcore=451.",
+}
+
+// netshCmd is the netsh command that sets the WinHTTP proxy, cmd-quoted.
+func (p *ccPlan) netshCmd() string {
+	s := `netsh winhttp set proxy proxy-server="` + p.proxy + `"`
+	if p.bypassList != "" {
+		s += ` bypass-list="` + p.bypassList + `"`
+	}
+	return s
+}
+
+// ---- cmd ----
+
+func (p *ccPlan) renderCmd(w *ccWriter) {
+	w.line("@echo off")
+	w.comments("rem ", p.header())
+	w.line("rem")
+	w.line("rem Every step checks its exit code; on failure the script names the step and exits 1.")
+	w.line("setlocal EnableExtensions DisableDelayedExpansion")
+	w.line("")
+	w.line(`if defined PROCESSOR_ARCHITEW6432 (`)
+	w.line(`  >&2 echo ERROR: run this script from 64-bit cmd.exe, not the 32-bit SysWOW64 one.`)
+	w.line(`  exit /b 1`)
+	w.line(`)`)
+	for _, b := range p.blocks {
+		w.line("")
+		w.line("rem --- " + b.title + " ---")
+		w.comments("rem ", b.comments)
+		for _, v := range b.values {
+			if p.undo {
+				w.line(`reg query "HKLM\` + v.key + `" /v ` + v.name + ` >nul 2>&1`)
+				w.line(`if not errorlevel 1 (`)
+				w.line(`  reg delete "HKLM\` + v.key + `" /v ` + v.name + ` /f >nul`)
+				w.line(`  if errorlevel 1 (`)
+				w.line(`    >&2 echo ERROR: step failed: ` + v.step + ` - reg delete`)
+				w.line(`    exit /b 1`)
+				w.line(`  )`)
+				w.line(`  echo Removed ` + v.name)
+				w.line(`)`)
+				continue
+			}
+			if v.dword {
+				w.line(`reg add "HKLM\` + v.key + `" /v ` + v.name + ` /t REG_DWORD /d 1 /f >nul`)
+			} else {
+				w.line(`reg add "HKLM\` + v.key + `" /v ` + v.name + ` /t REG_SZ /d "` + v.sz + `" /f >nul`)
+			}
+			w.line(`if errorlevel 1 (`)
+			w.line(`  >&2 echo ERROR: step failed: ` + v.step + ` - reg add`)
+			w.line(`  exit /b 1`)
+			w.line(`)`)
+			w.line(`echo Set ` + v.name)
+		}
+	}
+	if p.undo {
+		w.line("")
+		w.line("rem Defender Antivirus local preferences set with Set-MpPreference (the ps1 variant) are not")
+		w.line("rem policy values; remove them from an elevated PowerShell prompt with:")
+		w.line("rem   Remove-MpPreference -ProxyServer -ProxyPacUrl -ProxyBypass")
+	}
+	w.line("")
+	w.line("rem --- System-wide WinHTTP proxy ---")
+	w.comments("rem ", ccWinHTTPComments)
+	step, cmd := "WinHTTP: netsh winhttp set proxy", p.netshCmd()
+	if p.undo {
+		step, cmd = "WinHTTP: netsh winhttp reset proxy", "netsh winhttp reset proxy"
+	}
+	w.line(cmd)
+	w.line(`if errorlevel 1 (`)
+	w.line(`  >&2 echo ERROR: step failed: ` + step)
+	w.line(`  exit /b 1`)
+	w.line(`)`)
+	w.line("")
+	w.line("rem --- Verify, from an elevated prompt once policy has applied ---")
+	w.line("rem ProgramFiles is a single-percent variable on purpose in these rem lines, so they can be")
+	w.line("rem copied to a prompt as they are; the echo lines below double it to print it literally.")
+	w.line(`rem   "%ProgramFiles%\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection`)
+	w.line(`rem   MDEClientAnalyzer.cmd  (MDE Client Analyzer; then read MDEClientAnalyzerResult.txt)`)
+	w.line(`rem   netsh winhttp show proxy`)
+	w.line("echo.")
+	if p.undo {
+		w.line("echo Defender proxy settings removed. Check with:")
+	} else {
+		w.line("echo Defender proxy settings applied. Verify from an elevated prompt:")
+	}
+	w.line(`echo   "%%ProgramFiles%%\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection`)
+	if !p.undo {
+		w.line(`echo   MDEClientAnalyzer.cmd  - MDE Client Analyzer, tests every service URL`)
+	}
+	w.line(`echo   netsh winhttp show proxy`)
+	w.line("endlocal")
+	w.line("exit /b 0")
+}
+
+// ---- ps1 ----
+
+func (p *ccPlan) renderPS1(w *ccWriter) {
+	w.comments("# ", p.header())
+	w.line("#")
+	w.line("# Windows PowerShell 5.1 compatible. Any failure stops the script with exit code 1 and names the step.")
+	w.line("# Registry keys are created only when missing: New-Item -Force on an existing key would recreate")
+	w.line("# it empty and drop every other policy value under it.")
+	w.line("#Requires -RunAsAdministrator")
+	w.line("")
+	w.line("Set-StrictMode -Version 2.0")
+	w.line("$ErrorActionPreference = 'Stop'")
+	w.line("$step = 'start'")
+	w.line("trap {")
+	w.line(`    Write-Host ("ERROR: step failed: {0}: {1}" -f $step, $_) -ForegroundColor Red`)
+	w.line("    exit 1")
+	w.line("}")
+	w.line("if ([Environment]::Is64BitOperatingSystem -and -not [Environment]::Is64BitProcess) {")
+	w.line("    throw 'Run this script in 64-bit PowerShell (Intune: run script in 64 bit PowerShell Host).'")
+	w.line("}")
+	for _, b := range p.blocks {
+		w.line("")
+		w.line("# --- " + b.title + " ---")
+		if !p.undo && b.values[0].key == ccKeyDefender {
+			p.ps1MpPreference(w)
+			w.line("# GPO-equivalent policy values (these take precedence over Set-MpPreference):")
+		}
+		w.comments("# ", b.comments)
+		made := false
+		for _, v := range b.values {
+			path := ccPSQuote(`HKLM:\` + v.key)
+			w.line("$step = " + ccPSQuote(v.step))
+			if p.undo {
+				w.line("if ($null -ne (Get-ItemProperty -Path " + path + " -Name " + ccPSQuote(v.name) + " -ErrorAction SilentlyContinue)) {")
+				w.line("    Remove-ItemProperty -Path " + path + " -Name " + ccPSQuote(v.name))
+				w.line("    Write-Host " + ccPSQuote("Removed "+v.name))
+				w.line("}")
+				continue
+			}
+			if !made {
+				w.line("if (-not (Test-Path -LiteralPath " + path + ")) { New-Item -Path " + path + " -Force | Out-Null }")
+				made = true
+			}
+			if v.dword {
+				w.line("New-ItemProperty -Path " + path + " -Name " + ccPSQuote(v.name) + " -PropertyType DWord -Value 1 -Force | Out-Null")
+			} else {
+				w.line("New-ItemProperty -Path " + path + " -Name " + ccPSQuote(v.name) + " -PropertyType String -Value " + ccPSQuote(v.sz) + " -Force | Out-Null")
+			}
+			w.line("Write-Host " + ccPSQuote("Set "+v.name))
+		}
+		if p.undo && b.values[0].key == ccKeyDefender {
+			w.line("# Local preferences written by Set-MpPreference: Remove-MpPreference takes -ProxyServer,")
+			w.line("# -ProxyPacUrl and -ProxyBypass as switches. Older platforms may lack them, hence the warning only.")
+			w.line("$step = 'Defender Antivirus: Remove-MpPreference'")
+			w.line("try {")
+			w.line("    Remove-MpPreference -ProxyServer -ProxyPacUrl -ProxyBypass")
+			w.line("} catch {")
+			w.line(`    Write-Warning ("Remove-MpPreference failed: {0}" -f $_.Exception.Message)`)
+			w.line("}")
+		}
+	}
+	w.line("")
+	w.line("# --- System-wide WinHTTP proxy ---")
+	w.comments("# ", ccWinHTTPComments)
+	if p.undo {
+		w.line("$step = 'WinHTTP: netsh winhttp reset proxy'")
+		w.line("& netsh.exe winhttp reset proxy")
+	} else {
+		w.line("$step = 'WinHTTP: netsh winhttp set proxy'")
+		w.line("# Same as: " + p.netshCmd())
+		args := ccPSQuote("proxy-server=" + p.proxy)
+		if p.bypassList != "" {
+			args += " " + ccPSQuote("bypass-list="+p.bypassList)
+		}
+		w.line("& netsh.exe winhttp set proxy " + args)
+	}
+	w.line(`if ($LASTEXITCODE -ne 0) { throw ("netsh exited with code {0}" -f $LASTEXITCODE) }`)
+	w.line("")
+	w.line("# --- Verify, from an elevated prompt once policy has applied ---")
+	w.line(`#   & "$env:ProgramFiles\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection`)
+	w.line("#   MDEClientAnalyzer.cmd  (MDE Client Analyzer; then read MDEClientAnalyzerResult.txt)")
+	w.line("#   netsh winhttp show proxy")
+	w.line("Write-Host ''")
+	if p.undo {
+		w.line("Write-Host 'Defender proxy settings removed. Check with:'")
+	} else {
+		w.line("Write-Host 'Defender proxy settings applied. Verify from an elevated prompt:'")
+	}
+	w.line(`Write-Host '  & "$env:ProgramFiles\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection'`)
+	if !p.undo {
+		w.line("Write-Host '  MDEClientAnalyzer.cmd  - MDE Client Analyzer, tests every service URL'")
+	}
+	w.line("Write-Host '  netsh winhttp show proxy'")
+	w.line("exit 0")
+}
+
+// ps1MpPreference writes the Set-MpPreference route for Defender Antivirus.
+func (p *ccPlan) ps1MpPreference(w *ccWriter) {
+	w.line("# Preferred PowerShell route: Set-MpPreference (Defender Antivirus local preferences).")
+	w.line("# It fails when Defender Antivirus is not active (another antivirus is primary); the policy")
+	w.line("# values below are written in any case, so a failure here is only a warning.")
+	w.line("$step = 'Defender Antivirus: Set-MpPreference'")
+	cmd := "Set-MpPreference -ProxyServer " + ccPSQuote(p.avServer)
+	if p.pac != "" {
+		cmd += " -ProxyPacUrl " + ccPSQuote(p.pac)
+	}
+	if len(p.bypass) > 0 {
+		q := make([]string, len(p.bypass))
+		for i, b := range p.bypass {
+			q[i] = ccPSQuote(b)
+		}
+		cmd += " -ProxyBypass " + strings.Join(q, ",")
+	}
+	w.line("try {")
+	w.line("    " + cmd)
+	w.line("} catch {")
+	w.line(`    Write-Warning ("Set-MpPreference failed: {0}" -f $_.Exception.Message)`)
+	w.line("}")
+}
+
+// ccPSQuote single-quotes s for PowerShell (a single quote is doubled;
+// validation rejects them in user values anyway).
+func ccPSQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// ---- reg ----
+
+func (p *ccPlan) renderReg(w *ccWriter) {
+	w.line("Windows Registry Editor Version 5.00")
+	w.line("")
+	w.comments("; ", p.header())
+	w.line(";")
+	w.line("; Import with: reg import <file>.reg (elevated), or regedit /s <file>.reg.")
+	w.line("; Version 5.00 files are UTF-16LE with a byte order mark, as regedit writes them; an ANSI")
+	w.line("; file would need the REGEDIT4 header instead. Do not re-save this file as ANSI or UTF-8.")
+	if p.undo {
+		w.line(`; "Name"=- deletes a value. Importing also creates any listed key that does not exist (empty).`)
+	}
+	cur := ""
+	for _, b := range p.blocks {
+		w.line("")
+		w.line("; --- " + b.title + " ---")
+		w.comments("; ", b.comments)
+		for _, v := range b.values {
+			if v.key != cur {
+				w.line(`[HKEY_LOCAL_MACHINE\` + v.key + `]`)
+				cur = v.key
+			}
+			switch {
+			case p.undo:
+				w.line(ccRegString(v.name) + "=-")
+			case v.dword:
+				w.line(ccRegString(v.name) + "=dword:00000001")
+			default:
+				w.line(ccRegString(v.name) + "=" + ccRegString(v.sz))
+			}
+		}
+		cur = "" // the next block repeats its section header
+	}
+	w.line("")
+	w.line("; --- System-wide WinHTTP proxy: a .reg file cannot run commands; from an elevated prompt run ---")
+	w.comments("; ", ccWinHTTPComments)
+	if p.undo {
+		w.line(";   netsh winhttp reset proxy")
+		w.line("; and, for Defender Antivirus preferences set with Set-MpPreference, in PowerShell:")
+		w.line(";   Remove-MpPreference -ProxyServer -ProxyPacUrl -ProxyBypass")
+	} else {
+		w.line(";   " + p.netshCmd())
+	}
+	w.line("")
+	w.line("; --- Verify, from an elevated prompt once policy has applied ---")
+	w.line(`;   "%ProgramFiles%\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection`)
+	w.line(";   MDEClientAnalyzer.cmd  (MDE Client Analyzer; then read MDEClientAnalyzerResult.txt)")
+	w.line(";   netsh winhttp show proxy")
+	w.line("")
+}
+
+// ccRegString quotes s as a .reg string: backslashes and double quotes are
+// escaped.
+func ccRegString(s string) string {
+	s = strings.ReplaceAll(s, `\`, `\\`)
+	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
+}
+
+// ccUTF16LE encodes b (CRLF text) as UTF-16LE with a byte order mark.
+func ccUTF16LE(b []byte) []byte {
+	u := utf16.Encode([]rune(string(b)))
+	out := make([]byte, 2, 2+2*len(u))
+	out[0], out[1] = 0xFF, 0xFE
+	for _, c := range u {
+		out = append(out, byte(c), byte(c>>8))
+	}
+	return out
+}
+
+// ---- output ----
+
+type ccWriter struct{ b bytes.Buffer }
+
+func (w *ccWriter) line(s string) {
+	w.b.WriteString(s)
+	w.b.WriteByte('\n')
+}
+
+func (w *ccWriter) comments(prefix string, lines []string) {
+	for _, l := range lines {
+		w.line(strings.TrimRight(prefix+l, " "))
+	}
+}
+
+// crlf returns the text with CRLF line endings (values never contain CR or LF).
+func (w *ccWriter) crlf() []byte {
+	return bytes.ReplaceAll(w.b.Bytes(), []byte("\n"), []byte("\r\n"))
+}
+
+// ---- validation ----
+
+// ccCheckChars rejects characters that could break the quoting of any
+// output format.
+func ccCheckChars(s string) string {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '\r' || c == '\n':
+			return fmt.Sprintf("line break at byte %d", i)
+		case c < 0x20 || c == 0x7f:
+			return fmt.Sprintf("control character %#04x at byte %d", c, i)
+		case c >= 0x80:
+			return fmt.Sprintf("non-ASCII byte at %d (use punycode for international names)", i)
+		case c == ' ':
+			return fmt.Sprintf("space at byte %d", i)
+		case strings.IndexByte(ccForbidden, c) >= 0:
+			return fmt.Sprintf("character %q at byte %d would break the script quoting (not allowed: \" ' %% ^ & | < > ` $ ! \\)", c, i)
+		}
+	}
+	return ""
+}
+
+// ccValidateProxy checks host:port and returns its canonical form and
+// whether the host is an IPv6 literal.
+func ccValidateProxy(s string) (string, bool, error) {
+	bad := func(format string, a ...any) (string, bool, error) {
+		return "", false, &ClientConfigError{Field: "Proxy", Reason: fmt.Sprintf(format, a...)}
+	}
+	if s == "" {
+		return bad("required (host:port of the gateway)")
+	}
+	if r := ccCheckChars(s); r != "" {
+		return bad("%s", r)
+	}
+	if strings.Contains(s, "://") {
+		return bad("%q: want host:port without a scheme (http:// is added where Defender Antivirus needs it)", s)
+	}
+	if strings.ContainsAny(s, "/@?#") {
+		return bad("%q: want host:port, without user info or path", s)
+	}
+	var host, port string
+	ipv6 := false
+	if strings.HasPrefix(s, "[") {
+		end := strings.IndexByte(s, ']')
+		if end < 0 {
+			return bad("%q: missing ] after IPv6 address", s)
+		}
+		a, err := netip.ParseAddr(s[1:end])
+		if err != nil || !a.Is6() || a.Zone() != "" {
+			return bad("%q: invalid IPv6 address in brackets", s)
+		}
+		rest := s[end+1:]
+		if !strings.HasPrefix(rest, ":") {
+			return bad("%q: missing :port after ]", s)
+		}
+		host, port, ipv6 = "["+a.String()+"]", rest[1:], true
+	} else {
+		switch strings.Count(s, ":") {
+		case 0:
+			return bad("%q: missing :port", s)
+		case 1:
+		default:
+			return bad("%q: IPv6 addresses must be bracketed, e.g. [2001:db8::1]:3128", s)
+		}
+		i := strings.IndexByte(s, ':')
+		host, port = s[:i], s[i+1:]
+		if host == "" {
+			return bad("%q: missing host", s)
+		}
+		if strings.Trim(host, "0123456789.") == "" {
+			a, err := netip.ParseAddr(host)
+			if err != nil || !a.Is4() {
+				return bad("%q: invalid IPv4 address", s)
+			}
+		} else if r := ccCheckName(host); r != "" {
+			return bad("%q: host %s", s, r)
+		}
+	}
+	if port == "" {
+		return bad("%q: missing port", s)
+	}
+	if strings.Trim(port, "0123456789") != "" {
+		return bad("%q: port must be a decimal number", s)
+	}
+	if port[0] == '0' && port != "0" {
+		return bad("%q: port must not have leading zeros", s)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return bad("%q: port %s out of range 1-65535", s, port)
+	}
+	return host + ":" + port, ipv6, nil
+}
+
+// ccCheckName checks an ASCII DNS name (letters, digits, hyphens and
+// underscores in labels of at most 63 characters, optional trailing dot).
+func ccCheckName(h string) string {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return "name length must be 1-253"
+	}
+	for _, l := range strings.Split(h, ".") {
+		if l == "" || len(l) > 63 {
+			return "has an empty or over-long label"
+		}
+		if l[0] == '-' || l[len(l)-1] == '-' {
+			return fmt.Sprintf("label %q starts or ends with '-'", l)
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return fmt.Sprintf("has invalid character %q", c)
+			}
+		}
+	}
+	return ""
+}
+
+func ccValidatePAC(s string) error {
+	bad := func(format string, a ...any) error {
+		return &ClientConfigError{Field: "PACURL", Reason: fmt.Sprintf(format, a...)}
+	}
+	if r := ccCheckChars(s); r != "" {
+		return bad("%s", r)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return bad("%q: %v", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return bad("%q: want an http:// or https:// URL", s)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return bad("%q: missing host", s)
+	}
+	if u.User != nil {
+		return bad("%q: user info is not allowed", s)
+	}
+	return nil
+}
+
+// ccValidateBypass checks one bypass entry: a host name, address or
+// wildcard pattern, or the netsh token <local>.
+func ccValidateBypass(s string) error {
+	if s == "" {
+		return fmt.Errorf("empty entry")
+	}
+	if strings.EqualFold(s, "<local>") {
+		return nil
+	}
+	if r := ccCheckChars(s); r != "" {
+		return fmt.Errorf("%s", r)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			strings.IndexByte("-_.*:[]", c) >= 0) {
+			return fmt.Errorf("character %q at byte %d not allowed (entries are host names, addresses or wildcards such as *.contoso.local; ';' and ',' separate entries)", c, i)
+		}
+	}
+	return nil
+}
