@@ -22,7 +22,7 @@ type labProcess struct {
 	gateway string // http://host:port
 	ca      string
 	admin   string
-	stderr  *strings.Builder
+	stderr  *lockedWriter
 }
 
 func startLab(t *testing.T, env ...string) *labProcess {
@@ -33,8 +33,8 @@ func startLab(t *testing.T, env ...string) *labProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &labProcess{cmd: cmd, stderr: &strings.Builder{}}
-	cmd.Stderr = &lockedWriter{w: l.stderr}
+	l := &labProcess{cmd: cmd, stderr: &lockedWriter{w: &strings.Builder{}}}
+	cmd.Stderr = l.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -194,4 +194,10 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
 }
