@@ -162,13 +162,8 @@ func (l *Lab) serves(name string) bool {
 }
 
 func (l *Lab) startDNS() error {
-	pc, err := net.ListenPacket("udp", net.JoinHostPort(l.addr.String(), "0"))
+	pc, ln, err := ListenUDPTCP(l.addr.String())
 	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
 		return err
 	}
 	l.DNSAddr = pc.LocalAddr().String()
@@ -181,6 +176,25 @@ func (l *Lab) startDNS() error {
 		l.stops = append(l.stops, func() { s.Shutdown() })
 	}
 	return nil
+}
+
+// ListenUDPTCP opens a UDP socket and a TCP listener on the same free port
+// of ip, as a DNS server needs. The OS picks the UDP port; the same TCP port
+// may be taken, so it retries with another.
+func ListenUDPTCP(ip string) (net.PacketConn, net.Listener, error) {
+	var err error
+	for range 20 {
+		var pc net.PacketConn
+		if pc, err = net.ListenPacket("udp", net.JoinHostPort(ip, "0")); err != nil {
+			return nil, nil, err
+		}
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+	}
+	return nil, nil, err
 }
 
 func (l *Lab) serveDNS(w dns.ResponseWriter, req *dns.Msg) {

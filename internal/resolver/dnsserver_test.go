@@ -1,8 +1,9 @@
 package resolver
 
 import (
+	"github.com/defendergw/gateway/internal/lab"
+
 	"context"
-	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -48,25 +49,9 @@ func newDNSServer(t testing.TB) *dnsServer {
 		queries:  map[queryKey]int{},
 		stop:     make(chan struct{}),
 	}
-	var (
-		pc  net.PacketConn
-		ln  net.Listener
-		err error
-	)
-	for attempt := 0; attempt < 20; attempt++ {
-		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("listen udp: %v", err)
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err = net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			break
-		}
-		pc.Close()
-	}
+	pc, ln, err := lab.ListenUDPTCP("127.0.0.1")
 	if err != nil {
-		t.Fatalf("listen tcp on the udp port: %v", err)
+		t.Fatalf("listen udp and tcp: %v", err)
 	}
 	s.addr = pc.LocalAddr().String()
 

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/defendergw/gateway/internal/lab"
 )
 
 // DNS is an authoritative test DNS server on 127.0.0.1 (UDP and TCP, same
@@ -41,13 +43,8 @@ type DNS struct {
 func NewDNS(t testing.TB) *DNS {
 	t.Helper()
 	d := &DNS{zone: map[string][]netip.Addr{}, queries: map[string]int{}}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, ln, err := lab.ListenUDPTCP("127.0.0.1")
 	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
 		t.Fatal(err)
 	}
 	d.Addr = pc.LocalAddr().String()
