@@ -188,17 +188,31 @@ func (r *relay) finished(src, other net.Conn, err error) {
 
 // copy moves bytes from src to dst until src ends. It returns nil on EOF,
 // after propagating the half-close to dst.
-func (r *relay) copy(dst, src net.Conn) (int64, error) {
+func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 	var raw syscall.RawConn
 	var ready func(uintptr) bool
 	if sc, ok := src.(syscall.Conn); ok {
 		raw, _ = sc.SyscallConn()
 		ready = readyFunc() // once per direction: waiting must not allocate
 	}
-	var n int64
+	// The buffer is held only while data flows: a read that filled it
+	// suggests more is queued, so the next read follows at once; after a
+	// short read the buffer goes back to the pool and the direction waits
+	// for readability holding nothing.
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
+	flowing := false
 	src.SetReadDeadline(r.readDeadline())
 	for {
-		if raw != nil {
+		if raw != nil && !flowing {
+			if bp != nil {
+				bufPool.Put(bp)
+				bp = nil
+			}
 			if err := raw.Read(ready); err != nil {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					if err := r.expired(); err != nil {
@@ -210,15 +224,17 @@ func (r *relay) copy(dst, src net.Conn) (int64, error) {
 				// Other errors surface from the Read below.
 			}
 		}
-		bp := bufPool.Get().(*[]byte)
+		if bp == nil {
+			bp = bufPool.Get().(*[]byte)
+		}
 		nr, rerr := src.Read(*bp)
+		flowing = nr == len(*bp)
 		if nr > 0 {
 			r.touch()
 			dst.SetWriteDeadline(r.writeDeadline())
 			nw, werr := dst.Write((*bp)[:nr])
 			n += int64(nw)
 			if werr != nil {
-				bufPool.Put(bp)
 				if errors.Is(werr, os.ErrDeadlineExceeded) {
 					if err := r.expired(); err != nil {
 						return n, err
@@ -229,7 +245,6 @@ func (r *relay) copy(dst, src net.Conn) (int64, error) {
 				return n, werr
 			}
 		}
-		bufPool.Put(bp)
 		switch {
 		case rerr == nil:
 		case rerr == io.EOF:
@@ -238,6 +253,7 @@ func (r *relay) copy(dst, src net.Conn) (int64, error) {
 			}
 			return n, nil
 		case errors.Is(rerr, os.ErrDeadlineExceeded):
+			flowing = false
 			if err := r.expired(); err != nil {
 				return n, err
 			}
