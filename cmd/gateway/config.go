@@ -43,6 +43,8 @@ type Config struct {
 	HalfCloseTimeout         time.Duration `env:"HALF_CLOSE_TIMEOUT" envDefault:"30s"`
 	ClientIdleTimeout        time.Duration `env:"CLIENT_IDLE_TIMEOUT" envDefault:"2m"`
 	MaxHeaderBytes           int           `env:"MAX_HEADER_BYTES" envDefault:"65536"`
+	MaxConns                 int           `env:"MAX_CONNS" envDefault:"10000"`
+	MaxConnsPerClient        int           `env:"MAX_CONNS_PER_CLIENT" envDefault:"1000"`
 	BlobScope                string        `env:"BLOB_SCOPE" envDefault:"wildcard"`
 	ClientHelloTimeout       time.Duration `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
 	InspectCACert            string        `env:"INSPECT_CA_CERT"`
@@ -196,6 +198,12 @@ func (c *Config) validate() error {
 	}
 	if c.DNSCacheSize <= 0 {
 		return fmt.Errorf("GATEWAY_DNS_CACHE_SIZE: must be positive, got %d", c.DNSCacheSize)
+	}
+	if c.MaxConns < 0 {
+		return fmt.Errorf("GATEWAY_MAX_CONNS: must not be negative (0 means no limit), got %d", c.MaxConns)
+	}
+	if c.MaxConnsPerClient < 0 {
+		return fmt.Errorf("GATEWAY_MAX_CONNS_PER_CLIENT: must not be negative (0 means no limit), got %d", c.MaxConnsPerClient)
 	}
 	if c.MaxHeaderBytes < 4096 || c.MaxHeaderBytes > 1<<20 {
 		return fmt.Errorf("GATEWAY_MAX_HEADER_BYTES: must be between 4096 and 1048576, got %d", c.MaxHeaderBytes)

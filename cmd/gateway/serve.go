@@ -65,6 +65,7 @@ type gateway struct {
 	reg     *prometheus.Registry
 	events  *telemetry.EventLog
 	srv     *proxy.Server
+	limit   *proxy.ConnLimiter
 	ln      net.Listener
 	adminLn net.Listener
 
@@ -174,6 +175,9 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 	}
 	ps := &pacServer{public: cfg.PublicAddr, dflt: cfg.PACDefault, listen: g.ln.Addr()}
 	opts.PAC = ps.pac
+	g.limit = &proxy.ConnLimiter{Max: cfg.MaxConns, PerClient: cfg.MaxConnsPerClient,
+		OnRefuse: func(reason string) { g.metrics.Decision("tcp", "deny", reason, "", "") }}
+	opts.ConnDone = g.limit.Release
 	if g.authn != nil {
 		opts.Auth = g.authn
 	}
@@ -308,6 +312,13 @@ func (g *gateway) run(ctx context.Context) error {
 		IdleTimeout:       g.cfg.ClientIdleTimeout,
 		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		// Hijacked connections (tunnels) are released by the proxy when
+		// they end; every other connection when the server closes it.
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateClosed {
+				g.limit.Release(c)
+			}
+		},
 	}
 	var as *http.Server
 	if g.adminLn != nil {
@@ -347,7 +358,7 @@ func (g *gateway) run(ctx context.Context) error {
 		"unlisted", g.cfg.Unlisted, "authentication", g.authn != nil)
 
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(g.ln) }()
+	go func() { errc <- hs.Serve(g.limit.Listener(g.ln)) }()
 	for {
 		select {
 		case err := <-errc:

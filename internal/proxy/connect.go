@@ -45,6 +45,9 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 	if hc, ok := client.(*hijackedConn); ok {
 		client, pending = hc.Conn, hc.pending
 	}
+	if s.opts.ConnDone != nil {
+		defer s.opts.ConnDone(client)
+	}
 	// The HTTP server may have left a header-read deadline on the
 	// connection; the relay manages deadlines from here on.
 	client.SetDeadline(time.Time{})

@@ -76,7 +76,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logDecision(r, st, nil)
 	s.observeDecision(protocolOf(r), st, nil)
-	keeper := &hijackKeeper{ResponseWriter: w}
+	keeper := &hijackKeeper{ResponseWriter: w, connDone: s.opts.ConnDone, writeTimeout: s.opts.Tunnel.IdleTimeout}
 	if st.mode == tlsbypass.Inspect {
 		keeper.onHijack = s.observeInspectedTunnel(r, st)
 	}

@@ -50,6 +50,10 @@ func classify(err error) (status int, reason string) {
 	}
 	var ne net.Error
 	switch {
+	case errors.Is(err, ErrOverloaded):
+		return http.StatusServiceUnavailable, ReasonOverloaded
+	case errors.Is(err, ErrClientConnLimit):
+		return http.StatusTooManyRequests, ReasonClientConnLimit
 	case errors.Is(err, ErrClientNotAllowed):
 		return http.StatusForbidden, ReasonClientNotAllowed
 	case errors.Is(err, errAuthInsideTunnel):
@@ -104,6 +108,8 @@ func hint(reason, target string, d *allowlist.Decision, p *allowlist.Policy) str
 		return "connect by host name: IP-literal destinations are refused unless a rule in GATEWAY_RULES_FILE names the address."
 	case string(allowlist.ReasonBadRequest):
 		return "the request target is malformed; send CONNECT host:port or an absolute http:// URL."
+	case ReasonOverloaded, ReasonClientConnLimit:
+		return limitHint(reason)
 	case ReasonClientNotAllowed:
 		return "this client address is not in GATEWAY_CLIENT_CIDRS; the gateway serves only the configured client networks."
 	case ReasonAuthRequired:

@@ -88,6 +88,11 @@ type Options struct {
 	// proxy that breaks Defender's system-context traffic, for labs and the
 	// connectivity probe; never use it in production.
 	NoAnonymous bool
+	// ConnDone, if non-nil, is called with a hijacked client connection
+	// (a tunnel, or a CONNECT refused after hijacking) once it has ended,
+	// for connection accounting; if nil, nothing is called. Connections
+	// that are not hijacked end through http.Server's ConnState.
+	ConnDone func(net.Conn)
 	// PAC, if non-nil, renders the proxy auto-config file served at
 	// /proxy.pac and /wpad.dat (origin-form requests to the gateway);
 	// requestHost is the Host the client used. If nil, those paths are 404.
@@ -219,6 +224,31 @@ type hijackKeeper struct {
 	// onHijack, if non-nil, is called with the hijacked connection (for
 	// inspected tunnels, which goproxy carries); if nil, nothing is called.
 	onHijack func(*hijackedConn)
+	// connDone, if non-nil, reports the end of the hijacked connection.
+	connDone func(net.Conn)
+	// writeTimeout bounds each write of a forwarded response: a client that
+	// stops reading (slow read) cannot hold the connection for ever.
+	writeTimeout time.Duration
+	rc           *http.ResponseController
+}
+
+// Write writes part of a forwarded response within writeTimeout.
+func (h *hijackKeeper) Write(p []byte) (int, error) {
+	if h.writeTimeout > 0 {
+		if h.rc == nil {
+			h.rc = http.NewResponseController(h.ResponseWriter)
+		}
+		h.rc.SetWriteDeadline(time.Now().Add(h.writeTimeout))
+	}
+	return h.ResponseWriter.Write(p)
+}
+
+// Flush lets goproxy stream (server-sent events, chunked responses).
+func (h *hijackKeeper) Flush() {
+	if h.rc == nil {
+		h.rc = http.NewResponseController(h.ResponseWriter)
+	}
+	h.rc.Flush()
 }
 
 func (h *hijackKeeper) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -239,6 +269,17 @@ func (h *hijackKeeper) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if h.onHijack != nil {
 		h.onHijack(hc)
 	}
+	if h.connDone != nil {
+		// Raw tunnels report their end from serveConnect; a connection
+		// goproxy keeps (inspection) reports it when goproxy closes it.
+		prev, done := hc.onClose, h.connDone
+		hc.onClose = func() {
+			if prev != nil {
+				prev()
+			}
+			done(conn)
+		}
+	}
 	return hc, rw, nil
 }
 
@@ -256,9 +297,11 @@ type hijackedConn struct {
 
 // Close closes the connection and reports the end of an inspected tunnel.
 func (c *hijackedConn) Close() error {
-	if c.onClose != nil {
-		c.closeOnce.Do(c.onClose)
-	}
+	c.closeOnce.Do(func() {
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
 	return c.Conn.Close()
 }
 

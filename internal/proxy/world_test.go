@@ -60,6 +60,8 @@ type worldOptions struct {
 	unlisted       bool // GATEWAY_UNLISTED=authenticated
 	audit          bool
 	clientNetworks []netip.Prefix
+	// readHeaderTimeout of the gateway's HTTP server; default 5s.
+	readHeaderTimeout time.Duration
 	// telemetry wires a metrics registry (world.reg) and an event log
 	// (world.eventFile, JSON).
 	telemetry bool
@@ -265,7 +267,10 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		t.Fatal(err)
 	}
 	w.srv = srv
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
+	if o.readHeaderTimeout == 0 {
+		o.readHeaderTimeout = 5 * time.Second
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: o.readHeaderTimeout}
 	go hs.Serve(ln)
 	t.Cleanup(func() {
 		hs.Close()

@@ -37,6 +37,8 @@ type DNS struct {
 	mu      sync.Mutex
 	zone    map[string][]netip.Addr
 	queries map[string]int
+	rcode   map[string]int
+	delay   time.Duration
 }
 
 // NewDNS starts a DNS server and stops it when the test ends.
@@ -82,6 +84,23 @@ func (d *DNS) Set(name string, addrs ...string) {
 	d.zone[dns.Fqdn(strings.ToLower(name))] = as
 }
 
+// SetRcode makes questions about name fail with rcode (e.g. dns.RcodeServerFailure).
+func (d *DNS) SetRcode(name string, rcode int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.rcode == nil {
+		d.rcode = map[string]int{}
+	}
+	d.rcode[dns.Fqdn(strings.ToLower(name))] = rcode
+}
+
+// SetDelay delays every answer by delay.
+func (d *DNS) SetDelay(delay time.Duration) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.delay = delay
+}
+
 // Queries returns how many questions were asked about name.
 func (d *DNS) Queries(name string) int {
 	d.mu.Lock()
@@ -104,7 +123,17 @@ func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	d.mu.Lock()
 	d.queries[name]++
 	addrs, ok := d.zone[name]
+	rcode, failing := d.rcode[name]
+	delay := d.delay
 	d.mu.Unlock()
+	if delay > 0 {
+		time.Sleep(delay)
+	}
+	if failing {
+		m.Rcode = rcode
+		w.WriteMsg(m)
+		return
+	}
 	if !ok {
 		m.Rcode = dns.RcodeNameError
 		w.WriteMsg(m)

@@ -13,6 +13,7 @@ package tlsbypass
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -191,9 +192,10 @@ func (r *relay) finished(src, other net.Conn, err error) {
 func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 	var raw syscall.RawConn
 	var ready func(uintptr) bool
+	var peekErr *error
 	if sc, ok := src.(syscall.Conn); ok {
 		raw, _ = sc.SyscallConn()
-		ready = readyFunc() // once per direction: waiting must not allocate
+		ready, peekErr = readyFunc() // once per direction: waiting must not allocate
 	}
 	// The buffer is held only while data flows: a read that filled it
 	// suggests more is queued, so the next read follows at once; after a
@@ -222,6 +224,11 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 					continue
 				}
 				// Other errors surface from the Read below.
+			}
+			if *peekErr != nil {
+				// The peek consumed the socket's pending error (a reset):
+				// the next read would report a clean EOF instead.
+				return n, fmt.Errorf("read %s: %w", src.RemoteAddr(), *peekErr)
 			}
 		}
 		if bp == nil {
@@ -269,11 +276,19 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 // no buffer. The callback peeks one byte without blocking: data already
 // queued (the poller's readiness is reset when RawConn.Read starts, so it
 // would not report it) returns at once; only EAGAIN makes the runtime poller
-// wait for the next readability edge.
-func readyFunc() func(uintptr) bool {
+// wait for the next readability edge. A socket error (a reset) is reported
+// only once, to the peek: it is kept behind the returned pointer so that the
+// caller does not mistake the following read's EOF for a clean close.
+func readyFunc() (func(uintptr) bool, *error) {
 	var b [1]byte
+	var perr error
 	return func(fd uintptr) bool {
 		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return err != syscall.EAGAIN
-	}
+		if err == syscall.EAGAIN {
+			return false
+		}
+		// A socket error is reported once; keep it for the caller.
+		perr = err
+		return true
+	}, &perr
 }
