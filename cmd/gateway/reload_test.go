@@ -184,7 +184,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	stop.Store(true)
 	wg.Wait()
 	if len(failures) > 0 {
-		t.Errorf("requests failed for other reasons than the rule change: %v", failures)
+		t.Errorf("requests failed for other reasons than the rule change: %v\ngateway log:\n%s", failures, rw.g.log())
 	}
 	if appAllowedAfterChange.Load() {
 		t.Errorf("the removed host was still allowed after the new rules took effect")
