@@ -137,7 +137,10 @@ func (l *Lab) Close() {
 }
 
 func (l *Lab) serve(ln net.Listener, h http.Handler) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
+	// Like the real services, the simulated endpoints keep quiet
+	// connections open for long: Defender endpoints hold them for minutes.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 15 * time.Minute, IdleTimeout: 15 * time.Minute,
+		ErrorLog: log.New(io.Discard, "", 0)}
 	go srv.Serve(ln)
 	l.stops = append(l.stops, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
