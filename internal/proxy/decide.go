@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -76,12 +77,41 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logDecision(r, st, nil)
 	s.observeDecision(protocolOf(r), st, nil)
-	keeper := &hijackKeeper{ResponseWriter: w, connDone: s.opts.ConnDone, writeTimeout: s.opts.Tunnel.IdleTimeout}
+	keeper := &hijackKeeper{ResponseWriter: w, connDone: s.opts.ConnDone, writeTimeout: s.opts.Tunnel.IdleTimeout,
+		closeAfter: mustClose(r)}
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &bodyReader{ReadCloser: r.Body}
+	}
 	if st.mode == tlsbypass.Inspect {
 		keeper.onHijack = s.observeInspectedTunnel(r, st)
 	}
 	s.gp.ServeHTTP(keeper, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
 }
+
+// mustClose reports whether the connection must be closed after answering
+// r: a request framed by Transfer-Encoding may also have carried a
+// Content-Length (net/http drops it), and "the server MUST close the
+// connection after responding to such a request" (RFC 9112 §6.1); a
+// transfer-coded body is never worth the smuggling risk of reusing it.
+func mustClose(r *http.Request) bool { return len(r.TransferEncoding) > 0 }
+
+// bodyReader remembers the error that ended reading a request body, so a
+// malformed body (bad chunk framing) is told apart from an upstream failure.
+type bodyReader struct {
+	io.ReadCloser
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// errBadBody refuses a request whose body cannot be read as framed.
+var errBadBody = errors.New("malformed request body")
 
 func (s *Server) clientAllowed(a netip.Addr) bool {
 	if len(s.opts.ClientNetworks) == 0 {
@@ -152,10 +182,13 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, er
 	h.Set("Cache-Control", "no-store")
 	h.Set(ReasonHeader, f.reason)
 	if f.status == http.StatusProxyAuthRequired {
+		// Kept alive, so that the client retries on the same connection.
 		h.Set("Proxy-Authenticate", s.opts.Challenge)
-	} else if r.Method == http.MethodConnect {
-		// The client may already have sent tunnel bytes behind the
-		// CONNECT; they must not be read as a next request.
+	}
+	if (r.Method == http.MethodConnect && f.status != http.StatusProxyAuthRequired) || mustClose(r) {
+		// A refused CONNECT may already be followed by tunnel bytes, and
+		// a transfer-coded request by smuggled ones: neither may be read
+		// as a next request.
 		h.Set("Connection", "close")
 	}
 	w.WriteHeader(f.status)

@@ -50,6 +50,8 @@ func classify(err error) (status int, reason string) {
 	}
 	var ne net.Error
 	switch {
+	case errors.Is(err, errBadBody):
+		return http.StatusBadRequest, string(allowlist.ReasonBadRequest)
 	case errors.Is(err, ErrOverloaded):
 		return http.StatusServiceUnavailable, ReasonOverloaded
 	case errors.Is(err, ErrClientConnLimit):

@@ -123,6 +123,10 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 		}
 	}}
 	resp, err := s.tr.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+	if br, ok := r.Body.(*bodyReader); ok && err != nil && br.err != nil {
+		// The client's body was malformed, not the upstream unreachable.
+		err = fmt.Errorf("%w: %w", errBadBody, br.err)
+	}
 	if err != nil {
 		target := r.URL.Host
 		var d *allowlist.Decision

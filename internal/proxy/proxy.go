@@ -230,6 +230,19 @@ type hijackKeeper struct {
 	// stops reading (slow read) cannot hold the connection for ever.
 	writeTimeout time.Duration
 	rc           *http.ResponseController
+	// closeAfter makes the server close the connection after this
+	// response (the request's framing cannot be trusted for a next one).
+	closeAfter bool
+}
+
+// WriteHeader adds Connection: close when the connection must not be
+// reused; goproxy replaces the header map before this point, so it is done
+// here rather than up front.
+func (h *hijackKeeper) WriteHeader(code int) {
+	if h.closeAfter {
+		h.Header().Set("Connection", "close")
+	}
+	h.ResponseWriter.WriteHeader(code)
 }
 
 // Write writes part of a forwarded response within writeTimeout.
