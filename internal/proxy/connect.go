@@ -45,8 +45,12 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 	if hc, ok := client.(*hijackedConn); ok {
 		client, pending = hc.Conn, hc.pending
 	}
-	if s.opts.ConnDone != nil {
-		defer s.opts.ConnDone(client)
+	// Every path out of here either ends the connection (and reports it
+	// with connDone) or hands it to the relay, which reports it at the end.
+	connDone := func() {
+		if s.opts.ConnDone != nil {
+			s.opts.ConnDone(client)
+		}
 	}
 	// The HTTP server may have left a header-read deadline on the
 	// connection; the relay manages deadlines from here on.
@@ -59,6 +63,7 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 	if st == nil {
 		// ServeHTTP decides every CONNECT before goproxy sees it.
 		client.Close()
+		connDone()
 		return
 	}
 	ev := tunnelEvent{req: req, st: st}
@@ -71,6 +76,7 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 			f := newRefusal(err, st.target.HostPort(), &st.decision, st.policy)
 			s.eventRefused(req, st, err, f.status)
 			s.refuseConn(client, proto, f)
+			connDone()
 			return
 		}
 	}
@@ -80,6 +86,7 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 		if upstream != nil {
 			upstream.Close()
 		}
+		connDone()
 		return
 	}
 	if upstream == nil {
@@ -107,28 +114,44 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 			e := newEvent(telemetry.ConnectionBlocked, req, st)
 			e.Status, e.Fields.Reason, e.Fields.SNI, e.Fields.TLS = http.StatusOK, reason, hello.ServerName, st.mode.String()
 			s.logEvent(e)
+			connDone()
 			return
 		}
 		pending = seen
 		if upstream, err = s.dialChecked(req, st); err != nil {
 			client.Close()
 			s.eventRefused(req, st, err, http.StatusOK)
+			connDone()
 			return
 		}
 	}
 	ev.remote = upstream.RemoteAddr().String()
+	// The tunnel outlives this handler: keep only what its end reports,
+	// not the request with its headers.
+	ev.req = &http.Request{Method: req.Method, RemoteAddr: req.RemoteAddr}
 	s.tunnels.add(client, upstream)
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.TunnelOpened(st.mode.String())
 	}
-	ev.stats = tlsbypass.Relay(client, upstream, pending, s.opts.Tunnel)
-	s.tunnels.remove(client)
+	tlsbypass.Start(client, upstream, pending, s.opts.Tunnel, func(stats tlsbypass.Stats) {
+		ev.stats = stats
+		s.tunnels.remove(client)
+		s.tunnelEnded(ev)
+		connDone()
+	})
+	// Returning lets net/http drop this connection's goroutine, buffers and
+	// state: an idle tunnel keeps only the relay's two goroutines.
+}
+
+// tunnelEnded logs, counts and records a raw tunnel that has ended.
+func (s *Server) tunnelEnded(ev tunnelEvent) {
+	st := ev.st
 	s.logTunnelClosed(ev)
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.TunnelClosed(st.mode.String(), st.decision.Service(), ev.stats.End,
 			ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration)
 	}
-	e := newEvent(successAction(st), req, st)
+	e := newEvent(successAction(st), ev.req, st)
 	e.Status, e.RemoteIP = http.StatusOK, ev.remote
 	if ap, err := netipAddrPort(ev.remote); err == nil {
 		e.RemoteIP = ap.ip

@@ -57,47 +57,66 @@ const bufSize = 32 << 10
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
 // Relay copies bytes both ways between client and upstream until both
-// directions have finished, then closes both connections. pending holds bytes
-// the client already sent that must reach upstream first (a ClientHello that
-// arrived in the same segment as the CONNECT request).
+// directions have finished, then closes both connections and returns what
+// happened. It is Start, waiting for the end.
+func Relay(client, upstream net.Conn, pending []byte, opts Options) Stats {
+	ch := make(chan Stats, 1)
+	Start(client, upstream, pending, opts, func(st Stats) { ch <- st })
+	return <-ch
+}
+
+// Start relays bytes both ways between client and upstream on two new
+// goroutines and returns at once; done is called, on one of them, with the
+// tunnel's Stats after both directions have finished and both connections
+// are closed. pending holds bytes the client already sent that must reach
+// upstream first (a ClientHello that arrived with the CONNECT request).
+//
+// The caller's goroutine is not kept: a proxy handler can return, so that
+// an idle tunnel holds only two shallow goroutines, the two sockets and no
+// buffer (most Defender tunnels are long-lived and idle).
 //
 // When one side half-closes (EOF), the relay propagates it with CloseWrite
 // (RFC 9293 §3.6: each direction closes independently) and lets the other
 // direction finish within HalfCloseTimeout.
-func Relay(client, upstream net.Conn, pending []byte, opts Options) Stats {
-	start := time.Now()
+func Start(client, upstream net.Conn, pending []byte, opts Options, done func(Stats)) {
 	if opts.HalfCloseTimeout <= 0 {
 		opts.HalfCloseTimeout = 30 * time.Second
 	}
-	r := &relay{opts: opts}
+	r := &relay{opts: opts, start: time.Now(), client: client, upstream: upstream, done: done}
 	r.touch()
-	var st Stats
 	if len(pending) > 0 {
 		upstream.SetWriteDeadline(r.writeDeadline())
 		n, err := upstream.Write(pending)
-		st.ClientToUpstream = int64(n)
+		r.pendingN = int64(n)
 		if err != nil {
-			client.Close()
-			upstream.Close()
-			st.Duration, st.End, st.Err = time.Since(start), "error", err
-			return st
+			r.cause.Store(&failure{err})
+			r.left.Store(1)
+			r.end()
+			return
 		}
 	}
-	up := make(chan result, 1)
-	go func() {
-		n, err := r.copy(upstream, client)
-		r.finished(client, upstream, err)
-		up <- result{n, err}
-	}()
-	down, downErr := r.copy(client, upstream)
-	r.finished(upstream, client, downErr)
-	res := <-up
-	client.Close()
-	upstream.Close()
-	st.ClientToUpstream += res.n
-	st.UpstreamToClient = down
-	st.Duration = time.Since(start)
-	st.End, st.Err = "closed", nil
+	r.left.Store(2)
+	go r.run(upstream, client, &r.up)
+	go r.run(client, upstream, &r.down)
+}
+
+// run relays one direction, and the last direction to finish ends the
+// tunnel.
+func (r *relay) run(dst, src net.Conn, n *int64) {
+	var err error
+	*n, err = r.copy(dst, src)
+	r.finished(src, dst, err)
+	r.end()
+}
+
+// end closes the tunnel and reports it once both directions are done.
+func (r *relay) end() {
+	if r.left.Add(-1) != 0 {
+		return
+	}
+	r.client.Close()
+	r.upstream.Close()
+	st := Stats{ClientToUpstream: r.pendingN + r.up, UpstreamToClient: r.down, Duration: time.Since(r.start), End: "closed"}
 	// The first failure decides how the tunnel ended: once one direction
 	// fails, the relay closes both connections, and the other direction's
 	// "use of closed network connection" is a consequence, not a cause.
@@ -112,18 +131,20 @@ func Relay(client, upstream net.Conn, pending []byte, opts Options) Stats {
 			st.End = "error"
 		}
 	}
-	return st
+	r.done(st)
 }
 
 type failure struct{ err error }
 
-type result struct {
-	n   int64
-	err error
-}
-
 type relay struct {
-	opts        Options
+	opts             Options
+	start            time.Time
+	client, upstream net.Conn
+	done             func(Stats)
+	left             atomic.Int32 // directions still running
+	pendingN         int64        // pending bytes written before the relay
+	up, down         int64        // bytes relayed each way, written by their direction
+
 	cause       atomic.Pointer[failure] // first error that ended a direction
 	last        atomic.Int64            // unix nanoseconds of the last byte moved, either way
 	lingerUntil atomic.Int64            // unix nanoseconds; 0 while both directions flow
