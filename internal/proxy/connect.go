@@ -135,8 +135,10 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 	}
 	tlsbypass.Start(client, upstream, pending, s.opts.Tunnel, func(stats tlsbypass.Stats) {
 		ev.stats = stats
-		s.tunnels.remove(client)
+		// Report before the tunnel leaves the active set: whoever waits
+		// for it to end finds its metrics, log line and event in place.
 		s.tunnelEnded(ev)
+		s.tunnels.remove(client)
 		connDone()
 	})
 	// Returning lets net/http drop this connection's goroutine, buffers and
@@ -146,11 +148,11 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 // tunnelEnded logs, counts and records a raw tunnel that has ended.
 func (s *Server) tunnelEnded(ev tunnelEvent) {
 	st := ev.st
-	s.logTunnelClosed(ev)
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.TunnelClosed(st.mode.String(), st.decision.Service(), ev.stats.End,
 			ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration)
 	}
+	s.logTunnelClosed(ev)
 	e := newEvent(successAction(st), ev.req, st)
 	e.Status, e.RemoteIP = http.StatusOK, ev.remote
 	if ap, err := netipAddrPort(ev.remote); err == nil {

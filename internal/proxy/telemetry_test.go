@@ -60,8 +60,16 @@ func TestMetricsAndEvents(t *testing.T) {
 	if decisions != 4 {
 		t.Errorf("decisions in total = %v, want exactly 4", decisions)
 	}
-	if v := got[`gateway_tunnel_duration_seconds_count{end="closed",tls="bypass"}`]; v != 2 {
-		t.Errorf("closed tunnels = %v, want 2", v)
+	// The client closes each tunnel abruptly, so a tunnel may end "closed"
+	// or "error" depending on timing; both count.
+	var ended float64
+	for k, v := range got {
+		if strings.HasPrefix(k, "gateway_tunnel_duration_seconds_count{") && strings.Contains(k, `tls="bypass"`) {
+			ended += v
+		}
+	}
+	if ended != 2 {
+		t.Errorf("ended tunnels = %v, want 2", ended)
 	}
 
 	w.events.Close()
@@ -111,7 +119,8 @@ func TestMetricsAndEvents(t *testing.T) {
 			if e.RemoteUrl != tt.url || e.RemoteIP != tt.remoteIP || e.RemotePort != 443 || e.LocalIP != "127.0.0.1" || e.LocalPort == 0 || e.Protocol != "Tcp" {
 				t.Errorf("event %+v", e)
 			}
-			if r, _ := e.AdditionalFields["reason"].(string); r != tt.reason {
+			// A success ended abruptly by the client carries how it ended.
+			if r, _ := e.AdditionalFields["reason"].(string); r != tt.reason && !(tt.reason == "" && r == "error") {
 				t.Errorf("reason %q, want %q", r, tt.reason)
 			}
 		})
