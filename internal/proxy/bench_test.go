@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -67,4 +68,25 @@ func sinkTLS(b *testing.B, cert tls.Certificate) net.Listener {
 		}
 	}()
 	return ln
+}
+
+// BenchmarkHTTPForward measures absolute-form GETs of a small object through
+// the gateway over keep-alive connections.
+func BenchmarkHTTPForward(b *testing.B) {
+	w := newWorld(b, worldOptions{geos: eu})
+	tr := &http.Transport{Proxy: http.ProxyURL(w.proxyURL), MaxIdleConnsPerHost: 64}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := client.Get("http://crl.microsoft.com/pki/crl/products/bench.crl")
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
 }

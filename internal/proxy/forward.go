@@ -117,12 +117,16 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 	st, _ := ctx.UserData.(*reqState)
 	start := time.Now()
 	var remote string
-	trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-		if ap, err := netipAddrPort(info.Conn.RemoteAddr().String()); err == nil {
-			remote = ap.ip
-		}
-	}}
-	resp, err := s.tr.RoundTrip(r.WithContext(httptrace.WithClientTrace(r.Context(), trace)))
+	if s.opts.Events != nil {
+		// Only the connection event needs the address actually dialed.
+		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+			if ap, err := netipAddrPort(info.Conn.RemoteAddr().String()); err == nil {
+				remote = ap.ip
+			}
+		}}
+		r = r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
+	}
+	resp, err := s.tr.RoundTrip(r)
 	if br, ok := r.Body.(*bodyReader); ok && err != nil && br.err != nil {
 		// The client's body was malformed, not the upstream unreachable.
 		err = fmt.Errorf("%w: %w", errBadBody, br.err)

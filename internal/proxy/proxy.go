@@ -154,12 +154,15 @@ func New(opts Options) (*Server, error) {
 		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	s.tr = &http.Transport{
-		Proxy:                  nil, // never chain to HTTP(S)_PROXY from the environment
-		DialContext:            opts.Dialer.DialContext,
-		TLSClientConfig:        tlsConf,
-		ForceAttemptHTTP2:      false,
-		MaxIdleConns:           256,
-		MaxIdleConnsPerHost:    32,
+		Proxy:             nil, // never chain to HTTP(S)_PROXY from the environment
+		DialContext:       opts.Dialer.DialContext,
+		TLSClientConfig:   tlsConf,
+		ForceAttemptHTTP2: false,
+		// Endpoints fetch CRLs and updates from a handful of hosts with
+		// many concurrent clients: keep enough idle upstream connections
+		// that they are reused rather than redialed.
+		MaxIdleConns:           1024,
+		MaxIdleConnsPerHost:    256,
 		IdleConnTimeout:        90 * time.Second,
 		ResponseHeaderTimeout:  opts.ResponseHeaderTimeout,
 		ExpectContinueTimeout:  time.Second,
@@ -254,6 +257,19 @@ func (h *hijackKeeper) Write(p []byte) (int, error) {
 		h.rc.SetWriteDeadline(time.Now().Add(h.writeTimeout))
 	}
 	return h.ResponseWriter.Write(p)
+}
+
+// copyBufs serves ReadFrom: goproxy copies every forwarded body with
+// io.Copy, which would allocate 32 KiB per response, since this wrapper
+// hides the server's own ReaderFrom.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// ReadFrom copies a forwarded body through Write (keeping the per-write
+// deadline) with a pooled buffer.
+func (h *hijackKeeper) ReadFrom(src io.Reader) (int64, error) {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	return io.CopyBuffer(struct{ io.Writer }{h}, src, *bp)
 }
 
 // Flush lets goproxy stream (server-sent events, chunked responses).
