@@ -201,6 +201,18 @@ func ListenUDPTCP(ip string) (net.PacketConn, net.Listener, error) {
 }
 
 func (l *Lab) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
+	Answer(w, req, func(name string) ([]netip.Addr, int) {
+		if !l.serves(name) {
+			return nil, dns.RcodeNameError
+		}
+		return []netip.Addr{l.addr}, dns.RcodeSuccess
+	})
+}
+
+// Answer answers a single-question A or AAAA query authoritatively with the
+// addresses lookup returns for the lower-cased name (only those of the
+// asked family), or with lookup's rcode when it is not RcodeSuccess.
+func Answer(w dns.ResponseWriter, req *dns.Msg, lookup func(name string) ([]netip.Addr, int)) {
 	m := new(dns.Msg)
 	m.SetReply(req)
 	m.Authoritative = true
@@ -210,19 +222,22 @@ func (l *Lab) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
 		return
 	}
 	q := req.Question[0]
-	if !l.serves(strings.ToLower(q.Name)) {
-		m.Rcode = dns.RcodeNameError
+	addrs, rcode := lookup(strings.ToLower(q.Name))
+	if rcode != dns.RcodeSuccess {
+		m.Rcode = rcode
 		w.WriteMsg(m)
 		return
 	}
-	hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: 60}
-	switch {
-	case q.Qtype == dns.TypeA && l.addr.Is4():
-		hdr.Rrtype = dns.TypeA
-		m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: l.addr.AsSlice()})
-	case q.Qtype == dns.TypeAAAA && l.addr.Is6():
-		hdr.Rrtype = dns.TypeAAAA
-		m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: l.addr.AsSlice()})
+	for _, a := range addrs {
+		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: 60}
+		switch {
+		case q.Qtype == dns.TypeA && a.Is4():
+			hdr.Rrtype = dns.TypeA
+			m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: a.AsSlice()})
+		case q.Qtype == dns.TypeAAAA && a.Is6():
+			hdr.Rrtype = dns.TypeAAAA
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: a.AsSlice()})
+		}
 	}
 	w.WriteMsg(m)
 }

@@ -53,21 +53,21 @@ type Metrics struct {
 	decisions *prometheus.CounterVec
 	audited   *prometheus.CounterVec
 
-	tunnelsActive  fixedGauge
+	tunnelsActive  fixed[prometheus.Gauge]
 	tunnelDuration *prometheus.HistogramVec
 	tunnelBytes    *prometheus.CounterVec
-	tunnelRefusals fixedCounter
+	tunnelRefusals fixed[prometheus.Counter]
 
-	forwarded fixedCounter
+	forwarded fixed[prometheus.Counter]
 
-	dnsQueries  fixedCounter
+	dnsQueries  fixed[prometheus.Counter]
 	dnsCacheHit prometheus.Counter
 	dnsDuration prometheus.Histogram
 
 	dialDuration prometheus.Histogram
-	dialErrors   fixedCounter
+	dialErrors   fixed[prometheus.Counter]
 
-	auth fixedCounter
+	auth fixed[prometheus.Counter]
 
 	catalogMu    sync.Mutex // serialises CatalogRules' reset-and-set
 	catalogRules *prometheus.GaugeVec
@@ -115,7 +115,7 @@ func NewMetrics(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		Namespace: namespace, Name: "tunnels_active",
 		Help: "Open CONNECT tunnels by TLS handling (bypass, inspected).",
 	}, []string{"tls"})
-	m.tunnelsActive = newFixedGauge(active, tlsModes)
+	m.tunnelsActive = newFixed[prometheus.Gauge](active, tlsModes)
 	add(active)
 	m.tunnelDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "tunnel_duration_seconds",
@@ -132,21 +132,21 @@ func NewMetrics(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		Namespace: namespace, Name: "tunnel_refusals_total",
 		Help: "Allowed CONNECT tunnels closed after the ClientHello check, by reason (sni-mismatch, not-tls).",
 	}, []string{"reason"})
-	m.tunnelRefusals = newFixedCounter(refusals, refusalReasons)
+	m.tunnelRefusals = newFixed[prometheus.Counter](refusals, refusalReasons)
 	add(refusals)
 
 	forwarded := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "forwarded_responses_total",
 		Help: "Plain and inspected HTTP responses relayed to clients, by status code class.",
 	}, []string{"code_class"})
-	m.forwarded = newFixedCounter(forwarded, codeClasses)
+	m.forwarded = newFixed[prometheus.Counter](forwarded, codeClasses)
 	add(forwarded)
 
 	dnsQueries := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "dns_queries_total",
 		Help: "Name resolutions by result (success, nxdomain, servfail, timeout, error, cache_hit).",
 	}, []string{"result"})
-	m.dnsQueries = newFixedCounter(dnsQueries, dnsResults)
+	m.dnsQueries = newFixed[prometheus.Counter](dnsQueries, dnsResults)
 	m.dnsCacheHit = m.dnsQueries.with("cache_hit")
 	add(dnsQueries)
 	m.dnsDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -166,14 +166,14 @@ func NewMetrics(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		Namespace: namespace, Name: "upstream_dial_errors_total",
 		Help: "Failed upstream dials by kind (refused, timeout, private, dns, other).",
 	}, []string{"kind"})
-	m.dialErrors = newFixedCounter(dialErrors, dialErrorKinds)
+	m.dialErrors = newFixed[prometheus.Counter](dialErrors, dialErrorKinds)
 	add(dialErrors)
 
 	auth := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "auth_total",
 		Help: "Proxy authentication attempts by result (success, failure, no_credentials, rate_limited).",
 	}, []string{"result"})
-	m.auth = newFixedCounter(auth, authResults)
+	m.auth = newFixed[prometheus.Counter](auth, authResults)
 	add(auth)
 
 	m.catalogRules = prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -378,47 +378,23 @@ func lv(s string) string {
 	return s
 }
 
-// fixedCounter is a one-label counter vector whose expected values are
+// fixed is a one-label vector (counters or gauges) whose expected values are
 // resolved once; other values fall back to WithLabelValues.
-type fixedCounter struct {
-	vec    *prometheus.CounterVec
+type fixed[T any] struct {
+	vec    interface{ WithLabelValues(...string) T }
 	values []string
-	known  []prometheus.Counter
+	known  []T
 }
 
-func newFixedCounter(vec *prometheus.CounterVec, values []string) fixedCounter {
-	f := fixedCounter{vec: vec, values: values, known: make([]prometheus.Counter, len(values))}
+func newFixed[T any](vec interface{ WithLabelValues(...string) T }, values []string) fixed[T] {
+	f := fixed[T]{vec: vec, values: values, known: make([]T, len(values))}
 	for i, v := range values {
 		f.known[i] = vec.WithLabelValues(v)
 	}
 	return f
 }
 
-func (f *fixedCounter) with(v string) prometheus.Counter {
-	for i, k := range f.values {
-		if k == v {
-			return f.known[i]
-		}
-	}
-	return f.vec.WithLabelValues(lv(v))
-}
-
-// fixedGauge is fixedCounter for gauges.
-type fixedGauge struct {
-	vec    *prometheus.GaugeVec
-	values []string
-	known  []prometheus.Gauge
-}
-
-func newFixedGauge(vec *prometheus.GaugeVec, values []string) fixedGauge {
-	f := fixedGauge{vec: vec, values: values, known: make([]prometheus.Gauge, len(values))}
-	for i, v := range values {
-		f.known[i] = vec.WithLabelValues(v)
-	}
-	return f
-}
-
-func (f *fixedGauge) with(v string) prometheus.Gauge {
+func (f *fixed[T]) with(v string) T {
 	for i, k := range f.values {
 		if k == v {
 			return f.known[i]

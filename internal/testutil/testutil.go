@@ -110,47 +110,24 @@ func (d *DNS) Queries(name string) int {
 
 // ServeDNS implements dns.Handler.
 func (d *DNS) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	m := new(dns.Msg)
-	m.SetReply(req)
-	m.Authoritative = true
-	if len(req.Question) != 1 {
-		m.Rcode = dns.RcodeFormatError
-		w.WriteMsg(m)
-		return
-	}
-	q := req.Question[0]
-	name := strings.ToLower(q.Name)
-	d.mu.Lock()
-	d.queries[name]++
-	addrs, ok := d.zone[name]
-	rcode, failing := d.rcode[name]
-	delay := d.delay
-	d.mu.Unlock()
-	if delay > 0 {
-		time.Sleep(delay)
-	}
-	if failing {
-		m.Rcode = rcode
-		w.WriteMsg(m)
-		return
-	}
-	if !ok {
-		m.Rcode = dns.RcodeNameError
-		w.WriteMsg(m)
-		return
-	}
-	for _, a := range addrs {
-		hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: 60}
-		switch {
-		case q.Qtype == dns.TypeA && a.Is4():
-			hdr.Rrtype = dns.TypeA
-			m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: a.AsSlice()})
-		case q.Qtype == dns.TypeAAAA && a.Is6():
-			hdr.Rrtype = dns.TypeAAAA
-			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: a.AsSlice()})
+	lab.Answer(w, req, func(name string) ([]netip.Addr, int) {
+		d.mu.Lock()
+		d.queries[name]++
+		addrs, ok := d.zone[name]
+		rcode, failing := d.rcode[name]
+		delay := d.delay
+		d.mu.Unlock()
+		if delay > 0 {
+			time.Sleep(delay)
 		}
-	}
-	w.WriteMsg(m)
+		switch {
+		case failing:
+			return nil, rcode
+		case !ok:
+			return nil, dns.RcodeNameError
+		}
+		return addrs, dns.RcodeSuccess
+	})
 }
 
 // CA is a throwaway certificate authority.
