@@ -75,7 +75,7 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 		if upstream, err = s.dialChecked(req, st); err != nil {
 			f := newRefusal(err, st.target.HostPort(), &st.decision, st.policy)
 			s.eventRefused(req, st, err, f.status)
-			s.refuseConn(client, proto, f)
+			f.closeWith(client, proto)
 			connDone()
 			return
 		}
@@ -154,10 +154,7 @@ func (s *Server) tunnelEnded(ev tunnelEvent) {
 	}
 	s.logTunnelClosed(ev)
 	e := newEvent(successAction(st), ev.req, st)
-	e.Status, e.RemoteIP = http.StatusOK, ev.remote
-	if ap, err := netipAddrPort(ev.remote); err == nil {
-		e.RemoteIP = ap.ip
-	}
+	e.Status, e.RemoteIP = http.StatusOK, addrOnly(ev.remote)
 	e.Fields.TLS, e.Fields.SNI = st.mode.String(), ev.sni
 	e.Fields.BytesUp, e.Fields.BytesDown, e.Fields.Duration = ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration
 	if ev.stats.Err != nil {
@@ -207,19 +204,4 @@ func (s *Server) logTunnelClosed(e tunnelEvent) {
 		attrs = append(attrs, "error", e.stats.Err.Error())
 	}
 	s.log.Info("tunnel closed", attrs...)
-}
-
-// refuseConn answers a CONNECT the gateway will not serve and closes the
-// connection cleanly: the client may already have sent tunnel bytes, and
-// closing with unread data would reset the connection and lose the answer.
-func (s *Server) refuseConn(c net.Conn, proto string, f refusal) {
-	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if err := f.write(c, proto); err == nil {
-		if cw, ok := c.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
-		c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		io.Copy(io.Discard, io.LimitReader(c, 256<<10))
-	}
-	c.Close()
 }

@@ -36,6 +36,15 @@ type reqState struct {
 	addrs    []netip.AddrPort // CONNECT: resolved and checked before answering
 }
 
+// targetString names the request's target: normalised if it parsed, as
+// sent otherwise.
+func (st *reqState) targetString() string {
+	if st.target.Host != "" {
+		return st.target.HostPort()
+	}
+	return st.raw
+}
+
 type stateKey struct{}
 
 func stateFrom(ctx context.Context) *reqState {
@@ -169,10 +178,7 @@ func (s *Server) decide(r *http.Request, st *reqState) error {
 // refuse answers a request the gateway will not serve, and logs, counts and
 // records it.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, err error) {
-	target := st.raw
-	if st.target.Host != "" {
-		target = st.target.HostPort()
-	}
+	target := st.targetString()
 	f := newRefusal(err, target, &st.decision, st.policy)
 	s.logDecision(r, st, err)
 	s.observeDecision(protocolOf(r), st, err)
@@ -196,10 +202,7 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, er
 }
 
 func (s *Server) logDecision(r *http.Request, st *reqState, err error, extra ...slog.Attr) {
-	target := st.raw
-	if st.target.Host != "" {
-		target = st.target.HostPort()
-	}
+	target := st.targetString()
 	d := &st.decision
 	attrs := []slog.Attr{
 		slog.String("client", r.RemoteAddr),

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/auth"
@@ -169,10 +170,26 @@ func (f refusal) response(req *http.Request) *http.Response {
 	}
 }
 
-// write renders the refusal on a hijacked connection (CONNECT). The
-// connection is closed after it.
+// write renders the refusal on a raw connection.
 func (f refusal) write(w io.Writer, proto string) error {
 	_, err := fmt.Fprintf(w, "%s %d %s\r\n%s: %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 		proto, f.status, http.StatusText(f.status), ReasonHeader, f.reason, len(f.body), f.body)
 	return err
+}
+
+// closeWith answers c with the refusal and closes it cleanly: the client may
+// already have sent more (tunnel bytes behind a CONNECT, a request behind a
+// refused connection), and closing with unread data would reset the
+// connection and lose the answer.
+func (f refusal) closeWith(c net.Conn, proto string) {
+	defer c.Close()
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if f.write(c, proto) != nil {
+		return
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	io.Copy(io.Discard, io.LimitReader(c, 256<<10))
 }

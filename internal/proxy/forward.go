@@ -70,7 +70,11 @@ func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Re
 	if t.IP.Is6() {
 		host = "[" + host + "]"
 	}
-	if defPort := map[bool]uint16{false: 80, true: 443}[strings.EqualFold(r.URL.Scheme, "https")]; t.Port != defPort {
+	defPort := uint16(80)
+	if strings.EqualFold(r.URL.Scheme, "https") {
+		defPort = 443
+	}
+	if t.Port != defPort {
 		host = net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
 	}
 	r.URL.Host, r.Host = host, host
@@ -120,9 +124,7 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 	if s.opts.Events != nil {
 		// Only the connection event needs the address actually dialed.
 		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-			if ap, err := netipAddrPort(info.Conn.RemoteAddr().String()); err == nil {
-				remote = ap.ip
-			}
+			remote = addrOnly(info.Conn.RemoteAddr().String())
 		}}
 		r = r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
 	}

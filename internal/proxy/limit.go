@@ -2,11 +2,9 @@ package proxy
 
 import (
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
-	"time"
 )
 
 // Reasons for connections refused by the ConnLimiter.
@@ -98,28 +96,13 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if ll.l.OnRefuse != nil {
 			ll.l.OnRefuse(reason)
 		}
-		go refuseConnection(c, reason)
+		refuseErr := ErrOverloaded
+		if reason == ReasonClientConnLimit {
+			refuseErr = ErrClientConnLimit
+		}
+		// Answered before any request is read, off the accept loop.
+		go newRefusal(refuseErr, c.LocalAddr().String(), nil, nil).closeWith(c, "HTTP/1.1")
 	}
-}
-
-// refuseConnection answers a connection over a limit before any request is
-// read, then closes it without resetting the answer away.
-func refuseConnection(c net.Conn, reason string) {
-	defer c.Close()
-	err := ErrOverloaded
-	if reason == ReasonClientConnLimit {
-		err = ErrClientConnLimit
-	}
-	f := newRefusal(err, c.LocalAddr().String(), nil, nil)
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	if f.write(c, "HTTP/1.1") != nil {
-		return
-	}
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
 }
 
 // Sentinels of the connection limits.

@@ -3,9 +3,8 @@ package proxy
 import (
 	"errors"
 	"io"
-	"net"
 	"net/http"
-	"strconv"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,8 +71,8 @@ func (s *Server) observeAuth(err error) {
 // newEvent starts a connection event for a request and its decision.
 func newEvent(action string, r *http.Request, st *reqState) telemetry.Event {
 	e := telemetry.Event{ActionType: action, Protocol: "Tcp", Method: r.Method}
-	if ap, err := netipAddrPort(r.RemoteAddr); err == nil {
-		e.LocalIP, e.LocalPort = ap.ip, ap.port
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		e.LocalIP, e.LocalPort = ap.Addr().String(), int(ap.Port())
 	}
 	if st.target.Host != "" {
 		e.RemoteURL, e.RemotePort = st.target.Host, int(st.target.Port)
@@ -97,18 +96,12 @@ func newEvent(action string, r *http.Request, st *reqState) telemetry.Event {
 	return e
 }
 
-type hostPort struct {
-	ip   string
-	port int
-}
-
-func netipAddrPort(s string) (hostPort, error) {
-	h, p, err := net.SplitHostPort(s)
-	if err != nil {
-		return hostPort{}, err
+// addrOnly returns the address part of "ip:port" ("" if it is not one).
+func addrOnly(s string) string {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap.Addr().String()
 	}
-	n, _ := strconv.Atoi(p)
-	return hostPort{h, n}, nil
+	return ""
 }
 
 // logEvent emits an event, if an event log is configured.
