@@ -23,6 +23,7 @@ import (
 	"github.com/defendergw/gateway/internal/admin"
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/auth"
+	"github.com/defendergw/gateway/internal/filestamp"
 	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/proxy"
 	"github.com/defendergw/gateway/internal/resolver"
@@ -261,12 +262,13 @@ func (g *gateway) reload(why string) {
 	g.log.Info("rules reloaded", "trigger", why, "rules", len(p.Rules()), "catalog_version", p.Version())
 }
 
-// watchRules reloads when the rules file changes (mtime, size or inode).
+// watchRules reloads when the rules file changes: modification time, size
+// or identity (an atomic rename over it, as a ConfigMap update does).
 func (g *gateway) watchRules(ctx context.Context) {
 	if g.cfg.RulesFile == "" {
 		return
 	}
-	last := statKey(g.cfg.RulesFile)
+	last, _ := filestamp.Of(g.cfg.RulesFile)
 	t := time.NewTicker(g.cfg.ReloadInterval)
 	defer t.Stop()
 	for {
@@ -275,23 +277,16 @@ func (g *gateway) watchRules(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if k := statKey(g.cfg.RulesFile); k != last {
-			last = k
+		fi, err := os.Stat(g.cfg.RulesFile)
+		switch {
+		case err != nil && last != nil:
+			last = nil // gone: the reload fails, is logged and counted
+			g.reload("rules file changed")
+		case err == nil && !last.Matches(fi):
+			last = filestamp.FromInfo(fi)
 			g.reload("rules file changed")
 		}
 	}
-}
-
-func statKey(path string) string {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return "missing"
-	}
-	var ino uint64
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		ino = st.Ino
-	}
-	return fmt.Sprintf("%d/%d/%d", fi.ModTime().UnixNano(), fi.Size(), ino)
 }
 
 // run serves until ctx ends or SIGINT/SIGTERM arrives, then shuts down:

@@ -30,6 +30,8 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/time/rate"
+
+	"github.com/defendergw/gateway/internal/filestamp"
 )
 
 // Outcomes of Authenticate, for errors.Is.
@@ -85,8 +87,8 @@ type Authenticator struct {
 	salt      [32]byte // random per Authenticator; keys the cache digests
 	limits    *limiterSet
 
-	reloadMu sync.Mutex // serializes Reload; guards stamp and failed
-	stamp    *fileStamp // last successfully loaded version
+	reloadMu sync.Mutex       // serializes Reload; guards stamp and failed
+	stamp    *filestamp.Stamp // last successfully loaded version
 	failed   *failedLoad
 
 	mu    sync.RWMutex

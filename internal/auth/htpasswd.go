@@ -11,27 +11,17 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/defendergw/gateway/internal/filestamp"
 )
 
 // defaultWatchInterval is used by Watch when interval <= 0.
 const defaultWatchInterval = 5 * time.Second
 
-// fileStamp identifies one version of the htpasswd file.
-type fileStamp struct {
-	info os.FileInfo
-}
-
-func (s *fileStamp) matches(fi os.FileInfo) bool {
-	return s != nil &&
-		s.info.ModTime().Equal(fi.ModTime()) &&
-		s.info.Size() == fi.Size() &&
-		os.SameFile(s.info, fi) // device and inode on Unix
-}
-
 // failedLoad remembers a version of the file that did not load, so that
 // Reload reports the same error without re-reading it.
 type failedLoad struct {
-	stamp fileStamp
+	stamp *filestamp.Stamp
 	err   error
 }
 
@@ -49,17 +39,17 @@ func (a *Authenticator) Reload() (changed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("htpasswd: %w", err)
 	}
-	if a.stamp.matches(fi) {
+	if a.stamp.Matches(fi) {
 		return false, nil
 	}
-	if a.failed != nil && a.failed.stamp.matches(fi) {
+	if a.failed != nil && a.failed.stamp.Matches(fi) {
 		return false, a.failed.err
 	}
 
 	users, cost, stamp, err := loadFile(a.file)
 	if err != nil {
 		if stamp != nil {
-			a.failed = &failedLoad{stamp: *stamp, err: err}
+			a.failed = &failedLoad{stamp: stamp, err: err}
 		}
 		return false, err
 	}
@@ -123,7 +113,7 @@ func (a *Authenticator) Watch(ctx context.Context, interval time.Duration, onRel
 // loadFile reads and parses path. It returns the users, the highest bcrypt
 // cost among them and the stamp of the version read (also on parse
 // errors, nil if the file could not be opened or read).
-func loadFile(path string) (map[string][]byte, int, *fileStamp, error) {
+func loadFile(path string) (map[string][]byte, int, *filestamp.Stamp, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("htpasswd: %w", err)
@@ -137,7 +127,7 @@ func loadFile(path string) (map[string][]byte, int, *fileStamp, error) {
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("htpasswd %s: %w", path, err)
 	}
-	stamp := &fileStamp{info: fi}
+	stamp := filestamp.FromInfo(fi)
 	users, cost, err := parseHtpasswd(path, data)
 	return users, cost, stamp, err
 }
