@@ -4,17 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -26,6 +20,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/testutil"
 )
 
 // --- fixtures -------------------------------------------------------------
@@ -45,62 +40,6 @@ func probePolicy(t *testing.T, opts allowlist.Options) *allowlist.Policy {
 
 func euPolicy(t *testing.T) *allowlist.Policy {
 	return probePolicy(t, allowlist.Options{Geographies: []allowlist.Geography{allowlist.EU}})
-}
-
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &testCA{cert: cert, key: key, pool: pool}
-}
-
-func (ca *testCA) leaf(t *testing.T, names []string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: names[0]},
-		DNSNames:     names,
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 func hostsOf(targets []ProbeTarget) []string {
@@ -434,13 +373,13 @@ func TestProbeTargetsPolicyOptions(t *testing.T) {
 func TestProbeDirect(t *testing.T) {
 	targets := ProbeTargets(euPolicy(t))
 	hosts := hostsOf(targets)
-	ca := newTestCA(t, "Test Root CA")
-	otherCA := newTestCA(t, "Inspecting Proxy CA")
+	ca := testutil.NewCA(t)
+	otherCA := testutil.NewCA(t)
 
-	good := startTLS(t, serviceHandler(targets, 0), ca.leaf(t, hosts))
-	inspected := startTLS(t, serviceHandler(targets, 0), otherCA.leaf(t, hosts))
-	wrongName := startTLS(t, serviceHandler(targets, 0), ca.leaf(t, []string{"proxy.example.test"}))
-	allOK := startTLS(t, serviceHandler(targets, 200), ca.leaf(t, hosts))
+	good := startTLS(t, serviceHandler(targets, 0), ca.Leaf(t, hosts...))
+	inspected := startTLS(t, serviceHandler(targets, 0), otherCA.Leaf(t, hosts...))
+	wrongName := startTLS(t, serviceHandler(targets, 0), ca.Leaf(t, "proxy.example.test"))
+	allOK := startTLS(t, serviceHandler(targets, 200), ca.Leaf(t, hosts...))
 	crlSrv := startHTTP(t, serviceHandler(targets, 0))
 	closed := closedAddr(t)
 	// A server answering 200 everywhere fails every target expecting
@@ -497,7 +436,7 @@ func TestProbeDirect(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var calls []int
 			res := Probe(context.Background(), tt.targets, ProbeOptions{
-				RootCAs:     ca.pool,
+				RootCAs:     ca.Pool,
 				Timeout:     tt.timeout,
 				DialContext: loopbackDialer(tt.ports, tt.dnsFail),
 				Progress:    func(done, total int) { calls = append(calls, done) },
@@ -549,8 +488,8 @@ func byURL(t *testing.T, targets []ProbeTarget, u string) ProbeTarget {
 
 func TestProbeViaProxy(t *testing.T) {
 	targets := ProbeTargets(euPolicy(t))
-	ca := newTestCA(t, "Test Root CA")
-	good := startTLS(t, serviceHandler(targets, 0), ca.leaf(t, hostsOf(targets)))
+	ca := testutil.NewCA(t)
+	good := startTLS(t, serviceHandler(targets, 0), ca.Leaf(t, hostsOf(targets)...))
 	crlSrv := startHTTP(t, serviceHandler(targets, 0))
 	upstream := loopbackDialer(map[string]string{"443": good, "80": crlSrv}, nil)
 
@@ -586,7 +525,7 @@ func TestProbeViaProxy(t *testing.T) {
 			res := Probe(context.Background(), targets, ProbeOptions{
 				Via:       via,
 				ProxyUser: tt.user,
-				RootCAs:   ca.pool,
+				RootCAs:   ca.Pool,
 				Timeout:   5 * time.Second,
 				// Only the proxy is dialed: any other address fails the test.
 				DialContext: loopbackDialer(nil, nil),
