@@ -39,6 +39,7 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "bench: open files limit $(ulimit -n)" >&2
 
 tmp=$(mktemp -d /tmp/gateway-bench-run.XXXXXX)
+chmod 755 "$tmp" # --gateway-user: another user runs the gateway from here
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/gateway" ./cmd/gateway
 go build -o "$tmp/loadtest" ./bench/loadtest

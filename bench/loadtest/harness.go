@@ -163,8 +163,6 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// bulk streams upstream→client over n tunnels and returns GB/s and the proxy's
-// CPU-seconds per GB.
 // Running: every measurement against every target, alternating, for several rounds.
 
 type measurement struct {
@@ -175,19 +173,17 @@ type measurement struct {
 
 func (h *harness) measurements() []measurement {
 	var ms []measurement
-	for _, b := range []struct {
-		key    string
-		useTLS bool
-		n      int
-	}{{"tcp-1", false, 1}, {"tcp-16", false, 16}, {"tls-1", true, 1}, {"tls-16", true, 16}} {
+	for _, b := range h.bulkCases() {
 		ms = append(ms, measurement{"bulk", "bulk " + b.key, func(ctx context.Context, t *target) error {
-			g, cpu, err := h.bulk(ctx, t, b.useTLS, b.n)
+			r, err := h.bulk(ctx, t, b.useTLS, b.n)
 			if err != nil {
 				return err
 			}
-			h.record("bulk-"+b.key, t.name, g)
+			h.record("bulk-"+b.key, t.name, r.gbps)
 			if !t.direct() {
-				h.record("cpu-"+b.key, t.name, cpu)
+				h.record("cpu-"+b.key, t.name, r.cpuPerGB)
+				h.record("bulkfd-"+b.key, t.name, float64(r.fds))
+				h.record("bulkrss-"+b.key, t.name, float64(r.rssKiB)/1024)
 			}
 			return nil
 		}})
@@ -240,10 +236,42 @@ func (h *harness) measurements() []measurement {
 	return ms
 }
 
-// keysOf maps a measurement to the result rows it fills (for error reporting).
+type bulkCase struct {
+	key    string // "tcp-16"
+	label  string // "plain TCP, 16 streams"
+	useTLS bool
+	n      int
+}
+
+// bulkCases are the bulk measurements: plain TCP, then TLS, at each
+// --bulk-streams count.
+func (h *harness) bulkCases() []bulkCase {
+	var cs []bulkCase
+	for _, useTLS := range []bool{false, true} {
+		for _, n := range h.o.streams {
+			key, label := fmt.Sprintf("tcp-%d", n), "plain TCP"
+			if useTLS {
+				key, label = fmt.Sprintf("tls-%d", n), "TLS"
+			}
+			unit := "streams"
+			if n == 1 {
+				unit = "stream"
+			}
+			cs = append(cs, bulkCase{key, fmt.Sprintf("%s, %d %s", label, n, unit), useTLS, n})
+		}
+	}
+	return cs
+}
+
+// keysOf returns the result rows a measurement fills (for error reporting).
+func (h *harness) keysOf(name string) []string {
+	if k, ok := strings.CutPrefix(name, "bulk "); ok {
+		return []string{"bulk-" + k, "cpu-" + k, "bulkfd-" + k, "bulkrss-" + k}
+	}
+	return keysOf[name]
+}
+
 var keysOf = map[string][]string{
-	"bulk tcp-1": {"bulk-tcp-1", "cpu-tcp-1"}, "bulk tcp-16": {"bulk-tcp-16", "cpu-tcp-16"},
-	"bulk tls-1": {"bulk-tls-1", "cpu-tls-1"}, "bulk tls-16": {"bulk-tls-16", "cpu-tls-16"},
 	"rate tcp": {"rate-tcp"}, "rate tls": {"rate-tls"}, "get": {"get"},
 	"latency get":    {"lat-get-p50", "lat-get-p99"},
 	"latency tunnel": {"lat-tun-p50", "lat-tun-p99"},
@@ -381,7 +409,7 @@ func rotateNames(list []string, k int) []string {
 }
 
 func (h *harness) failAll(mname, target string, err error) {
-	for _, k := range keysOf[mname] {
+	for _, k := range h.keysOf(mname) {
 		h.fail(k, target, err)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -51,11 +52,15 @@ type options struct {
 	maxForeign float64
 	clients    int
 	keepDir    bool
+	gwEnv      []string // extra KEY=VALUE for the gateway (--gateway-env)
+	gwUser     string   // run the gateway as this user (--gateway-user)
+	streams    []int    // bulk stream counts (--bulk-streams)
 }
 
 func main() {
 	var o options
 	var only, targets string
+	streams := "1,16"
 	flag.StringVar(&o.gateway, "gateway", "", "gateway binary (built with go build -o PATH ./cmd/gateway); required for the gateway target")
 	flag.StringVar(&o.squid, "squid", "squid", "squid binary")
 	flag.StringVar(&o.tinyproxy, "tinyproxy", "tinyproxy", "tinyproxy binary")
@@ -71,6 +76,15 @@ func main() {
 	flag.IntVar(&o.clients, "clients", 64, "concurrent clients for the rate scenarios")
 	flag.Float64Var(&o.maxForeign, "max-foreign", 0.3, "repeat a measurement (at most twice) when other processes used more than this many cores during it")
 	flag.BoolVar(&o.keepDir, "keep", false, "keep the temporary directory (configs and proxy logs)")
+	flag.Func("gateway-env", "KEY=VALUE added to the gateway's environment (repeatable), e.g. GATEWAY_TUNNEL_COPY=splice", func(v string) error {
+		if k, _, ok := strings.Cut(v, "="); !ok || !strings.HasPrefix(k, "GATEWAY_") {
+			return fmt.Errorf("want GATEWAY_NAME=VALUE, got %q", v)
+		}
+		o.gwEnv = append(o.gwEnv, v)
+		return nil
+	})
+	flag.StringVar(&o.gwUser, "gateway-user", "", "run the gateway as this user (the harness must run as root), e.g. nobody")
+	flag.StringVar(&streams, "bulk-streams", streams, "comma-separated stream counts of the bulk scenario (plain TCP and TLS each)")
 	flag.Parse()
 	o.only = map[string]bool{}
 	if only == "" {
@@ -92,6 +106,13 @@ func main() {
 			fatalf("--targets: unknown target %q", t)
 		}
 		o.targets = append(o.targets, t)
+	}
+	for _, f := range strings.Split(streams, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 9000 {
+			fatalf("--bulk-streams: want stream counts between 1 and 9000, got %q", f)
+		}
+		o.streams = append(o.streams, n)
 	}
 	if o.rounds < 1 || o.rounds > 20 || o.duration <= 0 || o.duration > time.Minute || o.idle < 0 || o.idle > 9000 ||
 		o.clients < 1 || o.clients > 1024 || o.latRate < 1 || o.latRate > 20000 {

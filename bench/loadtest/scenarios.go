@@ -13,7 +13,17 @@ import (
 	"time"
 )
 
-func (h *harness) bulk(ctx context.Context, t *target, useTLS bool, n int) (gbps, cpuPerGB float64, err error) {
+type bulkResult struct {
+	gbps     float64
+	cpuPerGB float64 // proxy CPU-seconds per GB
+	fds      int     // proxy's open files at the end of the window
+	rssKiB   int64   // proxy's RSS at the end of the window
+}
+
+// bulk streams upstream→client over n tunnels and returns GB/s and, for a
+// proxy, its CPU-seconds per GB and its file descriptors and RSS while the
+// streams flow (splice holds pipes, a buffered copy holds buffers).
+func (h *harness) bulk(ctx context.Context, t *target, useTLS bool, n int) (r bulkResult, err error) {
 	conns := make([]net.Conn, 0, n)
 	defer func() {
 		for _, c := range conns {
@@ -25,11 +35,11 @@ func (h *harness) bulk(ctx context.Context, t *target, useTLS bool, n int) (gbps
 		c, err := h.tunnel(octx, t, useTLS)
 		cancel()
 		if err != nil {
-			return 0, 0, err
+			return r, err
 		}
 		conns = append(conns, c)
 		if _, err := c.Write([]byte{'S'}); err != nil {
-			return 0, 0, err
+			return r, err
 		}
 	}
 	warm := 300 * time.Millisecond
@@ -57,31 +67,37 @@ func (h *harness) bulk(ctx context.Context, t *target, useTLS bool, n int) (gbps
 		wg.Wait()
 	}()
 	if !sleepCtx(ctx, warm) {
-		return 0, 0, ctx.Err()
+		return r, ctx.Err()
 	}
 	var cpu0, cpu1 int64
 	if !t.direct() {
 		if cpu0, err = cpuTicks(t.pid); err != nil {
-			return 0, 0, err
+			return r, err
 		}
 	}
 	b0, t0 := total.Load(), time.Now()
 	if !sleepCtx(ctx, h.o.duration) {
-		return 0, 0, ctx.Err()
+		return r, ctx.Err()
 	}
 	b1, t1 := total.Load(), time.Now()
 	if !t.direct() {
 		if cpu1, err = cpuTicks(t.pid); err != nil {
-			return 0, 0, err
+			return r, err
+		}
+		if r.fds, err = fdCount(t.pid); err != nil {
+			return r, err
+		}
+		if r.rssKiB, err = rssKiB(t.pid); err != nil {
+			return r, err
 		}
 	}
 	bytes := float64(b1 - b0)
 	if bytes <= 0 {
-		return 0, 0, errors.New("no bytes relayed")
+		return r, errors.New("no bytes relayed")
 	}
-	gbps = bytes / 1e9 / t1.Sub(t0).Seconds()
-	cpuPerGB = float64(cpu1-cpu0) / clkTck / (bytes / 1e9)
-	return gbps, cpuPerGB, nil
+	r.gbps = bytes / 1e9 / t1.Sub(t0).Seconds()
+	r.cpuPerGB = float64(cpu1-cpu0) / clkTck / (bytes / 1e9)
+	return r, nil
 }
 
 // loop runs fn from `workers` goroutines until the duration ends and returns

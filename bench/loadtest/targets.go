@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -90,6 +92,12 @@ func (t *target) logTail() string {
 }
 
 func (h *harness) launch(t *target, name string, args []string, env []string) error {
+	return h.launchAs(t, name, args, env, nil)
+}
+
+// launchAs starts name in its own process group, as cred's user if cred is
+// non-nil.
+func (h *harness) launchAs(t *target, name string, args []string, env []string, cred *syscall.Credential) error {
 	cmd := exec.Command(name, args...)
 	cmd.Env = env
 	cmd.Dir = t.dir
@@ -99,7 +107,7 @@ func (h *harness) launch(t *target, name string, args []string, env []string) er
 	}
 	defer lf.Close()
 	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
@@ -239,7 +247,18 @@ func (h *harness) startGateway(ctx context.Context, t *target) error {
 		"GATEWAY_GEOGRAPHIES=EU",
 		"GATEWAY_RULES_FILE="+rulesFile,
 	)
-	if err := h.launch(t, h.o.gateway, []string{"serve"}, env); err != nil {
+	env = append(env, h.o.gwEnv...) // last wins
+	var cred *syscall.Credential
+	if h.o.gwUser != "" {
+		u, err := user.Lookup(h.o.gwUser)
+		if err != nil {
+			return fmt.Errorf("--gateway-user: %w", err)
+		}
+		uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+		gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+		cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), NoSetGroups: true}
+	}
+	if err := h.launchAs(t, h.o.gateway, []string{"serve"}, env, cred); err != nil {
 		return err
 	}
 	return h.waitReady(ctx, t, func() bool {

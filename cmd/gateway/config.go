@@ -47,6 +47,7 @@ type Config struct {
 	MaxConnsPerClient        int           `env:"MAX_CONNS_PER_CLIENT" envDefault:"1000"`
 	BlobScope                string        `env:"BLOB_SCOPE" envDefault:"wildcard"`
 	ClientHelloTimeout       time.Duration `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
+	TunnelCopy               string        `env:"TUNNEL_COPY" envDefault:"buffer"`
 	InspectCACert            string        `env:"INSPECT_CA_CERT"`
 	InspectCAKey             string        `env:"INSPECT_CA_KEY"`
 	InspectLeafValidity      time.Duration `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
@@ -210,6 +211,11 @@ func (c *Config) validate() error {
 	}
 	if c.blobScope, err = allowlist.ParseBlobScope(c.BlobScope); err != nil {
 		return fmt.Errorf("GATEWAY_BLOB_SCOPE: %v", err)
+	}
+	switch c.TunnelCopy {
+	case "buffer", "splice":
+	default:
+		return fmt.Errorf("GATEWAY_TUNNEL_COPY: must be buffer or splice, got %q", c.TunnelCopy)
 	}
 	if c.ClientHelloTimeout <= 0 {
 		return fmt.Errorf("GATEWAY_CLIENT_HELLO_TIMEOUT: must be a positive duration, got %s", c.ClientHelloTimeout)

@@ -157,7 +157,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		Logger:                logger,
 		DialTimeout:           cfg.DialTimeout + cfg.DNSTimeout,
 		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		Tunnel:                tlsbypass.Options{IdleTimeout: cfg.IdleTimeout, HalfCloseTimeout: cfg.HalfCloseTimeout},
+		Tunnel:                tlsbypass.Options{IdleTimeout: cfg.IdleTimeout, HalfCloseTimeout: cfg.HalfCloseTimeout, Splice: splicePipes(cfg.TunnelCopy)},
 		ClientHelloTimeout:    cfg.ClientHelloTimeout,
 		UpstreamTLS:           upstreamTLS,
 		ClientNetworks:        cfg.clientNets,
@@ -417,3 +417,14 @@ func (g *gateway) close() {
 
 // compile-time check that the minter satisfies the proxy's interface.
 var _ proxy.Inspector = (*inspect.Minter)(nil)
+
+// splicePipes bounds the pipes that GATEWAY_TUNNEL_COPY=splice may hold at
+// once: 16 per CPU keeps every CPU splicing while tunnels wait on slow
+// readers, and stays within an unprivileged user's default pipe budget
+// (fs.pipe-user-pages-soft, 64 MiB: 64 pipes of 1 MiB) on small machines.
+func splicePipes(mode string) *tlsbypass.Pipes {
+	if mode != "splice" {
+		return nil
+	}
+	return tlsbypass.NewPipes(16 * runtime.GOMAXPROCS(0))
+}

@@ -31,7 +31,37 @@ type Options struct {
 	// HalfCloseTimeout bounds how long one direction may keep flowing after
 	// the other has finished cleanly (half-close). Zero means 30s.
 	HalfCloseTimeout time.Duration
+	// Splice, if non-nil, moves bytes between two TCP connections with
+	// splice(2) through a pipe held only while bytes move (Linux), with at
+	// most Splice's limit of pipes in use across all tunnels; a burst that
+	// finds none free goes through a pooled buffer. If nil, or where splice
+	// is unavailable, every burst goes through a pooled user-space buffer
+	// held only while bytes move.
+	Splice *Pipes
 }
+
+// Pipes bounds the splice pipes that tunnels hold at once. Each is two file
+// descriptors and up to 1 MiB of kernel memory, and an unprivileged user's
+// pipes are capped by fs.pipe-user-pages-soft (pipe(7)): with thousands of
+// tunnels streaming to slow readers, an unbounded splice would hold a pipe
+// per tunnel.
+type Pipes struct {
+	max   int32
+	inUse atomic.Int32
+}
+
+// NewPipes returns a bound of n pipes in use at once (at least 1).
+func NewPipes(n int) *Pipes { return &Pipes{max: int32(max(1, n))} }
+
+func (p *Pipes) acquire() bool {
+	if p.inUse.Add(1) > p.max {
+		p.inUse.Add(-1)
+		return false
+	}
+	return true
+}
+
+func (p *Pipes) release() { p.inUse.Add(-1) }
 
 // Stats describe a finished relay.
 type Stats struct {
@@ -216,6 +246,13 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 	var peekErr *error
 	if sc, ok := src.(syscall.Conn); ok {
 		raw, _ = sc.SyscallConn()
+		if r.opts.Splice != nil && spliceSupported {
+			dt, dok := dst.(*net.TCPConn)
+			st, sok := src.(*net.TCPConn)
+			if dok && sok {
+				return r.spliceCopy(dt, st, raw)
+			}
+		}
 		ready, peekErr = readyFunc() // once per direction: waiting must not allocate
 	}
 	// The buffer is held only while data flows: a read that filled it
@@ -258,18 +295,9 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 		nr, rerr := src.Read(*bp)
 		flowing = nr == len(*bp)
 		if nr > 0 {
-			r.touch()
-			dst.SetWriteDeadline(r.writeDeadline())
-			nw, werr := dst.Write((*bp)[:nr])
+			nw, werr := r.write(dst, (*bp)[:nr])
 			n += int64(nw)
 			if werr != nil {
-				if errors.Is(werr, os.ErrDeadlineExceeded) {
-					if err := r.expired(); err != nil {
-						return n, err
-					}
-					// The peer stopped reading for a whole idle period.
-					return n, errIdle
-				}
 				return n, werr
 			}
 		}
@@ -290,6 +318,22 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 			return n, rerr
 		}
 	}
+}
+
+// write writes p to dst within the write deadline. A write that times out
+// ends the direction: the peer stopped reading for a whole idle period, or
+// the half-close linger expired.
+func (r *relay) write(dst net.Conn, p []byte) (int, error) {
+	r.touch()
+	dst.SetWriteDeadline(r.writeDeadline())
+	n, err := dst.Write(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		if err := r.expired(); err != nil {
+			return n, err
+		}
+		return n, errIdle
+	}
+	return n, err
 }
 
 // readyFunc returns the RawConn.Read callback that waits until a socket has

@@ -87,6 +87,7 @@ func (s side) other() side { return 1 - s }
 type tunnel struct {
 	client, upstream *net.TCPConn // the test's ends
 	rc, ru           *net.TCPConn // the relay's ends
+	pipes            *Pipes       // the relay's Options.Splice
 }
 
 func newTunnel(tb testing.TB) *tunnel {
@@ -94,6 +95,34 @@ func newTunnel(tb testing.TB) *tunnel {
 	c, rc := tcpPair(tb) // the client dials the gateway
 	ru, u := tcpPair(tb) // the gateway dials the destination
 	return &tunnel{client: c, upstream: u, rc: rc, ru: ru}
+}
+
+// newTunnelCopy is newTunnel whose relay splices with pipes (nil: buffer).
+func newTunnelCopy(tb testing.TB, pipes *Pipes) *tunnel {
+	tb.Helper()
+	tn := newTunnel(tb)
+	tn.pipes = pipes
+	return tn
+}
+
+// exhaustedPipes is a bound whose only pipe is taken for good: every burst
+// takes the buffered fallback.
+func exhaustedPipes() *Pipes {
+	p := NewPipes(1)
+	p.acquire()
+	return p
+}
+
+// eachCopy runs a relay test once per copy method, so that the pooled
+// buffer, splice, and splice's fallback when no pipe is free keep exactly
+// the same semantics.
+func eachCopy(t *testing.T, test func(t *testing.T, pipes *Pipes)) {
+	for _, m := range []struct {
+		name  string
+		pipes *Pipes
+	}{{"buffer", nil}, {"splice", NewPipes(64)}, {"splice without a free pipe", exhaustedPipes()}} {
+		t.Run(m.name, func(t *testing.T) { test(t, m.pipes) })
+	}
 }
 
 // end is the test's end on side s.
@@ -113,6 +142,7 @@ func (tn *tunnel) closeAll() {
 // relay starts Relay on the relay's ends.
 func (tn *tunnel) relay(pending []byte, opts Options) <-chan Stats {
 	ch := make(chan Stats, 1)
+	opts.Splice = tn.pipes
 	go func() { ch <- Relay(tn.rc, tn.ru, pending, opts) }()
 	return ch
 }
@@ -209,7 +239,9 @@ func bytesDiff(got, want []byte) string {
 	return fmt.Sprintf("%d bytes, want %d; first difference at byte %d", len(got), len(want), i)
 }
 
-func TestRelayBothWays(t *testing.T) {
+func TestRelayBothWays(t *testing.T) { eachCopy(t, testRelayBothWays) }
+
+func testRelayBothWays(t *testing.T, pipes *Pipes) {
 	tests := []struct {
 		name     string
 		up, down int // bytes client→upstream, upstream→client
@@ -222,7 +254,7 @@ func TestRelayBothWays(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn := newTunnel(t)
+			tn := newTunnelCopy(t, pipes)
 			up, down := randBytes(uint64(2*i), tt.up), randBytes(uint64(2*i+1), tt.down)
 			ch := tn.relay(nil, Options{})
 
@@ -263,7 +295,9 @@ func TestRelayBothWays(t *testing.T) {
 	}
 }
 
-func TestRelayPendingFirst(t *testing.T) {
+func TestRelayPendingFirst(t *testing.T) { eachCopy(t, testRelayPendingFirst) }
+
+func testRelayPendingFirst(t *testing.T, pipes *Pipes) {
 	tests := []struct {
 		name          string
 		pending, data []byte // data is what the client sends after pending
@@ -275,7 +309,7 @@ func TestRelayPendingFirst(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn := newTunnel(t)
+			tn := newTunnelCopy(t, pipes)
 			// The head of the client's data is queued on the relay's client
 			// conn before Relay starts, so a relay that copied client bytes
 			// before writing pending would reorder them.
@@ -321,7 +355,9 @@ func TestRelayPendingFirst(t *testing.T) {
 	}
 }
 
-func TestRelayHalfClose(t *testing.T) {
+func TestRelayHalfClose(t *testing.T) { eachCopy(t, testRelayHalfClose) }
+
+func testRelayHalfClose(t *testing.T, pipes *Pipes) {
 	tests := []struct {
 		name   string
 		closer side // half-closes after its request; the other side replies, then closes
@@ -331,7 +367,7 @@ func TestRelayHalfClose(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn := newTunnel(t)
+			tn := newTunnelCopy(t, pipes)
 			a, b := tn.end(tt.closer), tn.end(tt.closer.other())
 			request, reply := randBytes(uint64(20+i), 1<<10), randBytes(uint64(30+i), 2<<20)
 			ch := tn.relay(nil, Options{HalfCloseTimeout: ioBound})
@@ -380,7 +416,9 @@ func TestRelayHalfClose(t *testing.T) {
 	}
 }
 
-func TestRelayHalfCloseLinger(t *testing.T) {
+func TestRelayHalfCloseLinger(t *testing.T) { eachCopy(t, testRelayHalfCloseLinger) }
+
+func testRelayHalfCloseLinger(t *testing.T, pipes *Pipes) {
 	tests := []struct {
 		name   string
 		closer side // half-closes; the other side stays open and silent
@@ -392,7 +430,7 @@ func TestRelayHalfCloseLinger(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn := newTunnel(t)
+			tn := newTunnelCopy(t, pipes)
 			a, b := tn.end(tt.closer), tn.end(tt.closer.other())
 			ch := tn.relay(nil, tt.opts)
 			if err := a.CloseWrite(); err != nil {
@@ -423,6 +461,10 @@ func TestRelayHalfCloseLinger(t *testing.T) {
 // writing to a peer that does not read (Options.HalfCloseTimeout: "bounds how
 // long one direction may keep flowing after the other has finished").
 func TestRelayHalfCloseLingerStalledWriter(t *testing.T) {
+	eachCopy(t, testRelayHalfCloseLingerStalledWriter)
+}
+
+func testRelayHalfCloseLingerStalledWriter(t *testing.T, pipes *Pipes) {
 	tests := []struct {
 		name   string
 		closer side // half-closes and never reads; the other side floods it
@@ -433,7 +475,7 @@ func TestRelayHalfCloseLingerStalledWriter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn := newTunnel(t)
+			tn := newTunnelCopy(t, pipes)
 			a, b := tn.end(tt.closer), tn.end(tt.closer.other())
 			ch := tn.relay(nil, tt.opts)
 			if err := a.CloseWrite(); err != nil {
@@ -463,7 +505,9 @@ func TestRelayHalfCloseLingerStalledWriter(t *testing.T) {
 	}
 }
 
-func TestRelayIdleTimeout(t *testing.T) {
+func TestRelayIdleTimeout(t *testing.T) { eachCopy(t, testRelayIdleTimeout) }
+
+func testRelayIdleTimeout(t *testing.T, pipes *Pipes) {
 	const (
 		idle   = 200 * time.Millisecond
 		every  = 50 * time.Millisecond
@@ -481,7 +525,7 @@ func TestRelayIdleTimeout(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn := newTunnel(t)
+			tn := newTunnelCopy(t, pipes)
 			ch := tn.relay(nil, Options{IdleTimeout: idle, HalfCloseTimeout: ioBound})
 			var want []byte
 			if tt.traffic {
@@ -532,7 +576,9 @@ func TestRelayIdleTimeout(t *testing.T) {
 	}
 }
 
-func TestRelayReset(t *testing.T) {
+func TestRelayReset(t *testing.T) { eachCopy(t, testRelayReset) }
+
+func testRelayReset(t *testing.T, pipes *Pipes) {
 	tests := []struct {
 		name  string
 		reset side // aborts with RST while the other side streams to it
@@ -542,7 +588,7 @@ func TestRelayReset(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn := newTunnel(t)
+			tn := newTunnelCopy(t, pipes)
 			r, s := tn.end(tt.reset), tn.end(tt.reset.other())
 			ch := tn.relay(nil, Options{})
 
@@ -597,7 +643,9 @@ func TestRelayReset(t *testing.T) {
 // started are relayed at once. The runtime poller's readiness is reset when a
 // RawConn read starts, so a wait that only trusted the poller would sleep
 // until bytes that will never come.
-func TestRelayQueuedBeforeStart(t *testing.T) {
+func TestRelayQueuedBeforeStart(t *testing.T) { eachCopy(t, testRelayQueuedBeforeStart) }
+
+func testRelayQueuedBeforeStart(t *testing.T, pipes *Pipes) {
 	tests := []struct {
 		name       string
 		fromClient []byte
@@ -611,7 +659,7 @@ func TestRelayQueuedBeforeStart(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			tn := newTunnel(t)
+			tn := newTunnelCopy(t, pipes)
 			for _, q := range []struct {
 				from side
 				p    []byte
@@ -712,14 +760,22 @@ func benchTunnel(b *testing.B, start func(tn *tunnel) (wait func())) {
 }
 
 func BenchmarkRelayBulk(b *testing.B) {
-	benchTunnel(b, func(tn *tunnel) func() {
-		ch := tn.relay(nil, Options{})
-		return func() {
-			if st := <-ch; st.End != "closed" {
-				b.Errorf("Relay End = %q (%v); want \"closed\"", st.End, st.Err)
-			}
-		}
-	})
+	for _, m := range []struct {
+		name  string
+		pipes *Pipes
+	}{{"buffer", nil}, {"splice", NewPipes(64)}} {
+		b.Run(m.name, func(b *testing.B) {
+			benchTunnel(b, func(tn *tunnel) func() {
+				tn.pipes = m.pipes
+				ch := tn.relay(nil, Options{})
+				return func() {
+					if st := <-ch; st.End != "closed" {
+						b.Errorf("Relay End = %q (%v); want \"closed\"", st.End, st.Err)
+					}
+				}
+			})
+		})
+	}
 }
 
 // BenchmarkDirectCopy is the same topology with a minimal unverified tunnel:
