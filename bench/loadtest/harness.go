@@ -275,7 +275,7 @@ var keysOf = map[string][]string{
 	"rate tcp": {"rate-tcp"}, "rate tls": {"rate-tls"}, "get": {"get"},
 	"latency get":    {"lat-get-p50", "lat-get-p99"},
 	"latency tunnel": {"lat-tun-p50", "lat-tun-p99"},
-	"idle":           {"idle-rss", "idle-fd", "idle-gor", "idle-rss-total", "idle-gor-total"},
+	"idle":           {"idle-rss", "idle-fd", "idle-gor", "idle-stack", "idle-heap", "idle-rss-total", "idle-gor-total"},
 }
 
 func rotate(list []*target, k int) []*target {
@@ -379,6 +379,8 @@ func (h *harness) run(ctx context.Context) {
 				h.record("idle-rss-total", name, r.rssAfterMiB)
 				if name == "gateway" {
 					h.record("idle-gor", name, r.gorPer)
+					h.record("idle-stack", name, r.stackPer)
+					h.record("idle-heap", name, r.heapPer)
 					h.record("idle-gor-total", name, r.gorAfter)
 				}
 				h.commit()

@@ -57,22 +57,33 @@ func fdCount(pid int) (int, error) {
 	return len(ents), err
 }
 
-func (h *harness) goroutines(t *target) (int, error) {
+// goStats reads the gateway's goroutine count and Go stack and heap in use
+// from its /metrics.
+func (h *harness) goStats(t *target) (gor int, stack, heap float64, err error) {
 	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return dialLoopback(ctx, t.adminAddr) },
 	}}
 	resp, err := c.Get("http://" + t.adminAddr + "/metrics")
 	if err != nil {
-		return 0, err
+		return 0, 0, 0, err
 	}
 	defer resp.Body.Close()
+	want := map[string]*float64{"go_memstats_stack_inuse_bytes": &stack, "go_memstats_heap_inuse_bytes": &heap}
+	var g float64
+	want["go_goroutines"] = &g
+	found := 0
 	sc := bufio.NewScanner(io.LimitReader(resp.Body, 8<<20))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "go_goroutines" {
-			v, err := strconv.ParseFloat(f[1], 64)
-			return int(v), err
+		if f := strings.Fields(sc.Text()); len(f) == 2 && want[f[0]] != nil {
+			if *want[f[0]], err = strconv.ParseFloat(f[1], 64); err != nil {
+				return 0, 0, 0, fmt.Errorf("%s: %w", f[0], err)
+			}
+			found++
 		}
 	}
-	return 0, errors.New("go_goroutines not in /metrics")
+	if found != len(want) {
+		return 0, 0, 0, errors.New("go_goroutines or go_memstats_{stack,heap}_inuse_bytes missing from /metrics")
+	}
+	return int(g), stack, heap, nil
 }

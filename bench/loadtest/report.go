@@ -76,6 +76,8 @@ func (h *harness) groups() []group {
 			{key: "idle-rss", label: "RSS per tunnel (KiB)", format: "%.1f", directNA: true},
 			{key: "idle-fd", label: "file descriptors per tunnel", format: "%.2f", directNA: true},
 			{key: "idle-gor", label: "goroutines per tunnel", format: "%.2f", directNA: true, gatewayOK: true},
+			{key: "idle-stack", label: "of which Go stacks per tunnel (KiB)", format: "%.1f", directNA: true, gatewayOK: true},
+			{key: "idle-heap", label: "of which Go heap per tunnel (KiB)", format: "%.1f", directNA: true, gatewayOK: true},
 			{key: "idle-rss-total", label: fmt.Sprintf("RSS with %d idle tunnels (MiB)", h.o.idle), format: "%.1f", directNA: true},
 			{key: "idle-gor-total", label: fmt.Sprintf("goroutines with %d idle tunnels", h.o.idle), format: "%.0f", directNA: true, gatewayOK: true},
 		}},

@@ -278,6 +278,7 @@ func (h *harness) tunnelLatency(ctx context.Context, t *target) (p50, p99 float6
 
 type idleResult struct {
 	rssPer, fdPer, gorPer float64
+	stackPer, heapPer     float64 // KiB of Go stack and heap per tunnel (gateway)
 	rssAfterMiB           float64
 	gorAfter              float64
 }
@@ -300,9 +301,9 @@ func (h *harness) idleCost(ctx context.Context, t *target, n int) (r idleResult,
 	if err != nil {
 		return r, err
 	}
-	gor0 := 0
+	gor0, stack0, heap0 := 0, 0.0, 0.0
 	if t.adminAddr != "" {
-		if gor0, err = h.goroutines(t); err != nil {
+		if gor0, stack0, heap0, err = h.goStats(t); err != nil {
 			return r, err
 		}
 	}
@@ -377,11 +378,13 @@ func (h *harness) idleCost(ctx context.Context, t *target, n int) (r idleResult,
 	r.fdPer = float64(fd1-fd0) / float64(n)
 	r.rssAfterMiB = float64(rss1) / 1024
 	if t.adminAddr != "" {
-		gor1, err := h.goroutines(t)
+		gor1, stack1, heap1, err := h.goStats(t)
 		if err != nil {
 			return r, err
 		}
 		r.gorPer = float64(gor1-gor0) / float64(n)
+		r.stackPer = (stack1 - stack0) / 1024 / float64(n)
+		r.heapPer = (heap1 - heap0) / 1024 / float64(n)
 		r.gorAfter = float64(gor1)
 	}
 	return r, nil

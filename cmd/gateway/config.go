@@ -47,7 +47,7 @@ type Config struct {
 	MaxConnsPerClient        int           `env:"MAX_CONNS_PER_CLIENT" envDefault:"1000"`
 	BlobScope                string        `env:"BLOB_SCOPE" envDefault:"wildcard"`
 	ClientHelloTimeout       time.Duration `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
-	TunnelCopy               string        `env:"TUNNEL_COPY" envDefault:"buffer"`
+	TunnelCopy               string        `env:"TUNNEL_COPY" envDefault:"splice"`
 	InspectCACert            string        `env:"INSPECT_CA_CERT"`
 	InspectCAKey             string        `env:"INSPECT_CA_KEY"`
 	InspectLeafValidity      time.Duration `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`

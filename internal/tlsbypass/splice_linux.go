@@ -21,12 +21,19 @@ import (
 // goes idle therefore keeps no pipe, unlike io.Copy between two TCPConns,
 // whose splice holds a pipe pair per direction for the life of the copy.
 //
-// When every pipe allowed by Options.Splice is in use, a burst is copied
-// through a pooled buffer instead.
+// A burst smaller than spliceMin, or one that finds every pipe allowed by
+// Options.Splice in use, is copied through a pooled buffer instead.
 //
 // The result is the same as the buffered copy's: nil on EOF after the half-close
 // is propagated, an error otherwise.
-func (r *relay) spliceCopy(dst, src *net.TCPConn, raw syscall.RawConn) (n int64, err error) {
+// spliceMin is the smallest burst worth a pipe: one pooled buffer's worth.
+const spliceMin = bufSize
+
+func (r *relay) spliceCopy(dst, src *net.TCPConn) (n int64, err error) {
+	raw, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
 	var avail int
 	var eof bool
 	var perr error
@@ -76,8 +83,11 @@ func (r *relay) spliceCopy(dst, src *net.TCPConn, raw syscall.RawConn) (n int64,
 			dst.CloseWrite()
 			return n, nil
 		}
-		if !r.opts.Splice.acquire() {
-			// Every pipe is busy: move this burst through a pooled buffer.
+		if avail < spliceMin || !r.opts.Splice.acquire() {
+			// A burst that one buffer holds costs the same two system
+			// calls either way, and keeps the goroutine's stack shallow
+			// (an idle tunnel's size is mostly its two stacks). Larger
+			// bursts are spliced unless every pipe is busy.
 			bp := bufPool.Get().(*[]byte)
 			nr, rerr := src.Read((*bp)[:min(avail, len(*bp))])
 			var werr error

@@ -10,11 +10,12 @@ import (
 // as in use, and no file descriptors beyond its two sockets' worth).
 func TestSpliceIdleHoldsNoPipe(t *testing.T) {
 	tests := []struct {
-		name  string
-		bytes int
+		name    string
+		bytes   int
+		spliced bool // large bursts take a pipe; small ones a buffer
 	}{
-		{"one byte each way", 1},
-		{"4MiB each way", 4 << 20},
+		{"one byte each way", 1, false},
+		{"4MiB each way", 4 << 20, true},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -44,6 +45,9 @@ func TestSpliceIdleHoldsNoPipe(t *testing.T) {
 			}
 			if got := pipes.inUse.Load(); got != 0 {
 				t.Errorf("pipes in use while idle = %d; want 0", got)
+			}
+			if got := pipes.taken.Load() > 0; got != tt.spliced {
+				t.Errorf("spliced = %v (%d pipes taken); want %v", got, pipes.taken.Load(), tt.spliced)
 			}
 			tn.client.CloseWrite()
 			tn.upstream.CloseWrite()

@@ -48,6 +48,7 @@ type Options struct {
 type Pipes struct {
 	max   int32
 	inUse atomic.Int32
+	taken atomic.Int64 // pipes ever acquired, for tests
 }
 
 // NewPipes returns a bound of n pipes in use at once (at least 1).
@@ -58,6 +59,7 @@ func (p *Pipes) acquire() bool {
 		p.inUse.Add(-1)
 		return false
 	}
+	p.taken.Add(1)
 	return true
 }
 
@@ -134,7 +136,16 @@ func Start(client, upstream net.Conn, pending []byte, opts Options, done func(St
 // tunnel.
 func (r *relay) run(dst, src net.Conn, n *int64) {
 	var err error
-	*n, err = r.copy(dst, src)
+	// The two copies are siblings, not nested: an idle direction's stack
+	// is the deepest its copy ever reached, and Go stacks grow in powers
+	// of two from 2 KiB (two idle goroutines are most of a tunnel's size).
+	dt, dok := dst.(*net.TCPConn)
+	st, sok := src.(*net.TCPConn)
+	if r.opts.Splice != nil && spliceSupported && dok && sok {
+		*n, err = r.spliceCopy(dt, st)
+	} else {
+		*n, err = r.copy(dst, src)
+	}
 	r.finished(src, dst, err)
 	r.end()
 }
@@ -246,13 +257,6 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 	var peekErr *error
 	if sc, ok := src.(syscall.Conn); ok {
 		raw, _ = sc.SyscallConn()
-		if r.opts.Splice != nil && spliceSupported {
-			dt, dok := dst.(*net.TCPConn)
-			st, sok := src.(*net.TCPConn)
-			if dok && sok {
-				return r.spliceCopy(dt, st, raw)
-			}
-		}
 		ready, peekErr = readyFunc() // once per direction: waiting must not allocate
 	}
 	// The buffer is held only while data flows: a read that filled it
