@@ -73,6 +73,7 @@ type Config struct {
 	ShutdownDelay            time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 	LogFormat                string        `env:"LOG_FORMAT" envDefault:"json"`
 	LogLevel                 string        `env:"LOG_LEVEL" envDefault:"info"`
+	Pprof                    bool          `env:"PPROF" envDefault:"false"`
 
 	// Derived by validate.
 	clientNets    []netip.Prefix

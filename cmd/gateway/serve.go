@@ -322,6 +322,8 @@ func (g *gateway) run(ctx context.Context) error {
 				Policy:  g.policy.Load,
 				Metrics: promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{Registry: g.reg}),
 				Ready:   g.ready,
+				// Profiles only on request: GATEWAY_PPROF=true.
+				Profiling: g.cfg.Pprof,
 			}),
 			ReadHeaderTimeout: 5 * time.Second,
 		}

@@ -6,6 +6,7 @@ package admin
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/defendergw/gateway/internal/allowlist"
 )
@@ -19,6 +20,11 @@ type Options struct {
 	// Ready, if non-nil, reports readiness (nil means ready); if nil, the
 	// gateway is always ready.
 	Ready func() error
+	// Profiling serves Go's runtime profiles under /debug/pprof/ (CPU,
+	// heap, goroutines, mutex and block contention, execution trace).
+	// Off by default: profiles reveal internals and a CPU profile or trace
+	// costs CPU while it runs.
+	Profiling bool
 }
 
 // Handler returns the admin HTTP handler:
@@ -28,8 +34,16 @@ type Options struct {
 //	/readyz    200 when ready to take traffic, 503 with the reason otherwise
 //	/allowlist the effective rules as JSON (?all=1 adds other geographies' rows)
 //	/decide    ?target=URL-or-host:port: the decision, as `gateway explain --format json`
+//	/debug/pprof/  runtime profiles, only with Options.Profiling
 func Handler(opts Options) http.Handler {
 	mux := http.NewServeMux()
+	if opts.Profiling {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	if opts.Metrics != nil {
 		mux.Handle("GET /metrics", opts.Metrics)
 	}

@@ -78,3 +78,42 @@ func TestHandler(t *testing.T) {
 		t.Errorf("?all=1 should add other geographies' rows, and only then")
 	}
 }
+
+// TestProfiling checks that runtime profiles are served only when enabled.
+func TestProfiling(t *testing.T) {
+	cat, err := allowlist.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := allowlist.NewPolicy(cat, allowlist.Options{Geographies: []allowlist.Geography{allowlist.EU}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name      string
+		profiling bool
+		path      string
+		wantCode  int
+		want      string
+	}{
+		{"off: index", false, "/debug/pprof/", 404, ""},
+		{"off: goroutines", false, "/debug/pprof/goroutine?debug=1", 404, ""},
+		{"on: index", true, "/debug/pprof/", 200, "goroutine"},
+		{"on: goroutines", true, "/debug/pprof/goroutine?debug=1", 200, "goroutine profile: total"},
+		{"on: heap", true, "/debug/pprof/heap?debug=1", 200, "heap profile"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(Handler(Options{Policy: func() *allowlist.Policy { return p }, Profiling: tt.profiling}))
+			defer srv.Close()
+			resp, err := http.Get(srv.URL + tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != tt.wantCode || !strings.Contains(string(b), tt.want) {
+				t.Errorf("GET %s: %d %.80q; want %d containing %q", tt.path, resp.StatusCode, b, tt.wantCode, tt.want)
+			}
+		})
+	}
+}
