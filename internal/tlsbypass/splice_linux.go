@@ -2,7 +2,6 @@ package tlsbypass
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -12,122 +11,86 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// spliceCopy moves bytes from src to dst with splice(2) through a pipe the
-// kernel never copies into user space, holding the pipe only while bytes
-// move: the direction waits for readability holding nothing, asks the socket
-// how many bytes are queued (SIOCINQ), and hands exactly that many to
-// (*net.TCPConn).ReadFrom, which splices them through a pipe borrowed from
-// the runtime's pipe pool and returns it when they are written. A tunnel that
-// goes idle therefore keeps no pipe, unlike io.Copy between two TCPConns,
-// whose splice holds a pipe pair per direction for the life of the copy.
-//
-// A burst smaller than spliceMin, or one that finds every pipe allowed by
-// Options.Splice in use, is copied through a pooled buffer instead.
-//
-// The result is the same as the buffered copy's: nil on EOF after the half-close
-// is propagated, an error otherwise.
-// spliceMin is the smallest burst worth a pipe: one pooled buffer's worth.
+// splicer moves one direction's bulk bytes with splice(2): kernel to kernel
+// through a pipe, never copied into user space. It is consulted only while
+// a direction is flowing (a read just filled the buffer), so it holds its
+// pipe only for the bytes already queued: (*net.TCPConn).ReadFrom borrows a
+// pipe from the runtime's pool for them and returns it once they are
+// written. An idle tunnel keeps no pipe, unlike io.Copy between two
+// TCPConns, whose splice holds a pipe pair per direction for the life of
+// the copy.
+type splicer struct {
+	dst, src *net.TCPConn
+	raw      syscall.RawConn
+	queued   int
+	inq      func(fd uintptr) // built once: asking must not allocate
+	lr       io.LimitedReader
+}
+
+// newSplicer returns a splicer for a TCP-to-TCP direction, or nil.
+func newSplicer(dst, src net.Conn) *splicer {
+	d, ok1 := dst.(*net.TCPConn)
+	s, ok2 := src.(*net.TCPConn)
+	if !ok1 || !ok2 {
+		return nil
+	}
+	raw, err := s.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	sp := &splicer{dst: d, src: s, raw: raw}
+	sp.lr.R = s
+	sp.inq = func(fd uintptr) {
+		q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		if err != nil {
+			q = 0
+		}
+		sp.queued = q
+	}
+	return sp
+}
+
+// spliceMin is the smallest queue worth a pipe: more than one pooled
+// buffer's worth. Smaller amounts cost the same two system calls either way.
 const spliceMin = bufSize
 
-func (r *relay) spliceCopy(dst, src *net.TCPConn) (n int64, err error) {
-	raw, err := src.SyscallConn()
-	if err != nil {
-		return 0, err
+// splice moves the bytes queued on the source when there are at least
+// spliceMin of them and a pipe is free (Options.Splice bounds them). It
+// reports how many bytes were queued (0: the source is drained, wait for
+// it), whether it spliced, and the bytes written.
+//
+// It is kept out of line so that the common path's stack stays shallow: an
+// idle goroutine keeps the deepest stack it ever used, and Go stacks grow in
+// powers of two from 2 KiB.
+//
+//go:noinline
+func (r *relay) splice(sp *splicer) (queued int, spliced bool, n int64, err error) {
+	if err := sp.raw.Control(sp.inq); err != nil {
+		return 1, false, 0, nil // let the buffered read report it
 	}
-	var avail int
-	var eof bool
-	var perr error
-	var b [1]byte
-	// ready runs on every wait; it is built once per direction so that
-	// waiting does not allocate.
-	ready := func(fd uintptr) bool {
-		q, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		if err == nil && q > 0 {
-			avail = q
-			return true
-		}
-		// Nothing queued: wait, unless the socket has reached EOF or
-		// holds an error, which a non-blocking peek reports.
-		nr, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		switch {
-		case err == syscall.EAGAIN:
-			return false
-		case err != nil:
-			perr = err
-		case nr == 0:
-			eof = true
-		default:
-			avail = nr // arrived after the ioctl
-		}
-		return true
+	if sp.queued < spliceMin || !r.opts.Splice.acquire() {
+		return sp.queued, false, 0, nil
 	}
-	lr := &io.LimitedReader{R: src}
-	src.SetReadDeadline(r.readDeadline())
-	for {
-		if err := raw.Read(ready); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if err := r.expired(); err != nil {
-					return n, err
-				}
-				src.SetReadDeadline(r.readDeadline())
-				continue
-			}
-			return n, fmt.Errorf("read %s: %w", src.RemoteAddr(), err)
-		}
-		switch {
-		case perr != nil:
-			// The peek consumed the socket's pending error (a reset):
-			// a read would now report a clean EOF instead.
-			return n, fmt.Errorf("read %s: %w", src.RemoteAddr(), perr)
-		case eof:
-			dst.CloseWrite()
-			return n, nil
-		}
-		if avail < spliceMin || !r.opts.Splice.acquire() {
-			// A burst that one buffer holds costs the same two system
-			// calls either way, and keeps the goroutine's stack shallow
-			// (an idle tunnel's size is mostly its two stacks). Larger
-			// bursts are spliced unless every pipe is busy.
-			bp := bufPool.Get().(*[]byte)
-			nr, rerr := src.Read((*bp)[:min(avail, len(*bp))])
-			var werr error
-			if nr > 0 {
-				var nw int
-				nw, werr = r.write(dst, (*bp)[:nr])
-				n += int64(nw)
-			}
-			bufPool.Put(bp)
-			switch {
-			case werr != nil:
-				return n, werr
-			case rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded):
-				return n, rerr // EOF cannot come before the queued bytes
-			}
-			continue
-		}
-		r.touch()
-		wd := r.writeDeadline()
-		dst.SetWriteDeadline(wd)
-		lr.N = int64(avail)
-		nw, err := dst.ReadFrom(lr)
-		r.opts.Splice.release()
-		n += nw
-		if err != nil {
-			if !errors.Is(err, os.ErrDeadlineExceeded) {
-				return n, err
-			}
-			if err := r.expired(); err != nil {
-				return n, err
-			}
-			if !wd.IsZero() && !time.Now().Before(wd) {
-				// The peer stopped reading for a whole idle period.
-				return n, errIdle
-			}
-			// ReadFrom both reads and writes: src's read deadline passed
-			// (it is renewed only on waits), not dst's write deadline.
-			src.SetReadDeadline(r.readDeadline())
-		}
+	r.touch()
+	wd := r.writeDeadline()
+	sp.dst.SetWriteDeadline(wd)
+	sp.lr.N = int64(sp.queued)
+	n, err = sp.dst.ReadFrom(&sp.lr)
+	r.opts.Splice.release()
+	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+		return sp.queued, true, n, err
 	}
+	if err := r.expired(); err != nil {
+		return sp.queued, true, n, err
+	}
+	if !wd.IsZero() && !time.Now().Before(wd) {
+		// The peer stopped reading for a whole idle period.
+		return sp.queued, true, n, errIdle
+	}
+	// ReadFrom both reads and writes: the source's read deadline passed
+	// (it is renewed only on waits), not the destination's write deadline.
+	sp.src.SetReadDeadline(r.readDeadline())
+	return sp.queued, true, n, nil
 }
 
 const spliceSupported = true

@@ -31,12 +31,13 @@ type Options struct {
 	// HalfCloseTimeout bounds how long one direction may keep flowing after
 	// the other has finished cleanly (half-close). Zero means 30s.
 	HalfCloseTimeout time.Duration
-	// Splice, if non-nil, moves bytes between two TCP connections with
-	// splice(2) through a pipe held only while bytes move (Linux), with at
-	// most Splice's limit of pipes in use across all tunnels; a burst that
-	// finds none free goes through a pooled buffer. If nil, or where splice
-	// is unavailable, every burst goes through a pooled user-space buffer
-	// held only while bytes move.
+	// Splice, if non-nil, lets a bulk transfer between two TCP connections
+	// move by splice(2), kernel to kernel (Linux): once a read fills the
+	// pooled buffer, the bytes queued behind it are spliced through a pipe
+	// held only while they move, with at most Splice's limit of pipes in
+	// use across all tunnels (when none is free, the buffer carries on).
+	// If nil, or where splice is unavailable, every byte goes through a
+	// pooled user-space buffer held only while bytes move.
 	Splice *Pipes
 }
 
@@ -136,16 +137,7 @@ func Start(client, upstream net.Conn, pending []byte, opts Options, done func(St
 // tunnel.
 func (r *relay) run(dst, src net.Conn, n *int64) {
 	var err error
-	// The two copies are siblings, not nested: an idle direction's stack
-	// is the deepest its copy ever reached, and Go stacks grow in powers
-	// of two from 2 KiB (two idle goroutines are most of a tunnel's size).
-	dt, dok := dst.(*net.TCPConn)
-	st, sok := src.(*net.TCPConn)
-	if r.opts.Splice != nil && spliceSupported && dok && sok {
-		*n, err = r.spliceCopy(dt, st)
-	} else {
-		*n, err = r.copy(dst, src)
-	}
+	*n, err = r.copy(dst, src)
 	r.finished(src, dst, err)
 	r.end()
 }
@@ -259,10 +251,15 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 		raw, _ = sc.SyscallConn()
 		ready, peekErr = readyFunc() // once per direction: waiting must not allocate
 	}
+	var sp *splicer
+	if r.opts.Splice != nil {
+		sp = newSplicer(dst, src)
+	}
 	// The buffer is held only while data flows: a read that filled it
-	// suggests more is queued, so the next read follows at once; after a
-	// short read the buffer goes back to the pool and the direction waits
-	// for readability holding nothing.
+	// suggests more is queued, so the next read follows at once (or, with
+	// Options.Splice, what is queued is spliced); after a short read the
+	// buffer goes back to the pool and the direction waits for readability
+	// holding nothing.
 	var bp *[]byte
 	defer func() {
 		if bp != nil {
@@ -291,6 +288,23 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 				// The peek consumed the socket's pending error (a reset):
 				// the next read would report a clean EOF instead.
 				return n, fmt.Errorf("read %s: %w", src.RemoteAddr(), *peekErr)
+			}
+		}
+		if flowing && sp != nil {
+			queued, spliced, nw, err := r.splice(sp)
+			n += nw
+			switch {
+			case err != nil:
+				return n, err
+			case queued == 0:
+				flowing = false // drained: wait without the buffer
+				continue
+			case spliced:
+				if bp != nil {
+					bufPool.Put(bp)
+					bp = nil
+				}
+				continue
 			}
 		}
 		if bp == nil {
