@@ -247,6 +247,10 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		}
 		t.Cleanup(func() { w.events.Close() })
 	}
+	if o.tunnel.Splice == nil {
+		// As in production (GATEWAY_TUNNEL_COPY=splice).
+		o.tunnel.Splice = tlsbypass.NewPipes(32)
+	}
 	srv, err := New(Options{
 		Metrics:               metrics,
 		Events:                w.events,

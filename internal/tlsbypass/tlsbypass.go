@@ -13,13 +13,11 @@ package tlsbypass
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -241,77 +239,26 @@ func (r *relay) finished(src, other net.Conn, err error) {
 	other.Close()
 }
 
-// copy moves bytes from src to dst until src ends. It returns nil on EOF,
-// after propagating the half-close to dst.
-func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
-	var raw syscall.RawConn
-	var ready func(uintptr) bool
-	var peekErr *error
-	if sc, ok := src.(syscall.Conn); ok {
-		raw, _ = sc.SyscallConn()
-		ready, peekErr = readyFunc() // once per direction: waiting must not allocate
+// closeWrite propagates a clean end of one direction to dst (a FIN), unless
+// the other direction has already finished: then the relay closes both
+// connections at once, which sends the FIN anyway.
+func (r *relay) closeWrite(dst net.Conn) {
+	if r.left.Load() == 1 {
+		return
 	}
-	var sp *splicer
-	if r.opts.Splice != nil {
-		sp = newSplicer(dst, src)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
 	}
-	// The buffer is held only while data flows: a read that filled it
-	// suggests more is queued, so the next read follows at once (or, with
-	// Options.Splice, what is queued is spliced); after a short read the
-	// buffer goes back to the pool and the direction waits for readability
-	// holding nothing.
-	var bp *[]byte
-	defer func() {
-		if bp != nil {
-			bufPool.Put(bp)
-		}
-	}()
-	flowing := false
+}
+
+// copyConn is copy for connections without a file descriptor: a pooled
+// buffer, held while a read waits.
+func (r *relay) copyConn(dst, src net.Conn) (n int64, err error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
 	src.SetReadDeadline(r.readDeadline())
 	for {
-		if raw != nil && !flowing {
-			if bp != nil {
-				bufPool.Put(bp)
-				bp = nil
-			}
-			if err := raw.Read(ready); err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					if err := r.expired(); err != nil {
-						return n, err
-					}
-					src.SetReadDeadline(r.readDeadline())
-					continue
-				}
-				// Other errors surface from the Read below.
-			}
-			if *peekErr != nil {
-				// The peek consumed the socket's pending error (a reset):
-				// the next read would report a clean EOF instead.
-				return n, fmt.Errorf("read %s: %w", src.RemoteAddr(), *peekErr)
-			}
-		}
-		if flowing && sp != nil {
-			queued, spliced, nw, err := r.splice(sp)
-			n += nw
-			switch {
-			case err != nil:
-				return n, err
-			case queued == 0:
-				flowing = false // drained: wait without the buffer
-				continue
-			case spliced:
-				if bp != nil {
-					bufPool.Put(bp)
-					bp = nil
-				}
-				continue
-			}
-		}
-		if bp == nil {
-			bp = bufPool.Get().(*[]byte)
-		}
 		nr, rerr := src.Read(*bp)
-		flowing = nr == len(*bp)
 		if nr > 0 {
 			nw, werr := r.write(dst, (*bp)[:nr])
 			n += int64(nw)
@@ -322,12 +269,9 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 		switch {
 		case rerr == nil:
 		case rerr == io.EOF:
-			if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-				cw.CloseWrite()
-			}
+			r.closeWrite(dst)
 			return n, nil
 		case errors.Is(rerr, os.ErrDeadlineExceeded):
-			flowing = false
 			if err := r.expired(); err != nil {
 				return n, err
 			}
@@ -352,26 +296,4 @@ func (r *relay) write(dst net.Conn, p []byte) (int, error) {
 		return n, errIdle
 	}
 	return n, err
-}
-
-// readyFunc returns the RawConn.Read callback that waits until a socket has
-// data (or EOF, or an error) without reading it, so an idle direction holds
-// no buffer. The callback peeks one byte without blocking: data already
-// queued (the poller's readiness is reset when RawConn.Read starts, so it
-// would not report it) returns at once; only EAGAIN makes the runtime poller
-// wait for the next readability edge. A socket error (a reset) is reported
-// only once, to the peek: it is kept behind the returned pointer so that the
-// caller does not mistake the following read's EOF for a clean close.
-func readyFunc() (func(uintptr) bool, *error) {
-	var b [1]byte
-	var perr error
-	return func(fd uintptr) bool {
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		if err == syscall.EAGAIN {
-			return false
-		}
-		// A socket error is reported once; keep it for the caller.
-		perr = err
-		return true
-	}, &perr
 }

@@ -1,0 +1,9 @@
+//go:build !unix
+
+package tlsbypass
+
+import "net"
+
+// copy moves bytes from src to dst until src ends, through a pooled buffer
+// (the wait-then-borrow copy needs a Unix read(2)).
+func (r *relay) copy(dst, src net.Conn) (int64, error) { return r.copyConn(dst, src) }
