@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"time"
@@ -197,6 +198,9 @@ func (s *Server) logTunnelRefused(e tunnelEvent) {
 }
 
 func (s *Server) logTunnelClosed(e tunnelEvent) {
+	if !s.log.Enabled(context.Background(), slog.LevelInfo) {
+		return // build no attributes for a line nobody keeps
+	}
 	attrs := append(e.attrs(), "remote_ip", e.remote,
 		"bytes_up", e.stats.ClientToUpstream, "bytes_down", e.stats.UpstreamToClient,
 		"duration_s", e.stats.Duration.Seconds(), "end", e.stats.End)

@@ -202,8 +202,15 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, er
 }
 
 func (s *Server) logDecision(r *http.Request, st *reqState, err error, extra ...slog.Attr) {
-	target := st.targetString()
 	d := &st.decision
+	level := slog.LevelInfo
+	if d.Audited {
+		level = slog.LevelWarn
+	}
+	if !s.log.Enabled(context.Background(), level) {
+		return // build no attributes for a line nobody keeps
+	}
+	target := st.targetString()
 	attrs := []slog.Attr{
 		slog.String("client", r.RemoteAddr),
 		slog.String("method", r.Method),
@@ -232,9 +239,5 @@ func (s *Server) logDecision(r *http.Request, st *reqState, err error, extra ...
 		attrs = append(attrs, slog.Bool("path_unchecked", true))
 	}
 	attrs = append(attrs, extra...)
-	level := slog.LevelInfo
-	if d.Audited {
-		level = slog.LevelWarn
-	}
 	s.log.LogAttrs(context.Background(), level, "decision", attrs...)
 }
