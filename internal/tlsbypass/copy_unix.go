@@ -7,16 +7,26 @@ import (
 	"net"
 	"os"
 	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // copy moves bytes from src to dst until src ends. It returns nil on EOF,
 // after propagating the half-close to dst.
 //
-// Reads happen inside RawConn.Read's callback (filler): one read(2) per
-// wake-up, into a pooled buffer that goes back to the pool whenever the
-// socket has nothing more (EAGAIN), so a direction waiting for data holds
-// no buffer. A read that fills the buffer suggests more is queued: the next
-// read follows at once, or, with Options.Splice, what is queued is spliced.
+// A direction holds a buffer only across one read and one write. Reads
+// happen inside RawConn.Read's callback (filler): one read(2) per wake-up,
+// into a pooled buffer that goes back to the pool when the socket has
+// nothing (EAGAIN), so a direction waiting for data holds nothing. A read
+// that fills the buffer means a transfer is flowing: with Options.Splice
+// what is queued is spliced. Once a write has waited longer than stallAfter
+// (the reader is slower than the source), each following read of the flow
+// first waits, holding nothing, until dst can take more, so a tunnel
+// stalled on a slow reader keeps its bytes in the kernel's socket buffers
+// rather than in a buffer of ours. Fast flows skip that wait: asking for
+// room before every read costs a system call and, measured, a quarter of
+// the throughput.
 func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 	sc, ok := src.(syscall.Conn)
 	if !ok {
@@ -30,11 +40,30 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 	if r.opts.Splice != nil {
 		sp = newSplicer(dst, src)
 	}
+	room := newRoomWaiter(dst)
 	f := &filler{}
 	defer f.release()
 	fill := f.fill // once per direction: waiting must not allocate
+	flowing, stalled := false, false
 	src.SetReadDeadline(r.readDeadline())
 	for {
+		if flowing && sp != nil {
+			queued, spliced, nw, err := r.splice(sp)
+			n += nw
+			switch {
+			case err != nil:
+				return n, err
+			case spliced:
+				continue // still flowing
+			case queued == 0:
+				flowing = false // drained
+			}
+		}
+		if flowing && stalled && room != nil {
+			if err := r.waitRoom(dst, room); err != nil {
+				return n, err
+			}
+		}
 		if err := raw.Read(fill); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if err := r.expired(); err != nil {
@@ -54,27 +83,63 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 			r.closeWrite(dst)
 			return n, nil
 		}
-		full := f.n == len(*f.bp)
+		flowing = f.n == len(*f.bp)
+		start := time.Now()
 		nw, err := r.write(dst, (*f.bp)[:f.n])
+		f.release()
+		stalled = flowing && (stalled || time.Since(start) > stallAfter)
 		n += int64(nw)
 		if err != nil {
 			return n, err
 		}
-		if !full {
-			f.release()
-			continue
-		}
-		if sp != nil {
-			queued, spliced, nw, err := r.splice(sp)
-			n += nw
-			if err != nil {
-				return n, err
-			}
-			if spliced || queued == 0 {
-				f.release()
-			}
-		}
 	}
+}
+
+// stallAfter is how long a write may wait before its flow counts as stalled
+// on a slow reader: far above a loopback or LAN write, far below a reader
+// on a congested WAN link.
+const stallAfter = 20 * time.Millisecond
+
+// roomWaiter is the RawConn.Write callback that reports whether a socket
+// can take more bytes (POLLOUT, without blocking); when it cannot, the
+// runtime poller waits for the next writability edge.
+type roomWaiter struct {
+	raw  syscall.RawConn
+	fds  [1]unix.PollFd
+	room func(fd uintptr) bool // built once: waiting must not allocate
+}
+
+func newRoomWaiter(dst net.Conn) *roomWaiter {
+	sc, ok := dst.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	w := &roomWaiter{raw: raw}
+	w.room = func(fd uintptr) bool {
+		w.fds[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLOUT}
+		n, err := unix.Poll(w.fds[:], 0)
+		// An error, or a socket in error (POLLERR, POLLHUP), is for the
+		// write that follows to report.
+		return err != nil || n > 0
+	}
+	return w
+}
+
+// waitRoom waits, within the write deadline, until dst can take more.
+func (r *relay) waitRoom(dst net.Conn, w *roomWaiter) error {
+	dst.SetWriteDeadline(r.writeDeadline())
+	err := w.raw.Write(w.room)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		if err := r.expired(); err != nil {
+			return err
+		}
+		return errIdle // the peer stopped reading for a whole idle period
+	}
+	return nil // other errors are for the write to report
 }
 
 // filler is copy's RawConn.Read callback: it reads what the socket has into
