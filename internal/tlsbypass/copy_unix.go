@@ -36,17 +36,23 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 	if err != nil {
 		return 0, err
 	}
+	// The splicer and the room waiter are made on first use: most
+	// tunnels never move a bulk transfer, and an idle tunnel's size is
+	// what it allocated.
 	var sp *splicer
-	if r.opts.Splice != nil {
-		sp = newSplicer(dst, src)
-	}
-	room := newRoomWaiter(dst)
+	var room *roomWaiter
+	canSplice, canWait := r.opts.Splice != nil, true
 	f := &filler{}
 	defer f.release()
 	fill := f.fill // once per direction: waiting must not allocate
 	flowing, stalled := false, false
 	src.SetReadDeadline(r.readDeadline())
 	for {
+		if flowing && canSplice && sp == nil {
+			if sp = newSplicer(dst, src); sp == nil {
+				canSplice = false
+			}
+		}
 		if flowing && sp != nil {
 			queued, spliced, nw, err := r.splice(sp)
 			n += nw
@@ -57,6 +63,11 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 				continue // still flowing
 			case queued == 0:
 				flowing = false // drained
+			}
+		}
+		if flowing && stalled && canWait && room == nil {
+			if room = newRoomWaiter(dst); room == nil {
+				canWait = false
 			}
 		}
 		if flowing && stalled && room != nil {
@@ -109,6 +120,7 @@ type roomWaiter struct {
 	room func(fd uintptr) bool // built once: waiting must not allocate
 }
 
+//go:noinline
 func newRoomWaiter(dst net.Conn) *roomWaiter {
 	sc, ok := dst.(syscall.Conn)
 	if !ok {

@@ -28,6 +28,8 @@ type splicer struct {
 }
 
 // newSplicer returns a splicer for a TCP-to-TCP direction, or nil.
+//
+//go:noinline
 func newSplicer(dst, src net.Conn) *splicer {
 	d, ok1 := dst.(*net.TCPConn)
 	s, ok2 := src.(*net.TCPConn)
