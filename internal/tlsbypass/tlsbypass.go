@@ -7,7 +7,9 @@
 //
 // Most Defender tunnels are long-lived and idle, so the relay is built to cost
 // little while nothing flows: each direction waits for readability without
-// holding a buffer and borrows a pooled buffer only to move bytes. There is no
+// holding a buffer and borrows a pooled buffer only to move bytes; on Linux a
+// bulk transfer moves kernel to kernel with splice(2) through a pipe held only
+// while its bytes move (Options.Splice, docs/copy-method). There is no
 // net.Conn wrapper anywhere in the copy path.
 package tlsbypass
 
