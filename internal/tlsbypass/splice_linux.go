@@ -94,5 +94,3 @@ func (r *relay) splice(sp *splicer) (queued int, spliced bool, n int64, err erro
 	sp.src.SetReadDeadline(r.readDeadline())
 	return sp.queued, true, n, nil
 }
-
-const spliceSupported = true

@@ -12,5 +12,3 @@ func newSplicer(dst, src net.Conn) *splicer { return nil }
 func (r *relay) splice(sp *splicer) (queued int, spliced bool, n int64, err error) {
 	return 1, false, 0, nil
 }
-
-const spliceSupported = false
