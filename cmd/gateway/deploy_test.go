@@ -103,3 +103,63 @@ func TestSystemdUnit(t *testing.T) {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, strings.Join(problems, "\n"))
 	}
 }
+
+// TestSystemdSyscallFilter checks that the unit's SystemCallFilter lets the
+// gateway make every system call its relay depends on: a filtered call
+// kills the process with SIGSYS (splice, pipes and their size, the
+// queued-bytes ioctl, the room poll, the poller, the file limit).
+func TestSystemdSyscallFilter(t *testing.T) {
+	sa, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed")
+	}
+	unit, err := os.ReadFile("../../deploy/systemd/defender-gateway.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// expand lists a syscall group's members, nested groups included.
+	var expand func(group string, into map[string]bool)
+	expand = func(group string, into map[string]bool) {
+		out, err := exec.Command(sa, "syscall-filter", group).Output()
+		if err != nil {
+			t.Fatalf("systemd-analyze syscall-filter %s: %v", group, err)
+		}
+		for _, l := range strings.Split(string(out), "\n")[1:] {
+			f := strings.Fields(l)
+			switch {
+			case len(f) == 0 || strings.HasPrefix(f[0], "#"):
+			case strings.HasPrefix(f[0], "@"):
+				expand(f[0], into)
+			default:
+				into[f[0]] = true
+			}
+		}
+	}
+	allowed, denied := map[string]bool{}, map[string]bool{}
+	for _, l := range strings.Split(string(unit), "\n") {
+		v, ok := strings.CutPrefix(strings.TrimSpace(l), "SystemCallFilter=")
+		if !ok {
+			continue
+		}
+		into := allowed
+		if v, ok = strings.CutPrefix(v, "~"); ok {
+			into = denied
+		}
+		for _, name := range strings.Fields(v) {
+			if strings.HasPrefix(name, "@") {
+				expand(name, into)
+			} else {
+				into[name] = true
+			}
+		}
+	}
+	if len(allowed) == 0 {
+		t.Fatal("unit has no allow-list SystemCallFilter")
+	}
+	for _, sc := range []string{"splice", "pipe2", "fcntl", "ioctl", "ppoll", "poll", "read", "write", "recvfrom",
+		"sendto", "shutdown", "close", "epoll_pwait", "epoll_ctl", "accept4", "connect", "setsockopt", "prlimit64"} {
+		if !allowed[sc] || denied[sc] {
+			t.Errorf("SystemCallFilter: %s allowed = %v, denied = %v; the gateway needs it", sc, allowed[sc], denied[sc])
+		}
+	}
+}
