@@ -319,6 +319,7 @@ func TestServeBinaryBadConfig(t *testing.T) {
 		{"inspect cert without key", []string{"GATEWAY_INSPECT_CA_CERT=/x.pem"}, "GATEWAY_INSPECT_CA_KEY"},
 		{"bad blob scope", []string{"GATEWAY_BLOB_SCOPE=some"}, "GATEWAY_BLOB_SCOPE"},
 		{"bad tunnel copy", []string{"GATEWAY_TUNNEL_COPY=sendfile"}, "GATEWAY_TUNNEL_COPY"},
+		{"bad pprof switch", []string{"GATEWAY_PPROF=maybe"}, "GATEWAY_PPROF"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

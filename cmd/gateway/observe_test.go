@@ -292,3 +292,27 @@ func TestAccessLogFile(t *testing.T) {
 		t.Errorf("event written to the rotated file")
 	}
 }
+
+// TestPprofSwitch checks GATEWAY_PPROF end to end: profiles on the admin
+// listener only when switched on, never on the proxy port.
+func TestPprofSwitch(t *testing.T) {
+	dns := testutil.NewDNS(t)
+	for _, tt := range []struct {
+		name      string
+		env       []string
+		wantAdmin int
+	}{
+		{"default off", nil, 404},
+		{"on", []string{"GATEWAY_PPROF=true"}, 200},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			g := startGateway(t, append([]string{"GATEWAY_GEOGRAPHIES=EU", "GATEWAY_DNS_SERVERS=" + dns.Addr}, tt.env...)...)
+			if code, body := httpGet(t, "http://"+g.admin+"/debug/pprof/goroutine?debug=1"); code != tt.wantAdmin {
+				t.Errorf("admin /debug/pprof/goroutine = %d %.60q; want %d", code, body, tt.wantAdmin)
+			}
+			if code, _ := httpGet(t, "http://"+g.addr+"/debug/pprof/goroutine?debug=1"); code != 404 {
+				t.Errorf("proxy port /debug/pprof/goroutine = %d; want 404", code)
+			}
+		})
+	}
+}
