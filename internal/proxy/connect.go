@@ -67,7 +67,7 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 		connDone()
 		return
 	}
-	ev := tunnelEvent{req: req, st: st}
+	ev := tunnelEvent{method: req.Method, client: clientAddr(req), st: st}
 	var upstream net.Conn
 	if st.decision.NoSNICheck {
 		// Nothing to verify: connect first, so a failure still gets a
@@ -127,9 +127,6 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 		}
 	}
 	ev.remote = upstream.RemoteAddr().String()
-	// The tunnel outlives this handler: keep only what its end reports,
-	// not the request with its headers.
-	ev.req = &http.Request{Method: req.Method, RemoteAddr: req.RemoteAddr}
 	s.tunnels.add(client, upstream)
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.TunnelOpened(st.mode.String())
@@ -154,7 +151,7 @@ func (s *Server) tunnelEnded(ev tunnelEvent) {
 			ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration)
 	}
 	s.logTunnelClosed(ev)
-	e := newEvent(successAction(st), ev.req, st)
+	e := newEvent(successAction(st), &http.Request{Method: ev.method, RemoteAddr: ev.client}, st)
 	e.Status, e.RemoteIP = http.StatusOK, addrOnly(ev.remote)
 	e.Fields.TLS, e.Fields.SNI = st.mode.String(), ev.sni
 	e.Fields.BytesUp, e.Fields.BytesDown, e.Fields.Duration = ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration
@@ -176,9 +173,11 @@ func (s *Server) dialChecked(req *http.Request, st *reqState) (net.Conn, error) 
 	return c, err
 }
 
-// tunnelEvent is what the logs say about one tunnel.
+// tunnelEvent is what the logs say about one tunnel. The tunnel outlives
+// its handler, so it keeps only what its end reports, not the request.
 type tunnelEvent struct {
-	req    *http.Request
+	method string
+	client string // the client's address
 	st     *reqState
 	sni    string
 	remote string
@@ -187,7 +186,7 @@ type tunnelEvent struct {
 }
 
 func (e *tunnelEvent) attrs() []any {
-	return []any{"client", clientAddr(e.req), "target", e.st.target.HostPort(), "rule", e.st.decision.RuleID(),
+	return []any{"client", e.client, "target", e.st.target.HostPort(), "rule", e.st.decision.RuleID(),
 		"service", e.st.decision.Service(), "geography", e.st.decision.Geography(), "tls", e.st.mode.String(),
 		"sni", e.sni, "user", e.st.user}
 }
