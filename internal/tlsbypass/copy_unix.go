@@ -76,14 +76,13 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 			}
 		}
 		if err := raw.Read(fill); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if err := r.expired(); err != nil {
-					return n, err
-				}
-				src.SetReadDeadline(r.readDeadline())
-				continue
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				return n, err
 			}
-			return n, err
+			if err := r.readTimedOut(src); err != nil {
+				return n, err
+			}
+			continue
 		}
 		if f.err != nil {
 			return n, &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(),
@@ -95,7 +94,10 @@ func (r *relay) copy(dst, src net.Conn) (n int64, err error) {
 			return n, nil
 		}
 		flowing = f.n == len(*f.bp)
-		start := time.Now()
+		var start time.Time
+		if flowing && !stalled {
+			start = time.Now() // only a flowing transfer can stall
+		}
 		nw, err := r.write(dst, (*f.bp)[:f.n])
 		f.release()
 		stalled = flowing && (stalled || time.Since(start) > stallAfter)
@@ -146,10 +148,7 @@ func (r *relay) waitRoom(dst net.Conn, w *roomWaiter) error {
 	dst.SetWriteDeadline(r.writeDeadline())
 	err := w.raw.Write(w.room)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		if err := r.expired(); err != nil {
-			return err
-		}
-		return errIdle // the peer stopped reading for a whole idle period
+		return r.writeTimedOut()
 	}
 	return nil // other errors are for the write to report
 }

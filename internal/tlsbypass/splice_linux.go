@@ -82,15 +82,10 @@ func (r *relay) splice(sp *splicer) (queued int, spliced bool, n int64, err erro
 	if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
 		return sp.queued, true, n, err
 	}
-	if err := r.expired(); err != nil {
-		return sp.queued, true, n, err
-	}
+	// ReadFrom both reads and writes: tell which deadline fired.
 	if !wd.IsZero() && !time.Now().Before(wd) {
-		// The peer stopped reading for a whole idle period.
-		return sp.queued, true, n, errIdle
+		return sp.queued, true, n, r.writeTimedOut()
 	}
-	// ReadFrom both reads and writes: the source's read deadline passed
-	// (it is renewed only on waits), not the destination's write deadline.
-	sp.src.SetReadDeadline(r.readDeadline())
-	return sp.queued, true, n, nil
+	// The source's read deadline (renewed only on waits).
+	return sp.queued, true, n, r.readTimedOut(sp.src)
 }

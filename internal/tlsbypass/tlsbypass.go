@@ -225,6 +225,27 @@ func (r *relay) expired() error {
 	return nil
 }
 
+// readTimedOut handles a read deadline that fired on src: the idle limit or
+// the half-close linger ends the direction, otherwise (bytes moved the other
+// way meanwhile) the deadline is renewed and the direction reads on.
+func (r *relay) readTimedOut(src net.Conn) error {
+	if err := r.expired(); err != nil {
+		return err
+	}
+	src.SetReadDeadline(r.readDeadline())
+	return nil
+}
+
+// writeTimedOut is the error that ends a direction whose write deadline
+// fired: the half-close linger, or else the peer stopped reading for a whole
+// idle period.
+func (r *relay) writeTimedOut() error {
+	if err := r.expired(); err != nil {
+		return err
+	}
+	return errIdle
+}
+
 // finished is called when the direction reading src (and writing to other)
 // has ended. A clean end (EOF) starts the half-close linger on the other
 // direction, which reads other and writes src: both its reads and its writes
@@ -274,10 +295,9 @@ func (r *relay) copyConn(dst, src net.Conn) (n int64, err error) {
 			r.closeWrite(dst)
 			return n, nil
 		case errors.Is(rerr, os.ErrDeadlineExceeded):
-			if err := r.expired(); err != nil {
+			if err := r.readTimedOut(src); err != nil {
 				return n, err
 			}
-			src.SetReadDeadline(r.readDeadline())
 		default:
 			return n, rerr
 		}
@@ -292,10 +312,7 @@ func (r *relay) write(dst net.Conn, p []byte) (int, error) {
 	dst.SetWriteDeadline(r.writeDeadline())
 	n, err := dst.Write(p)
 	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-		if err := r.expired(); err != nil {
-			return n, err
-		}
-		return n, errIdle
+		return n, r.writeTimedOut()
 	}
 	return n, err
 }
