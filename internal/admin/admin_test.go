@@ -12,7 +12,9 @@ import (
 	"github.com/defendergw/gateway/internal/allowlist"
 )
 
-func TestHandler(t *testing.T) {
+// euPolicy is the embedded catalog for an EU gateway.
+func euPolicy(t *testing.T) *allowlist.Policy {
+	t.Helper()
 	cat, err := allowlist.Embedded()
 	if err != nil {
 		t.Fatal(err)
@@ -21,6 +23,11 @@ func TestHandler(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+func TestHandler(t *testing.T) {
+	p := euPolicy(t)
 	var notReady error
 	srv := httptest.NewServer(Handler(Options{
 		Policy:  func() *allowlist.Policy { return p },
@@ -81,14 +88,7 @@ func TestHandler(t *testing.T) {
 
 // TestProfiling checks that runtime profiles are served only when enabled.
 func TestProfiling(t *testing.T) {
-	cat, err := allowlist.Embedded()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := allowlist.NewPolicy(cat, allowlist.Options{Geographies: []allowlist.Geography{allowlist.EU}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := euPolicy(t)
 	for _, tt := range []struct {
 		name      string
 		profiling bool
