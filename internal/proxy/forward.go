@@ -14,6 +14,7 @@ import (
 
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/tlsbypass"
+	"github.com/defendergw/gateway/internal/upstream"
 )
 
 // hopByHop are the header fields a proxy must not forward (RFC 9110 §7.6.1),
@@ -128,7 +129,13 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 		}}
 		r = r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
 	}
-	resp, err := s.tr.RoundTrip(r)
+	var resp *http.Response
+	var err error
+	if upstream.Handles(r) {
+		resp, err = s.h1.RoundTrip(r)
+	} else {
+		resp, err = s.tr.RoundTrip(r)
+	}
 	if br, ok := r.Body.(*bodyReader); ok && err != nil && br.err != nil {
 		// The client's body was malformed, not the upstream unreachable.
 		err = fmt.Errorf("%w: %w", errBadBody, br.err)

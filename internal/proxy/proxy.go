@@ -32,6 +32,7 @@ import (
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/tlsbypass"
+	"github.com/defendergw/gateway/internal/upstream"
 )
 
 // Dialer reaches destinations, dialing only addresses it has checked
@@ -119,6 +120,7 @@ type Server struct {
 	opts    Options
 	gp      *goproxy.ProxyHttpServer
 	tr      *http.Transport
+	h1      *upstream.Client // bodiless plain-HTTP requests (upstream.Handles)
 	log     *slog.Logger
 	tunnels tunnels
 	// connect takes a CONNECT over (refusal or raw tunnel); mitm inspects it.
@@ -169,6 +171,15 @@ func New(opts Options) (*Server, error) {
 		DisableCompression:     true, // relay bodies as the origin sent them
 		MaxResponseHeaderBytes: 64 << 10,
 	}
+	s.h1 = upstream.New(upstream.Options{
+		DialContext:            opts.Dialer.DialContext,
+		DialTimeout:            opts.DialTimeout,
+		ResponseHeaderTimeout:  opts.ResponseHeaderTimeout,
+		MaxResponseHeaderBytes: int(s.tr.MaxResponseHeaderBytes),
+		IdleTimeout:            s.tr.IdleConnTimeout,
+		MaxIdle:                s.tr.MaxIdleConns,
+		MaxIdlePerHost:         s.tr.MaxIdleConnsPerHost,
+	})
 	gp := goproxy.NewProxyHttpServer()
 	gp.Verbose = false
 	gp.Logger = log.New(io.Discard, "", 0)
@@ -188,7 +199,10 @@ func New(opts Options) (*Server, error) {
 }
 
 // Close releases idle upstream connections.
-func (s *Server) Close() { s.tr.CloseIdleConnections() }
+func (s *Server) Close() {
+	s.tr.CloseIdleConnections()
+	s.h1.CloseIdleConnections()
+}
 
 // serveSelf answers origin-form requests addressed to the gateway itself:
 // the PAC/WPAD file and a short page.
