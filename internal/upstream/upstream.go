@@ -346,9 +346,9 @@ type body struct {
 }
 
 const (
-	bodyOpen int32 = iota
-	bodyDone       // read to EOF or failed; the connection is released
-	bodyClosed     // closed by the caller before EOF
+	bodyOpen   int32 = iota
+	bodyDone         // read to EOF or failed; the connection is released
+	bodyClosed       // closed by the caller before EOF
 )
 
 func (b *body) Read(p []byte) (int, error) {
