@@ -48,6 +48,7 @@ type Config struct {
 	BlobScope                string        `env:"BLOB_SCOPE" envDefault:"wildcard"`
 	ClientHelloTimeout       time.Duration `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
 	TunnelCopy               string        `env:"TUNNEL_COPY" envDefault:"splice"`
+	TCPKeepAlive             time.Duration `env:"TCP_KEEPALIVE" envDefault:"30s"`
 	InspectCACert            string        `env:"INSPECT_CA_CERT"`
 	InspectCAKey             string        `env:"INSPECT_CA_KEY"`
 	InspectLeafValidity      time.Duration `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
@@ -217,6 +218,11 @@ func (c *Config) validate() error {
 	case "buffer", "splice":
 	default:
 		return fmt.Errorf("GATEWAY_TUNNEL_COPY: must be buffer or splice, got %q", c.TunnelCopy)
+	}
+	// Linux takes TCP_KEEPIDLE and TCP_KEEPINTVL in whole seconds, at most
+	// 32767 (MAX_TCP_KEEPIDLE, tcp(7)).
+	if c.TCPKeepAlive != 0 && (c.TCPKeepAlive < time.Second || c.TCPKeepAlive > 32767*time.Second) {
+		return fmt.Errorf("GATEWAY_TCP_KEEPALIVE: must be 0 (off) or between 1s and 9h6m7s, got %s", c.TCPKeepAlive)
 	}
 	if c.ClientHelloTimeout <= 0 {
 		return fmt.Errorf("GATEWAY_CLIENT_HELLO_TIMEOUT: must be a positive duration, got %s", c.ClientHelloTimeout)

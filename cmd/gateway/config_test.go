@@ -57,6 +57,11 @@ func TestLoadConfig(t *testing.T) {
 		{"log format", map[string]string{"GATEWAY_LOG_FORMAT": "xml"}, "GATEWAY_LOG_FORMAT"},
 		{"log level", map[string]string{"GATEWAY_LOG_LEVEL": "loud"}, "GATEWAY_LOG_LEVEL"},
 		{"ttl order", map[string]string{"GATEWAY_DNS_MIN_TTL": "10m"}, "GATEWAY_DNS_MIN_TTL"},
+		{"keep-alive off", map[string]string{"GATEWAY_TCP_KEEPALIVE": "0"}, ""},
+		{"keep-alive negative", map[string]string{"GATEWAY_TCP_KEEPALIVE": "-30s"}, "GATEWAY_TCP_KEEPALIVE"},
+		{"keep-alive below a second", map[string]string{"GATEWAY_TCP_KEEPALIVE": "500ms"}, "GATEWAY_TCP_KEEPALIVE"},
+		{"keep-alive beyond the kernel's limit", map[string]string{"GATEWAY_TCP_KEEPALIVE": "10h"}, "GATEWAY_TCP_KEEPALIVE"},
+		{"keep-alive not a duration", map[string]string{"GATEWAY_TCP_KEEPALIVE": "on"}, "GATEWAY_TCP_KEEPALIVE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

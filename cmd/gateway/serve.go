@@ -136,7 +136,9 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 			return nil, fmt.Errorf("GATEWAY_ACCESS_LOG: %w", err)
 		}
 	}
-	if g.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+	kaPeriod, kaConfig := tcpKeepAlive(cfg.TCPKeepAlive)
+	lc := net.ListenConfig{KeepAlive: kaPeriod, KeepAliveConfig: kaConfig}
+	if g.ln, err = lc.Listen(context.Background(), "tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("GATEWAY_LISTEN: %w", err)
 	}
 	self := []netip.AddrPort{addrPort(g.ln.Addr())}
@@ -149,10 +151,12 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 	opts := proxy.Options{
 		Policy: g.policy.Load,
 		Dialer: &resolver.Dialer{
-			Resolver: g.res,
-			Policy:   &resolver.Policy{AllowPrivate: cfg.allowPrivate, Self: self},
-			Timeout:  cfg.DialTimeout,
-			Observe:  func(d time.Duration, err error) { g.metrics.Dial(d, dialKind(err)) },
+			Resolver:        g.res,
+			Policy:          &resolver.Policy{AllowPrivate: cfg.allowPrivate, Self: self},
+			Timeout:         cfg.DialTimeout,
+			Observe:         func(d time.Duration, err error) { g.metrics.Dial(d, dialKind(err)) },
+			KeepAlive:       kaPeriod,
+			KeepAliveConfig: kaConfig,
 		},
 		Logger:                logger,
 		DialTimeout:           cfg.DialTimeout + cfg.DNSTimeout,
@@ -419,6 +423,20 @@ func (g *gateway) close() {
 
 // compile-time check that the minter satisfies the proxy's interface.
 var _ proxy.Inspector = (*inspect.Minter)(nil)
+
+// tcpKeepAlive turns GATEWAY_TCP_KEEPALIVE into the net package's settings
+// for client and upstream sockets: a probe after d of silence and every d
+// after that, the kernel's probe count (9 on Linux), or no probes for 0.
+// Defender tunnels sit idle for long stretches: probes find endpoints that
+// vanished (a laptop leaving the network) long before GATEWAY_IDLE_TIMEOUT,
+// and keep NAT and firewall state alive on the way out (Azure Load
+// Balancer drops flows idle for 4 minutes by default).
+func tcpKeepAlive(d time.Duration) (time.Duration, net.KeepAliveConfig) {
+	if d <= 0 {
+		return -1, net.KeepAliveConfig{}
+	}
+	return d, net.KeepAliveConfig{Enable: true, Idle: d, Interval: d, Count: -1}
+}
 
 // splicePipes bounds the pipes that GATEWAY_TUNNEL_COPY=splice may hold at
 // once: 16 per CPU keeps every CPU splicing while tunnels wait on slow

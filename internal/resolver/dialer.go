@@ -28,6 +28,12 @@ type Dialer struct {
 	// connecting took and its error (nil on success); if nil, nothing is
 	// reported.
 	Observe func(d time.Duration, err error)
+	// KeepAlive and KeepAliveConfig set TCP keep-alive on dialed
+	// connections exactly as net.Dialer's fields of the same names do: the
+	// zero values mean Go's default (probes after 15 s idle), a negative
+	// KeepAlive with Enable false means none.
+	KeepAlive       time.Duration
+	KeepAliveConfig net.KeepAliveConfig
 
 	// dial replaces net.Dialer.DialContext in tests (to assert that only
 	// loopback addresses are ever dialed).
@@ -193,7 +199,7 @@ func (d *Dialer) dialOne(ctx context.Context, ap netip.AddrPort, remaining int) 
 	if d.dial != nil {
 		return d.dial(ctx, network, ap.String())
 	}
-	var nd net.Dialer
+	nd := net.Dialer{KeepAlive: d.KeepAlive, KeepAliveConfig: d.KeepAliveConfig}
 	return nd.DialContext(ctx, network, ap.String())
 }
 
