@@ -290,11 +290,19 @@ func (h *harness) isolated(t *target, name string, args ...string) (string, []st
 	if err := os.WriteFile(hosts, []byte(fmt.Sprintf("127.0.0.1 localhost %s %s\n", plainHost, tlsHost)), 0o644); err != nil {
 		return "", nil, err
 	}
-	if err := os.WriteFile(resolv, []byte("nameserver 127.0.0.1\n"), 0o644); err != nil {
+	if err := os.WriteFile(resolv, []byte("nameserver "+h.nameserver()+"\n"), 0o644); err != nil {
 		return "", nil, err
 	}
 	script := `mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && shift 2 && exec "$@"`
 	return unshare, append([]string{"--mount", "--propagation", "private", "sh", "-c", script, "sh", hosts, resolv, bin}, args...), nil
+}
+
+// nameserver is the DNS server for Squid and tinyproxy (port 53 only).
+func (h *harness) nameserver() string {
+	if h.up.dnsPort53 != "" {
+		return h.up.dnsPort53
+	}
+	return "127.0.0.1"
 }
 
 // probeIsolation checks once that a private mount namespace can be made.
@@ -329,7 +337,7 @@ pid_filename %[2]s/squid.pid
 coredump_dir %[2]s
 visible_hostname bench-squid
 hosts_file %[2]s/hosts
-dns_nameservers 127.0.0.1
+dns_nameservers %[8]s
 icp_port 0
 htcp_port 0
 pinger_enable off
@@ -342,7 +350,7 @@ acl bench_ports port %[5]d %[6]d %[7]d
 http_access allow CONNECT bench bench_ports
 http_access allow bench bench_ports
 http_access deny all
-`, port, t.dir, plainHost, tlsHost, h.up.tcpPort, h.up.tlsPort, h.up.httpPort)
+`, port, t.dir, plainHost, tlsHost, h.up.tcpPort, h.up.tlsPort, h.up.httpPort, h.nameserver())
 	confFile := filepath.Join(t.dir, "squid.conf")
 	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
 		return err

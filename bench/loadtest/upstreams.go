@@ -33,6 +33,9 @@ func srcAddr() *net.TCPAddr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+n%250))}
 }
 
+// dnsPort53Addr is outside srcAddr's range, so no client uses it.
+const dnsPort53Addr = "127.0.0.252"
+
 // dialLoopback dials addr, which must be a 127.0.0.0/8 address: the harness
 // never sends a byte anywhere else.
 func dialLoopback(ctx context.Context, addr string) (net.Conn, error) {
@@ -132,8 +135,12 @@ func acceptLoop(l net.Listener, serve func(net.Conn)) {
 type upstreams struct {
 	tcpPort, tlsPort, httpPort int
 	dnsAddr                    string
-	clientTLS                  *tls.Config
-	closers                    []io.Closer
+	// dnsPort53 is a loopback address where the same DNS server also
+	// answers on port 53, or "" when it could not be bound (not root).
+	// Squid and tinyproxy can only be pointed at port 53.
+	dnsPort53 string
+	clientTLS *tls.Config
+	closers   []io.Closer
 }
 
 func (u *upstreams) tcpAddr() string  { return fmt.Sprintf("127.0.0.1:%d", u.tcpPort) }
@@ -221,6 +228,24 @@ func startUpstreams() (*upstreams, error) {
 		dt := &dns.Server{Listener: tcpl, Handler: mux}
 		u.closers = append(u.closers, closerFunc(func() error { return dt.Shutdown() }))
 		go func() { _ = dt.ActivateAndServe() }()
+	}
+	// Squid looks up a PTR record for client addresses. Against a server
+	// that never answers, its pending queries pile up and every new query
+	// ID is checked against all of them (idnsQueryID): its tunnel rate
+	// halved from one round to the next. A real deployment has a resolver
+	// that answers, so the harness gives Squid and tinyproxy one too.
+	if pc53, err := net.ListenPacket("udp", dnsPort53Addr+":53"); err == nil {
+		ds53 := &dns.Server{PacketConn: pc53, Handler: mux}
+		u.closers = append(u.closers, closerFunc(func() error { return ds53.Shutdown() }))
+		go func() { _ = ds53.ActivateAndServe() }()
+		if tcpl, err := net.Listen("tcp", dnsPort53Addr+":53"); err == nil {
+			dt := &dns.Server{Listener: tcpl, Handler: mux}
+			u.closers = append(u.closers, closerFunc(func() error { return dt.Shutdown() }))
+			go func() { _ = dt.ActivateAndServe() }()
+		}
+		u.dnsPort53 = dnsPort53Addr
+	} else {
+		logf("DNS on %s:53 unavailable (%v): Squid and tinyproxy get a resolver that never answers", dnsPort53Addr, err)
 	}
 	return u, nil
 }
