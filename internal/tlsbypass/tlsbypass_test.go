@@ -806,3 +806,53 @@ func BenchmarkDirectCopy(b *testing.B) {
 		})
 	}
 }
+
+func TestRelayStaleWriteDeadline(t *testing.T) { eachCopy(t, testRelayStaleWriteDeadline) }
+
+// testRelayStaleWriteDeadline: a write that had to wait for a slow reader
+// arms a write deadline one idle period ahead. Once the reader caught up,
+// that deadline must not end a tunnel that keeps moving bytes past it:
+// writes that do not wait carry no deadline of their own, so the relay has
+// to renew an expired one rather than fail.
+func testRelayStaleWriteDeadline(t *testing.T, pipes *Pipes) {
+	const (
+		idle  = 400 * time.Millisecond
+		bulk  = 16 << 20
+		every = 100 * time.Millisecond
+		msgs  = 8 // 800 ms of steady traffic, twice the idle period
+	)
+	tn := newTunnelCopy(t, pipes)
+	ch := tn.relay(nil, Options{IdleTimeout: idle, HalfCloseTimeout: ioBound})
+	want := randBytes(7, bulk)
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- writeAll(tn.client, want) }()
+	// The upstream reads nothing for a while: the relay's write fills the
+	// socket buffers and waits, arming a deadline.
+	time.Sleep(every)
+	got, err := readFull(tn.upstream, bulk)
+	if err != nil {
+		t.Fatalf("upstream read of the bulk: %v", err)
+	}
+	if d := bytesDiff(got, want); d != "" {
+		t.Fatalf("upstream received %s", d)
+	}
+	if err := <-sendErr; err != nil {
+		t.Fatalf("client write of the bulk: %v", err)
+	}
+	for m := range msgs {
+		time.Sleep(every)
+		msg := randBytes(uint64(100+m), 64)
+		if err := writeAll(tn.client, msg); err != nil {
+			t.Fatalf("client write %d: %v", m, err)
+		}
+		if got, err := readFull(tn.upstream, len(msg)); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("message %d of %d (%d ms after the bulk) did not cross: %v", m+1, msgs, (m+1)*int(every/time.Millisecond), err)
+		}
+	}
+	tn.client.CloseWrite()
+	tn.upstream.CloseWrite()
+	st, ok := tn.wait(t, ch, bound)
+	if ok && st.Err != nil {
+		t.Errorf("Stats Err = %v, want a clean end", st.Err)
+	}
+}
