@@ -137,7 +137,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		}
 	}
 	kaPeriod, kaConfig := tcpKeepAlive(cfg.TCPKeepAlive)
-	lc := net.ListenConfig{KeepAlive: kaPeriod, KeepAliveConfig: kaConfig}
+	lc := listenConfig(cfg.TCPKeepAlive)
 	if g.ln, err = lc.Listen(context.Background(), "tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("GATEWAY_LISTEN: %w", err)
 	}

@@ -1,0 +1,15 @@
+//go:build !linux
+
+package main
+
+import (
+	"net"
+	"time"
+)
+
+// listenConfig lets the net package set GATEWAY_TCP_KEEPALIVE on every
+// accepted connection.
+func listenConfig(keepAlive time.Duration) net.ListenConfig {
+	period, cfg := tcpKeepAlive(keepAlive)
+	return net.ListenConfig{KeepAlive: period, KeepAliveConfig: cfg}
+}
