@@ -24,6 +24,7 @@ targets=(
   ./internal/allowlist/:FuzzParseRules
   ./internal/tlsbypass/:FuzzPeekClientHello
   ./internal/proxy/:FuzzRequest
+  ./internal/upstream/:FuzzResponse
 )
 
 want=("$@")

@@ -15,7 +15,11 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // origin is a scripted HTTP/1.1 server on loopback: answer writes the raw
 // response to each request (conn and req count from 0) and reports whether
