@@ -205,7 +205,7 @@ type conn struct {
 	reused bool
 	idleAt time.Time
 
-	lr limitReader
+	lr io.LimitedReader // reports EOF at MaxResponseHeaderBytes while headers are read
 	br *bufio.Reader
 }
 
@@ -219,6 +219,7 @@ func (pc *conn) roundTrip(ctx context.Context, r *http.Request, opts Options) (*
 	// Closing the connection is the one cancellation that cannot be undone
 	// by a later SetDeadline; the error is reported as ctx's.
 	stop := context.AfterFunc(ctx, func() { pc.nc.Close() })
+	pc.lr = io.LimitedReader{R: pc.nc, N: int64(opts.MaxResponseHeaderBytes)}
 	if opts.ResponseHeaderTimeout > 0 {
 		pc.nc.SetDeadline(time.Now().Add(opts.ResponseHeaderTimeout))
 	}
@@ -236,14 +237,13 @@ func (pc *conn) roundTrip(ctx context.Context, r *http.Request, opts Options) (*
 		return nil, fmt.Errorf("write request: %w", err)
 	}
 
-	pc.lr = limitReader{r: pc.nc, n: int64(opts.MaxResponseHeaderBytes)}
 	pc.br = readers.Get().(*bufio.Reader)
 	pc.br.Reset(&pc.lr)
 	var resp *http.Response
 	for interim := 0; ; interim++ {
 		resp, err = http.ReadResponse(pc.br, r)
 		if err != nil {
-			if pc.lr.n <= 0 {
+			if pc.lr.N <= 0 {
 				err = fmt.Errorf("%w (over %d bytes)", errHeaderTooLarge, opts.MaxResponseHeaderBytes)
 			}
 			break
@@ -266,7 +266,7 @@ func (pc *conn) roundTrip(ctx context.Context, r *http.Request, opts Options) (*
 		pc.close()
 		return nil, fmt.Errorf("read response: %w", err)
 	}
-	pc.lr.n = 1<<63 - 1
+	pc.lr.N = 1<<63 - 1 // the body is framed by the response, not by us
 	if opts.ResponseHeaderTimeout > 0 {
 		pc.nc.SetDeadline(time.Time{})
 	}
@@ -281,7 +281,7 @@ func (pc *conn) roundTrip(ctx context.Context, r *http.Request, opts Options) (*
 
 // nothingRead reports whether the failed request got no byte of response.
 func (pc *conn) nothingRead() bool {
-	return pc.lr.n == int64(pc.client.opts.MaxResponseHeaderBytes)
+	return pc.lr.N == int64(pc.client.opts.MaxResponseHeaderBytes)
 }
 
 // release ends a request: the connection goes back to the pool when the
@@ -313,26 +313,6 @@ func (pc *conn) close() {
 	}
 }
 
-// limitReader is io.LimitedReader that reports EOF at the limit, so the
-// header read stops at MaxResponseHeaderBytes; the limit is lifted for the
-// body.
-type limitReader struct {
-	r net.Conn
-	n int64
-}
-
-func (l *limitReader) Read(p []byte) (int, error) {
-	if l.n <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > l.n {
-		p = p[:l.n]
-	}
-	n, err := l.r.Read(p)
-	l.n -= int64(n)
-	return n, err
-}
-
 // body is a response body that returns its connection to the pool at EOF.
 // Read and Close may be called concurrently (Close unblocks a Read).
 type body struct {
@@ -358,7 +338,6 @@ func (b *body) Read(p []byte) (int, error) {
 	case bodyDone:
 		return 0, b.err
 	case bodyClosed:
-		b.pc.close()
 		return 0, errBodyClosed
 	}
 	n, err := b.rc.Read(p)
@@ -366,8 +345,7 @@ func (b *body) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if !b.state.CompareAndSwap(bodyOpen, bodyDone) {
-		b.pc.close() // Close won the race and closed the socket
-		return n, errBodyClosed
+		return n, errBodyClosed // Close won the race; it releases the buffer once this returns
 	}
 	b.err = err
 	if err == io.EOF {

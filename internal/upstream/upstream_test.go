@@ -259,11 +259,19 @@ func TestStaleConnection(t *testing.T) {
 	})
 	for _, tc := range []struct {
 		method    string
+		reset     bool // close with RST (SO_LINGER 0) rather than FIN
 		wantRetry bool
-	}{{"GET", true}, {"HEAD", true}, {"POST", false}} {
-		t.Run("closed as the request arrives/"+tc.method, func(t *testing.T) {
+	}{{"GET", false, true}, {"HEAD", false, true}, {"POST", false, false}, {"GET", true, true}, {"POST", true, false}} {
+		how := "closed"
+		if tc.reset {
+			how = "reset"
+		}
+		t.Run(how+" as the request arrives/"+tc.method, func(t *testing.T) {
 			o := newOrigin(t, func(c net.Conn, _ *http.Request, _, req int) bool {
 				if req == 1 {
+					if tc.reset {
+						c.(*net.TCPConn).SetLinger(0)
+					}
 					return false // read the second request, then close
 				}
 				io.WriteString(c, ok)
@@ -273,8 +281,8 @@ func TestStaleConnection(t *testing.T) {
 			for i := range 2 {
 				_, _, err := get(t, c, tc.method, o.url("/"))
 				if i == 1 && !tc.wantRetry {
-					if err == nil || !strings.Contains(err.Error(), "EOF") {
-						t.Fatalf("%s on a connection closed under it: got %v, want an EOF error, not a retry", tc.method, err)
+					if err == nil || !isClosedConn(err) {
+						t.Fatalf("%s on a connection %s under it: got %v, want EOF or a reset, not a retry", tc.method, how, err)
 					}
 					return
 				}
