@@ -13,7 +13,6 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/defendergw/gateway/internal/testutil"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
@@ -84,21 +83,13 @@ func TestFaultsDNS(t *testing.T) {
 func TestFaultsUpstream(t *testing.T) {
 	t.Run("upstream resets mid-stream", func(t *testing.T) {
 		w := newWorld(t, worldOptions{geos: eu})
-		up := testutil.Listen(t, "127.0.0.1:0")
-		go func() {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
+		w.upstreamOnce(t, 443, func(c net.Conn) {
 			time.Sleep(100 * time.Millisecond) // the tunnel is relaying by now
 			c.Write([]byte("partial"))
 			time.Sleep(50 * time.Millisecond)
 			c.(*net.TCPConn).SetLinger(0)
 			c.Close() // RST
-		}()
-		w.mu.Lock()
-		w.portMap[443] = up.Port()
-		w.mu.Unlock()
+		})
 		base := openFDs(t)
 		within(t, 3*time.Second, "closing after an upstream reset", func() {
 			c, resp := w.connect("raw.lab.test:443", nil)
@@ -116,19 +107,11 @@ func TestFaultsUpstream(t *testing.T) {
 	})
 	t.Run("upstream sends enormous response headers", func(t *testing.T) {
 		w := newWorld(t, worldOptions{geos: eu})
-		up := testutil.Listen(t, "127.0.0.1:0")
-		go func() {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
+		w.upstreamOnce(t, 80, func(c net.Conn) {
 			defer c.Close()
 			bufio.NewReader(c).ReadString('\n')
 			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Huge: %s\r\n\r\n", strings.Repeat("a", 1<<20))
-		}()
-		w.mu.Lock()
-		w.portMap[80] = up.Port()
-		w.mu.Unlock()
+		})
 		within(t, 5*time.Second, "refusing huge headers", func() {
 			resp, err := w.client().Get("http://crl.microsoft.com/pki/crl/products/huge.crl")
 			if err != nil {
@@ -142,12 +125,7 @@ func TestFaultsUpstream(t *testing.T) {
 	})
 	t.Run("upstream ignores Expect 100-continue", func(t *testing.T) {
 		w := newWorld(t, worldOptions{geos: eu})
-		up := testutil.Listen(t, "127.0.0.1:0")
-		go func() {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
+		w.upstreamOnce(t, 80, func(c net.Conn) {
 			defer c.Close()
 			req, err := http.ReadRequest(bufio.NewReader(c))
 			if err != nil {
@@ -156,10 +134,7 @@ func TestFaultsUpstream(t *testing.T) {
 			// Never sends 100 Continue; answers once the body arrived.
 			b, _ := io.ReadAll(req.Body)
 			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(b), b)
-		}()
-		w.mu.Lock()
-		w.portMap[80] = up.Port()
-		w.mu.Unlock()
+		})
 		within(t, 5*time.Second, "a request whose upstream ignores Expect", func() {
 			req, _ := http.NewRequest("POST", "http://crl.microsoft.com/pki/crl/products/post", strings.NewReader("payload"))
 			req.Header.Set("Expect", "100-continue")
@@ -179,20 +154,12 @@ func TestFaultsUpstream(t *testing.T) {
 func TestFaultsClients(t *testing.T) {
 	t.Run("client disappears mid-tunnel", func(t *testing.T) {
 		w := newWorld(t, worldOptions{geos: eu})
-		up := testutil.Listen(t, "127.0.0.1:0")
 		upClosed := make(chan time.Time, 1)
-		go func() {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
+		w.upstreamOnce(t, 443, func(c net.Conn) {
 			io.Copy(io.Discard, c)
 			upClosed <- time.Now()
 			c.Close()
-		}()
-		w.mu.Lock()
-		w.portMap[443] = up.Port()
-		w.mu.Unlock()
+		})
 		base := openFDs(t)
 		c, resp := w.connect("raw.lab.test:443", nil)
 		if resp.StatusCode != 200 {
@@ -238,13 +205,8 @@ func TestFaultsClients(t *testing.T) {
 	})
 	t.Run("client never reads the response", func(t *testing.T) {
 		w := newWorld(t, worldOptions{geos: eu, tunnel: tlsbypass.Options{IdleTimeout: 300 * time.Millisecond}})
-		up := testutil.Listen(t, "127.0.0.1:0")
 		bodyDone := make(chan error, 1)
-		go func() {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
+		w.upstreamOnce(t, 80, func(c net.Conn) {
 			defer c.Close()
 			bufio.NewReader(c).ReadString('\n')
 			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", 64<<20)
@@ -255,10 +217,7 @@ func TestFaultsClients(t *testing.T) {
 					return
 				}
 			}
-		}()
-		w.mu.Lock()
-		w.portMap[80] = up.Port()
-		w.mu.Unlock()
+		})
 		c, err := net.Dial("tcp", w.proxyURL.Host)
 		if err != nil {
 			t.Fatal(err)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"log/slog"
 	"net"
@@ -21,6 +20,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/auth"
@@ -329,4 +330,21 @@ func readAll(t *testing.T, r io.Reader) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// upstreamOnce makes port (as the gateway dials it) reach a loopback
+// upstream that accepts one connection and hands it to serve.
+func (w *world) upstreamOnce(t *testing.T, port uint16, serve func(c net.Conn)) {
+	t.Helper()
+	up := testutil.Listen(t, "127.0.0.1:0")
+	go func() {
+		c, err := up.Accept()
+		if err != nil {
+			return
+		}
+		serve(c)
+	}()
+	w.mu.Lock()
+	w.portMap[port] = up.Port()
+	w.mu.Unlock()
 }
