@@ -8,14 +8,15 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
 )
 
 // cliFlags are the flags explain and catalog share.
 type cliFlags struct {
-	geo, rules, format string
-	all                bool
+	geo, cloud, rules, format string
+	all                       bool
 }
 
 // parseInterleaved parses flags that may appear before or after positional
@@ -43,9 +44,7 @@ func cliPolicy(f *cliFlags) (*allowlist.Policy, error) {
 // cliConfigPolicy loads the configuration and policy, with flag overrides.
 func cliConfigPolicy(f *cliFlags) (*Config, *allowlist.Policy, error) {
 	environ := environMap()
-	if f.geo != "" {
-		environ["GATEWAY_GEOGRAPHIES"] = f.geo
-	}
+	applyCloudGeo(environ, f.cloud, f.geo)
 	if f.rules != "" {
 		environ["GATEWAY_RULES_FILE"] = f.rules
 	}
@@ -61,6 +60,7 @@ func newFlagSet(name string, stderr io.Writer, f *cliFlags, defFormat string) *f
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&f.geo, "geo", "", "geographies (overrides GATEWAY_GEOGRAPHIES)")
+	fs.StringVar(&f.cloud, "cloud", "", "commercial, gcc, gcc-high or dod (overrides GATEWAY_CLOUD)")
 	fs.StringVar(&f.rules, "rules", "", "rules file (overrides GATEWAY_RULES_FILE)")
 	fs.StringVar(&f.format, "format", defFormat, "output format")
 	return fs
@@ -74,7 +74,7 @@ func explain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: gateway explain [--geo LIST] [--rules FILE] [--format text|json] URL-or-host:port")
+		fmt.Fprintln(stderr, "usage: gateway explain [--cloud C] [--geo LIST] [--rules FILE] [--format text|json] URL-or-host:port")
 		return 2
 	}
 	p, err := cliPolicy(&f)
@@ -126,11 +126,14 @@ func printExplanation(w io.Writer, e allowlist.Explanation) {
 			fmt.Fprintf(tw, "note:\tthe rule is limited to paths, which a CONNECT tunnel does not show\n")
 		}
 	}
-	fmt.Fprintf(tw, "catalog:\t%s (geographies %s)\n", e.CatalogVersion, strings.Join(e.Geographies, ","))
+	fmt.Fprintf(tw, "catalog:\t%s (cloud %s, geographies %s)\n", e.CatalogVersion, e.Cloud, strings.Join(e.Geographies, ","))
 	tw.Flush()
 }
 
 func catalog(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "import" {
+		return catalogImport(args[1:], stdout, stderr)
+	}
 	var f cliFlags
 	fs := newFlagSet("catalog", stderr, &f, "table")
 	fs.BoolVar(&f.all, "all", false, "include rows of geographies that are not configured")
@@ -139,7 +142,7 @@ func catalog(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if len(pos) != 0 {
-		fmt.Fprintln(stderr, "usage: gateway catalog [--format table|json|csv] [--all] [--geo LIST] [--rules FILE]")
+		fmt.Fprintln(stderr, "usage: gateway catalog [--format table|json|csv] [--all] [--cloud C] [--geo LIST] [--rules FILE]\n       gateway catalog import FILE... [--out FILE] [--diff] [--check]")
 		return 2
 	}
 	p, err := cliPolicy(&f)
@@ -173,7 +176,8 @@ func catalog(args []string, stdout, stderr io.Writer) int {
 		}
 		w.Flush()
 	case "table":
-		fmt.Fprintf(stdout, "# Defender catalog %s, geographies %s, %d rules\n", p.Version(), strings.Join(geos, ","), len(rules))
+		fmt.Fprintf(stdout, "# Defender catalog %s (published %s), cloud %s, geographies %s, %d rules\n", p.Version(),
+			p.Published().Format(time.DateOnly), p.Cloud(), strings.Join(geos, ","), len(rules))
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "SERVICE\tGEO\tACTION\tHOST\tPORTS\tPATHS\tREQUIRED\tTLS-EXEMPT\tANONYMOUS")
 		for _, r := range rules {
@@ -188,13 +192,40 @@ func catalog(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func printVersion(w io.Writer) int {
-	v := "(catalog unavailable)"
-	if c, err := allowlist.Embedded(); err == nil {
-		v = c.Version
+// printVersion prints the gateway's version and the catalog in force for
+// the environment's settings (GATEWAY_CATALOG_FILE, GATEWAY_CLOUD).
+func printVersion(w, stderr io.Writer) int {
+	cfg, _, err := loadConfig(environMap())
+	if err != nil {
+		fmt.Fprintf(w, "gateway %s\n", buildVersion())
+		fmt.Fprintf(stderr, "gateway: configuration: %v\n", err)
+		return 2
 	}
-	fmt.Fprintf(w, "gateway %s, catalog %s\n", buildVersion(), v)
+	cat, origin, err := cfg.loadCatalog()
+	if err != nil {
+		fmt.Fprintf(w, "gateway %s\n", buildVersion())
+		fmt.Fprintf(stderr, "gateway: %v\n", err)
+		return 2
+	}
+	fmt.Fprintf(w, "gateway %s, catalog %s (%s, published %s), cloud %s\n", buildVersion(), cat.Version, origin,
+		cat.Published.Format(time.DateOnly), cfg.Cloud)
 	return 0
+}
+
+// applyCloudGeo applies --cloud and --geo over the environment. --cloud
+// naming a government cloud sets aside GATEWAY_GEOGRAPHIES (a government
+// cloud has no data locations), unless --geo is given too, which is an
+// error loadConfig reports.
+func applyCloudGeo(environ map[string]string, cloud, geo string) {
+	if cloud != "" {
+		environ["GATEWAY_CLOUD"] = cloud
+		if c, err := allowlist.ParseCloud(cloud); err == nil && c.Government() && geo == "" {
+			delete(environ, "GATEWAY_GEOGRAPHIES")
+		}
+	}
+	if geo != "" {
+		environ["GATEWAY_GEOGRAPHIES"] = geo
+	}
 }
 
 func pathsText(p []string) string {

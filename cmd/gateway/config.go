@@ -25,56 +25,58 @@ const envPrefix = "GATEWAY_"
 
 // Config is everything the gateway reads from the environment.
 type Config struct {
-	Listen                   string        `env:"LISTEN" envDefault:"127.0.0.1:3128"`
-	Geographies              []string      `env:"GEOGRAPHIES" envSeparator:","`
-	RulesFile                string        `env:"RULES_FILE"`
-	DisabledServices         []string      `env:"DISABLED_SERVICES" envSeparator:","`
-	DNSServers               []string      `env:"DNS_SERVERS" envSeparator:","`
-	DNSTimeout               time.Duration `env:"DNS_TIMEOUT" envDefault:"2s"`
-	DNSMinTTL                time.Duration `env:"DNS_MIN_TTL" envDefault:"5s"`
-	DNSMaxTTL                time.Duration `env:"DNS_MAX_TTL" envDefault:"5m"`
-	DNSNegativeTTL           time.Duration `env:"DNS_NEGATIVE_TTL" envDefault:"5s"`
-	DNSCacheSize             int           `env:"DNS_CACHE_SIZE" envDefault:"10000"`
-	AllowPrivateDestinations []string      `env:"ALLOW_PRIVATE_DESTINATIONS" envSeparator:","`
-	ReadHeaderTimeout        time.Duration `env:"READ_HEADER_TIMEOUT" envDefault:"10s"`
-	DialTimeout              time.Duration `env:"DIAL_TIMEOUT" envDefault:"10s"`
-	ResponseHeaderTimeout    time.Duration `env:"RESPONSE_HEADER_TIMEOUT" envDefault:"30s"`
-	IdleTimeout              time.Duration `env:"IDLE_TIMEOUT" envDefault:"15m"`
-	HalfCloseTimeout         time.Duration `env:"HALF_CLOSE_TIMEOUT" envDefault:"30s"`
-	ClientIdleTimeout        time.Duration `env:"CLIENT_IDLE_TIMEOUT" envDefault:"2m"`
-	MaxHeaderBytes           int           `env:"MAX_HEADER_BYTES" envDefault:"65536"`
-	MaxConns                 int           `env:"MAX_CONNS" envDefault:"10000"`
-	MaxConnsPerClient        int           `env:"MAX_CONNS_PER_CLIENT" envDefault:"1000"`
-	BlobScope                string        `env:"BLOB_SCOPE" envDefault:"wildcard"`
-	ClientHelloTimeout       time.Duration `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
-	TunnelCopy               string        `env:"TUNNEL_COPY" envDefault:"splice"`
-	TCPKeepAlive             time.Duration `env:"TCP_KEEPALIVE" envDefault:"30s"`
-	InspectCACert            string        `env:"INSPECT_CA_CERT"`
-	InspectCAKey             string        `env:"INSPECT_CA_KEY"`
-	InspectLeafValidity      time.Duration `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
-	InspectCacheSize         int           `env:"INSPECT_CACHE_SIZE" envDefault:"1024"`
-	UpstreamCAFile           string        `env:"UPSTREAM_CA_FILE"`
-	ClientCIDRs              []string      `env:"CLIENT_CIDRS" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
-	AuthHtpasswd             string        `env:"AUTH_HTPASSWD"`
-	AuthRealm                string        `env:"AUTH_REALM" envDefault:"Defender egress gateway"`
-	AuthReloadInterval       time.Duration `env:"AUTH_RELOAD_INTERVAL" envDefault:"5s"`
-	AuthFailuresPerMinute    float64       `env:"AUTH_FAILURES_PER_MINUTE" envDefault:"10"`
-	Unlisted                 string        `env:"UNLISTED" envDefault:"deny"`
-	UnlistedPorts            []string      `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
-	Mode                     string        `env:"MODE" envDefault:"enforce"`
-	Anonymous                string        `env:"ANONYMOUS" envDefault:"listed"`
-	PublicAddr               string        `env:"PUBLIC_ADDR"`
-	PACDefault               string        `env:"PAC_DEFAULT" envDefault:"DIRECT"`
-	AdminListen              string        `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:9090"`
-	AccessLog                string        `env:"ACCESS_LOG" envDefault:"stdout"`
-	AccessLogFormat          string        `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
-	DNSProbeInterval         time.Duration `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
-	ReloadInterval           time.Duration `env:"RELOAD_INTERVAL" envDefault:"5s"`
-	ShutdownGrace            time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
-	ShutdownDelay            time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
-	LogFormat                string        `env:"LOG_FORMAT" envDefault:"json"`
-	LogLevel                 string        `env:"LOG_LEVEL" envDefault:"info"`
-	Pprof                    bool          `env:"PPROF" envDefault:"false"`
+	Listen                   string          `env:"LISTEN" envDefault:"127.0.0.1:3128"`
+	Cloud                    allowlist.Cloud `env:"CLOUD" envDefault:"commercial"`
+	Geographies              []string        `env:"GEOGRAPHIES" envSeparator:","`
+	CatalogFile              string          `env:"CATALOG_FILE"`
+	RulesFile                string          `env:"RULES_FILE"`
+	DisabledServices         []string        `env:"DISABLED_SERVICES" envSeparator:","`
+	DNSServers               []string        `env:"DNS_SERVERS" envSeparator:","`
+	DNSTimeout               time.Duration   `env:"DNS_TIMEOUT" envDefault:"2s"`
+	DNSMinTTL                time.Duration   `env:"DNS_MIN_TTL" envDefault:"5s"`
+	DNSMaxTTL                time.Duration   `env:"DNS_MAX_TTL" envDefault:"5m"`
+	DNSNegativeTTL           time.Duration   `env:"DNS_NEGATIVE_TTL" envDefault:"5s"`
+	DNSCacheSize             int             `env:"DNS_CACHE_SIZE" envDefault:"10000"`
+	AllowPrivateDestinations []string        `env:"ALLOW_PRIVATE_DESTINATIONS" envSeparator:","`
+	ReadHeaderTimeout        time.Duration   `env:"READ_HEADER_TIMEOUT" envDefault:"10s"`
+	DialTimeout              time.Duration   `env:"DIAL_TIMEOUT" envDefault:"10s"`
+	ResponseHeaderTimeout    time.Duration   `env:"RESPONSE_HEADER_TIMEOUT" envDefault:"30s"`
+	IdleTimeout              time.Duration   `env:"IDLE_TIMEOUT" envDefault:"15m"`
+	HalfCloseTimeout         time.Duration   `env:"HALF_CLOSE_TIMEOUT" envDefault:"30s"`
+	ClientIdleTimeout        time.Duration   `env:"CLIENT_IDLE_TIMEOUT" envDefault:"2m"`
+	MaxHeaderBytes           int             `env:"MAX_HEADER_BYTES" envDefault:"65536"`
+	MaxConns                 int             `env:"MAX_CONNS" envDefault:"10000"`
+	MaxConnsPerClient        int             `env:"MAX_CONNS_PER_CLIENT" envDefault:"1000"`
+	BlobScope                string          `env:"BLOB_SCOPE" envDefault:"listed"`
+	ClientHelloTimeout       time.Duration   `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
+	TunnelCopy               string          `env:"TUNNEL_COPY" envDefault:"splice"`
+	TCPKeepAlive             time.Duration   `env:"TCP_KEEPALIVE" envDefault:"30s"`
+	InspectCACert            string          `env:"INSPECT_CA_CERT"`
+	InspectCAKey             string          `env:"INSPECT_CA_KEY"`
+	InspectLeafValidity      time.Duration   `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
+	InspectCacheSize         int             `env:"INSPECT_CACHE_SIZE" envDefault:"1024"`
+	UpstreamCAFile           string          `env:"UPSTREAM_CA_FILE"`
+	ClientCIDRs              []string        `env:"CLIENT_CIDRS" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
+	AuthHtpasswd             string          `env:"AUTH_HTPASSWD"`
+	AuthRealm                string          `env:"AUTH_REALM" envDefault:"Defender egress gateway"`
+	AuthReloadInterval       time.Duration   `env:"AUTH_RELOAD_INTERVAL" envDefault:"5s"`
+	AuthFailuresPerMinute    float64         `env:"AUTH_FAILURES_PER_MINUTE" envDefault:"10"`
+	Unlisted                 string          `env:"UNLISTED" envDefault:"deny"`
+	UnlistedPorts            []string        `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
+	Mode                     string          `env:"MODE" envDefault:"enforce"`
+	Anonymous                string          `env:"ANONYMOUS" envDefault:"listed"`
+	PublicAddr               string          `env:"PUBLIC_ADDR"`
+	PACDefault               string          `env:"PAC_DEFAULT" envDefault:"DIRECT"`
+	AdminListen              string          `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:9090"`
+	AccessLog                string          `env:"ACCESS_LOG" envDefault:"stdout"`
+	AccessLogFormat          string          `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
+	DNSProbeInterval         time.Duration   `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
+	ReloadInterval           time.Duration   `env:"RELOAD_INTERVAL" envDefault:"5s"`
+	ShutdownGrace            time.Duration   `env:"SHUTDOWN_GRACE" envDefault:"30s"`
+	ShutdownDelay            time.Duration   `env:"SHUTDOWN_DELAY" envDefault:"0s"`
+	LogFormat                string          `env:"LOG_FORMAT" envDefault:"json"`
+	LogLevel                 string          `env:"LOG_LEVEL" envDefault:"info"`
+	Pprof                    bool            `env:"PPROF" envDefault:"false"`
 
 	// Derived by validate.
 	clientNets    []netip.Prefix
@@ -159,13 +161,19 @@ func (c *Config) validate() error {
 		if g = strings.TrimSpace(g); g == "" {
 			continue
 		}
-		geo, err := allowlist.ParseGeography(g)
+		geo, err := allowlist.ParseDataLocation(g)
 		if err != nil {
 			return fmt.Errorf("GATEWAY_GEOGRAPHIES: %v", err)
 		}
 		if !slices.Contains(c.geos, geo) {
 			c.geos = append(c.geos, geo)
 		}
+	}
+	if c.Cloud.Government() && len(c.geos) > 0 {
+		// Microsoft's government lists have no data locations: the cloud
+		// decides (standard-device-connectivity-urls-gov).
+		return fmt.Errorf("GATEWAY_GEOGRAPHIES=%s cannot be combined with GATEWAY_CLOUD=%s: a US Government cloud has no commercial data locations; unset GATEWAY_GEOGRAPHIES",
+			strings.Join(trimList(c.Geographies), ","), c.Cloud)
 	}
 	c.DisabledServices = trimList(c.DisabledServices)
 	if c.allowPrivate, err = parsePrefixes(trimList(c.AllowPrivateDestinations)); err != nil {
@@ -347,22 +355,62 @@ func trimList(in []string) []string {
 	return out
 }
 
-// buildPolicy reads the rules file (if any) and builds the effective policy.
-func (c *Config) buildPolicy() (*allowlist.Policy, error) {
-	cat, err := allowlist.Embedded()
-	if err != nil {
-		return nil, err
+// Where the catalog in force comes from (gateway_catalog_info{source}).
+const (
+	catalogEmbedded = "embedded"
+	catalogFromFile = "file"
+)
+
+// catalogOrigin says where the catalog in force comes from.
+func (c *Config) catalogOrigin() string {
+	if c.CatalogFile != "" {
+		return catalogFromFile
 	}
-	opts := allowlist.Options{Geographies: c.geos, DisabledServices: c.DisabledServices, BlobScope: c.blobScope,
+	return catalogEmbedded
+}
+
+// loadCatalog returns the catalog in force: GATEWAY_CATALOG_FILE if set,
+// else the embedded one, and where it came from. A bad file is an error
+// naming the setting, the file and the line.
+func (c *Config) loadCatalog() (*allowlist.Catalog, string, error) {
+	if c.catalogOrigin() == catalogEmbedded {
+		cat, err := allowlist.Embedded()
+		return cat, catalogEmbedded, err
+	}
+	data, err := os.ReadFile(c.CatalogFile)
+	if err != nil {
+		return nil, "", fmt.Errorf("GATEWAY_CATALOG_FILE: %w", err)
+	}
+	cat, err := allowlist.ParseCatalog(data, c.CatalogFile)
+	if err != nil {
+		return nil, "", fmt.Errorf("GATEWAY_CATALOG_FILE: %w", err)
+	}
+	return cat, catalogFromFile, nil
+}
+
+// buildPolicy reads the catalog in force and the rules file (if any) and
+// builds the effective policy.
+func (c *Config) buildPolicy() (*allowlist.Policy, error) {
+	p, _, err := c.buildPolicyFrom()
+	return p, err
+}
+
+// buildPolicyFrom is buildPolicy that also says where the catalog came from.
+func (c *Config) buildPolicyFrom() (*allowlist.Policy, string, error) {
+	cat, origin, err := c.loadCatalog()
+	if err != nil {
+		return nil, "", err
+	}
+	opts := allowlist.Options{Cloud: c.Cloud, Geographies: c.geos, DisabledServices: c.DisabledServices, BlobScope: c.blobScope,
 		Audit: c.Mode == "audit", UnlistedAuthenticated: c.Unlisted == "authenticated", UnlistedPorts: c.unlistedPorts}
 	if c.RulesFile != "" {
 		data, err := os.ReadFile(c.RulesFile)
 		if err != nil {
-			return nil, fmt.Errorf("GATEWAY_RULES_FILE: %w", err)
+			return nil, "", fmt.Errorf("GATEWAY_RULES_FILE: %w", err)
 		}
 		rs, err := allowlist.ParseRules(data, c.RulesFile)
 		if err != nil {
-			return nil, fmt.Errorf("GATEWAY_RULES_FILE: %w", err)
+			return nil, "", fmt.Errorf("GATEWAY_RULES_FILE: %w", err)
 		}
 		opts.Rules = rs.Rules
 		for _, s := range rs.DisabledServices {
@@ -373,9 +421,9 @@ func (c *Config) buildPolicy() (*allowlist.Policy, error) {
 	}
 	p, err := allowlist.NewPolicy(cat, opts)
 	if err != nil {
-		return nil, fmt.Errorf("GATEWAY_DISABLED_SERVICES: %w", err)
+		return nil, "", fmt.Errorf("GATEWAY_DISABLED_SERVICES: %w", err)
 	}
-	return p, nil
+	return p, origin, nil
 }
 
 // upstreamTLS is the TLS client configuration towards upstreams the gateway

@@ -98,7 +98,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "probe":
 		return probeCmd(args, stdout, stderr)
 	case "version", "--version":
-		return printVersion(stdout)
+		return printVersion(stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

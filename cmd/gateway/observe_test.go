@@ -259,7 +259,7 @@ func TestAccessLogFile(t *testing.T) {
 	g := startGateway(t, "GATEWAY_DNS_SERVERS="+dns.Addr, "GATEWAY_GEOGRAPHIES=EU",
 		"GATEWAY_ACCESS_LOG="+logFile, "GATEWAY_ACCESS_LOG_FORMAT=squid")
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(mustURL(t, "http://"+g.addr))}}
-	client.Get("http://crl.microsoft.com/other")
+	client.Get("http://www.microsoft.com/other")
 	// logrotate: move the file away, SIGHUP, and the next event lands in a new file.
 	waitFile := func(path, want string) {
 		t.Helper()
@@ -273,7 +273,7 @@ func TestAccessLogFile(t *testing.T) {
 			}
 		}
 	}
-	waitFile(logFile, "TCP_DENIED/403 0 GET http://crl.microsoft.com/other")
+	waitFile(logFile, "TCP_DENIED/403 0 GET http://www.microsoft.com/other")
 	if err := os.Rename(logFile, logFile+".1"); err != nil {
 		t.Fatal(err)
 	}

@@ -212,7 +212,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	if code, _, _ := rw.get("app.lab.test"); code != 403 {
 		t.Errorf("after a broken reload app.lab.test: %d, want the previous rules (403)", code)
 	}
-	if !strings.Contains(rw.g.log(), "reload failed; keeping the previous rules") {
+	if !strings.Contains(rw.g.log(), "reload failed; keeping the previous catalog and rules") {
 		t.Errorf("broken reload not logged")
 	}
 }

@@ -85,17 +85,25 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 			g.close() // whatever was opened before the failure
 		}
 	}()
-	policy, err := cfg.buildPolicy()
+	policy, origin, err := cfg.buildPolicyFrom()
 	if err != nil {
 		return nil, err
 	}
 	if policy.AllGeographies() {
-		logger.Warn("GATEWAY_GEOGRAPHIES is not set: the rows of every data location (US, EU, UK, AU, UAE) are allowed; set it to your tenant's data location, e.g. GATEWAY_GEOGRAPHIES=EU")
+		logger.Warn("GATEWAY_GEOGRAPHIES is not set: the rows of every data location are allowed; set it to your tenant's data location, e.g. GATEWAY_GEOGRAPHIES=EU",
+			"data_locations", dataLocationNames())
+	}
+	if policy.BlobScope() == allowlist.BlobWildcard {
+		logger.Warn("GATEWAY_BLOB_SCOPE=wildcard: every Azure storage account (*.blob.core.windows.net) is allowed and tunnelled uninspected, a path out for any data to any attacker's storage account; Microsoft says not to exempt the wildcard, and only the Microsoft Monitoring Agent (retired in August 2024) needs it. Use listed, and name an MMA workspace's accounts in GATEWAY_RULES_FILE")
 	}
 	g.policy.Store(policy)
+	embeddedVersion := ""
+	if cat, err := allowlist.Embedded(); err == nil {
+		embeddedVersion = cat.Version
+	}
 	g.metrics = telemetry.NewMetrics(g.reg, telemetry.BuildInfo{
-		Version: buildVersion(), CatalogVersion: policy.Version(), GoVersion: runtime.Version()})
-	g.metrics.CatalogRules(policy)
+		Version: buildVersion(), CatalogVersion: embeddedVersion, GoVersion: runtime.Version()})
+	g.metrics.Catalog(policy, origin)
 
 	servers := cfg.DNSServers
 	if len(servers) == 0 {
@@ -251,28 +259,41 @@ func (g *gateway) probeDNS(ctx context.Context) {
 	}
 }
 
-// reload re-reads the rules file (and the htpasswd file) and swaps the new
-// policy in at once; a bad file keeps the previous policy.
+// reload re-reads the catalog file and the rules file and swaps the new
+// policy in at once; a bad file keeps the previous policy (and catalog).
 func (g *gateway) reload(why string) {
-	p, err := g.cfg.buildPolicy()
+	p, origin, err := g.cfg.buildPolicyFrom()
 	if err != nil {
 		g.metrics.ConfigReload(false)
-		g.log.Error("reload failed; keeping the previous rules", "trigger", why, "error", err.Error())
+		g.log.Error("reload failed; keeping the previous catalog and rules", "trigger", why, "error", err.Error())
 		return
 	}
 	g.policy.Store(p)
-	g.metrics.CatalogRules(p)
+	g.metrics.Catalog(p, origin)
 	g.metrics.ConfigReload(true)
-	g.log.Info("rules reloaded", "trigger", why, "rules", len(p.Rules()), "catalog_version", p.Version())
+	g.log.Info("policy reloaded", "trigger", why, "rules", len(p.Rules()), "catalog_version", p.Version(),
+		"catalog_source", origin)
 }
 
-// watchRules reloads when the rules file changes: modification time, size
-// or identity (an atomic rename over it, as a ConfigMap update does).
-func (g *gateway) watchRules(ctx context.Context) {
-	if g.cfg.RulesFile == "" {
+// watchFiles reloads when the catalog file or the rules file changes:
+// modification time, size or identity (an atomic rename over it, as a
+// ConfigMap update or "catalog import --out" does).
+func (g *gateway) watchFiles(ctx context.Context) {
+	type watched struct {
+		path, why string
+		last      *filestamp.Stamp
+	}
+	var files []*watched
+	for _, f := range []struct{ path, why string }{
+		{g.cfg.CatalogFile, "catalog file changed"}, {g.cfg.RulesFile, "rules file changed"}} {
+		if f.path != "" {
+			last, _ := filestamp.Of(f.path)
+			files = append(files, &watched{f.path, f.why, last})
+		}
+	}
+	if len(files) == 0 {
 		return
 	}
-	last, _ := filestamp.Of(g.cfg.RulesFile)
 	t := time.NewTicker(g.cfg.ReloadInterval)
 	defer t.Stop()
 	for {
@@ -281,14 +302,16 @@ func (g *gateway) watchRules(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		fi, err := os.Stat(g.cfg.RulesFile)
-		switch {
-		case err != nil && last != nil:
-			last = nil // gone: the reload fails, is logged and counted
-			g.reload("rules file changed")
-		case err == nil && !last.Matches(fi):
-			last = filestamp.FromInfo(fi)
-			g.reload("rules file changed")
+		for _, w := range files {
+			fi, err := os.Stat(w.path)
+			switch {
+			case err != nil && w.last != nil:
+				w.last = nil // gone: the reload fails, is logged and counted
+				g.reload(w.why)
+			case err == nil && !w.last.Matches(fi):
+				w.last = filestamp.FromInfo(fi)
+				g.reload(w.why)
+			}
 		}
 	}
 }
@@ -334,7 +357,7 @@ func (g *gateway) run(ctx context.Context) error {
 		go as.Serve(g.adminLn)
 	}
 	go g.probeDNS(ctx)
-	go g.watchRules(ctx)
+	go g.watchFiles(ctx)
 	if g.authn != nil {
 		go g.authn.Watch(ctx, g.cfg.AuthReloadInterval,
 			func() { g.log.Info("htpasswd reloaded", "file", g.cfg.AuthHtpasswd, "users", g.authn.Users()) },
@@ -354,7 +377,9 @@ func (g *gateway) run(ctx context.Context) error {
 		adminAddr = g.adminLn.Addr().String()
 	}
 	g.log.Info("gateway listening", "listen", g.ln.Addr().String(), "admin", adminAddr, "version", buildVersion(),
-		"catalog_version", p.Version(), "geographies", strings.Join(geos, ","), "rules", len(p.Rules()),
+		"catalog_version", p.Version(), "catalog_source", g.cfg.catalogOrigin(),
+		"catalog_published", p.Published().Format(time.DateOnly), "cloud", p.Cloud().String(),
+		"geographies", strings.Join(geos, ","), "rules", len(p.Rules()),
 		"blob_scope", p.BlobScope().String(), "inspection", g.cfg.InspectCACert != "", "mode", g.cfg.Mode,
 		"unlisted", g.cfg.Unlisted, "authentication", g.authn != nil)
 
@@ -447,4 +472,13 @@ func splicePipes(mode string) *tlsbypass.Pipes {
 		return nil
 	}
 	return tlsbypass.NewPipes(16 * runtime.GOMAXPROCS(0))
+}
+
+// dataLocationNames lists the commercial data locations, for messages.
+func dataLocationNames() string {
+	var names []string
+	for _, g := range allowlist.DataLocations() {
+		names = append(names, g.String())
+	}
+	return strings.Join(names, ",")
 }

@@ -10,8 +10,13 @@
 // network environment", S3 in shared/reference/defender-egress.md):
 //   - "*.example.com" matches any subdomain of example.com, never example.com
 //     itself and never a name that merely ends with the same letters;
-//   - WW rows always apply; rows of another geography apply only when that data
-//     location is configured;
+//   - a gateway serves one cloud: the commercial cloud, or one of the US
+//     Government clouds (GCC, GCC High, DoD), whose lists Microsoft publishes
+//     separately ("standard connectivity URLs - US government");
+//   - in the commercial cloud, WW rows always apply and rows of another
+//     geography apply only when that data location is configured; in a
+//     government cloud, the rows marked US Gov apply always, plus the rows of
+//     that cloud, and no commercial row does;
 //   - the most specific pattern that names a host decides (an exact name beats a
 //     wildcard, a longer wildcard beats a shorter one), so a geography-specific
 //     row such as edr-cus.us.endpoint.security.microsoft.com (US) is refused by an
@@ -31,6 +36,7 @@ import (
 var (
 	ErrNotListed = errors.New("destination is not on the allowlist")
 	ErrGeography = errors.New("destination belongs to a geography that is not configured")
+	ErrCloud     = errors.New("destination belongs to another cloud than the one this gateway serves")
 	ErrPort      = errors.New("port is not allowed for this destination")
 	ErrIPLiteral = errors.New("ip-literal destinations are not allowed")
 	ErrBadTarget = errors.New("malformed target")
@@ -45,6 +51,7 @@ const (
 	ReasonAllowed    Reason = "allowed"
 	ReasonNotListed  Reason = "not-listed"
 	ReasonGeography  Reason = "geography"
+	ReasonCloud      Reason = "cloud"
 	ReasonPort       Reason = "port"
 	ReasonIPLiteral  Reason = "ip-literal"
 	ReasonBadRequest Reason = "bad-request"
@@ -63,6 +70,8 @@ func ReasonOf(err error) Reason {
 		return ReasonNotListed
 	case errors.Is(err, ErrGeography):
 		return ReasonGeography
+	case errors.Is(err, ErrCloud):
+		return ReasonCloud
 	case errors.Is(err, ErrPort):
 		return ReasonPort
 	case errors.Is(err, ErrIPLiteral):
@@ -73,11 +82,17 @@ func ReasonOf(err error) Reason {
 	return ""
 }
 
-// Geography is a Defender data location as written in the catalog's geography
-// column. WW (worldwide) rows apply everywhere.
+// Geography is the value of the Geography column of Microsoft's URL tables:
+// a commercial data location (WW for every location), or a US Government
+// environment (USGov for all three government clouds, or one of them).
 type Geography uint8
 
-// Geographies known to the catalog. UAE rows exist in the newest URL table.
+// Geographies known to the catalog. Commercial data locations come first:
+// UAE rows exist in the newest standard table (03/2026); Switzerland and
+// India are data locations of their own ("Data storage and privacy",
+// learn.microsoft.com/defender-endpoint/data-storage-privacy) with no device
+// rows beyond WW. The US Government geographies are those of the
+// government tables (learn.microsoft.com/defender-endpoint/standard-device-connectivity-urls-gov).
 const (
 	WW Geography = iota
 	US
@@ -85,10 +100,20 @@ const (
 	UK
 	AU
 	UAE
+	CH
+	IN
+	USGov   // "US Gov" / "USGov": every US Government cloud
+	GCC     // "GCC" (and "GCC Mod", which belongs to GCC)
+	GCCHigh // "GCC High"
+	DoD     // "DoD"
 	numGeographies
 )
 
-var geographyNames = [numGeographies]string{"WW", "US", "EU", "UK", "AU", "UAE"}
+// numCommercial is the number of commercial geographies (WW to IN).
+const numCommercial = USGov
+
+var geographyNames = [numGeographies]string{"WW", "US", "EU", "UK", "AU", "UAE", "CH", "IN",
+	"USGov", "GCC", "GCC-High", "DoD"}
 
 func (g Geography) String() string {
 	if g < numGeographies {
@@ -96,6 +121,9 @@ func (g Geography) String() string {
 	}
 	return fmt.Sprintf("Geography(%d)", uint8(g))
 }
+
+// Government reports whether g is a US Government geography.
+func (g Geography) Government() bool { return g >= USGov && g < numGeographies }
 
 // MarshalText implements encoding.TextMarshaler.
 func (g Geography) MarshalText() ([]byte, error) { return []byte(g.String()), nil }
@@ -107,12 +135,21 @@ func (g *Geography) UnmarshalText(b []byte) error {
 	return err
 }
 
-// AllGeographies lists every known geography, WW first.
+// AllGeographies lists every known geography, WW first, then the other
+// commercial data locations, then the government ones.
 func AllGeographies() []Geography {
-	return []Geography{WW, US, EU, UK, AU, UAE}
+	gs := make([]Geography, numGeographies)
+	for i := range gs {
+		gs[i] = Geography(i)
+	}
+	return gs
 }
 
-// ParseGeography parses a geography name, case-insensitively.
+// DataLocations lists the commercial data locations a gateway can be
+// configured for (GATEWAY_GEOGRAPHIES), WW first.
+func DataLocations() []Geography { return AllGeographies()[:numCommercial] }
+
+// ParseGeography parses a catalog geography name, case-insensitively.
 func ParseGeography(s string) (Geography, error) {
 	for i, n := range geographyNames {
 		if strings.EqualFold(strings.TrimSpace(s), n) {
@@ -120,6 +157,106 @@ func ParseGeography(s string) (Geography, error) {
 		}
 	}
 	return 0, fmt.Errorf("unknown geography %q (known: %s)", s, strings.Join(geographyNames[:], ", "))
+}
+
+// ParseDataLocation parses a commercial data location (WW, US, EU, UK, AU,
+// UAE, CH, IN), case-insensitively. A government geography is refused with
+// a pointer to the cloud setting: it is not a data location of the
+// commercial cloud.
+func ParseDataLocation(s string) (Geography, error) {
+	g, err := ParseGeography(s)
+	if err != nil || g.Government() {
+		known := strings.Join(geographyNames[:numCommercial], ", ")
+		if err == nil {
+			return 0, fmt.Errorf("%s is a US Government environment, not a data location (known: %s); choose the government cloud instead (GATEWAY_CLOUD, --cloud)",
+				s, known)
+		}
+		return 0, fmt.Errorf("unknown data location %q (known: %s)", s, known)
+	}
+	return g, nil
+}
+
+// Cloud is the Microsoft cloud a gateway serves: the commercial cloud or a
+// US Government cloud. Microsoft lists the government clouds' URLs
+// separately (the "US government" standard and streamlined tables,
+// mde-urls-gov.xlsx).
+type Cloud uint8
+
+// Clouds.
+const (
+	Commercial Cloud = iota
+	CloudGCC
+	CloudGCCHigh
+	CloudDoD
+	numClouds
+)
+
+var cloudNames = [numClouds]string{"commercial", "gcc", "gcc-high", "dod"}
+
+func (c Cloud) String() string {
+	if c < numClouds {
+		return cloudNames[c]
+	}
+	return fmt.Sprintf("Cloud(%d)", uint8(c))
+}
+
+// Government reports whether c is a US Government cloud.
+func (c Cloud) Government() bool { return c != Commercial }
+
+// Geography is the geography of the rows that belong to this government
+// cloud only (GCC, GCCHigh, DoD); for the commercial cloud it is WW.
+func (c Cloud) Geography() Geography {
+	switch c {
+	case CloudGCC:
+		return GCC
+	case CloudGCCHigh:
+		return GCCHigh
+	case CloudDoD:
+		return DoD
+	}
+	return WW
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (c Cloud) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (c *Cloud) UnmarshalText(b []byte) error {
+	v, err := ParseCloud(string(b))
+	*c = v
+	return err
+}
+
+// ParseCloud parses commercial, gcc, gcc-high or dod, case-insensitively
+// ("" is commercial).
+func ParseCloud(s string) (Cloud, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return Commercial, nil
+	}
+	for i, n := range cloudNames {
+		if strings.EqualFold(s, n) {
+			return Cloud(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown cloud %q (known: %s)", s, strings.Join(cloudNames[:], ", "))
+}
+
+// CloudOf is the cloud whose lists a row of geography g belongs to: for a
+// commercial geography Commercial, for USGov every government cloud (ok is
+// false), for GCC, GCCHigh and DoD that cloud.
+func CloudOf(g Geography) (c Cloud, ok bool) {
+	switch g {
+	case USGov:
+		return 0, false
+	case GCC:
+		return CloudGCC, true
+	case GCCHigh:
+		return CloudGCCHigh, true
+	case DoD:
+		return CloudDoD, true
+	}
+	return Commercial, true
 }
 
 // Action says what a rule does with the destinations it matches.

@@ -4,13 +4,18 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // Options shape a Policy.
 type Options struct {
-	// Geographies are the configured data locations. WW always applies. If
-	// empty, every geography applies (Policy.AllGeographies reports it so the
-	// caller can warn).
+	// Cloud is the cloud the gateway serves. In the commercial cloud WW and
+	// the Geographies apply; in a government cloud the USGov rows and that
+	// cloud's own rows apply, and Geographies must be empty.
+	Cloud Cloud
+	// Geographies are the configured commercial data locations. WW always
+	// applies. If empty (commercial cloud), every data location applies
+	// (Policy.AllGeographies reports it so the caller can warn).
 	Geographies []Geography
 	// DisabledServices are catalog service ids whose rows are left out.
 	DisabledServices []string
@@ -32,34 +37,40 @@ type Options struct {
 	UnlistedPorts []uint16
 }
 
-// BlobScope says how much of *.blob.core.windows.net the catalog opens.
+// BlobScope says how much of Azure blob storage the catalog opens.
 type BlobScope uint8
 
 const (
-	// BlobWildcard keeps the catalog's *.blob.core.windows.net rows (the MMA
-	// table: "HTTP inspection bypass: yes"): every storage account is allowed
-	// and tunnelled raw.
-	BlobWildcard BlobScope = iota
-	// BlobListed drops the wildcard rows, leaving only the storage accounts
-	// the catalog names for the configured geographies, as Microsoft's newer
-	// guidance asks: "Don't exclude the URL *.blob.core.windows.net from any
-	// kind of network inspection. Instead, exclude only the blob URLs that are
-	// specific to MDE and listed in the spreadsheet." (S3)
-	BlobListed
+	// BlobListed (the zero value) drops the catalog's storage wildcards
+	// (*.blob.core.windows.net, *.blob.core.usgovcloudapi.net), leaving only
+	// the storage accounts the catalog names, as Microsoft's guidance asks:
+	// "Don't exclude the URL *.blob.core.windows.net from any kind of network
+	// inspection. Instead, exclude only the blob URLs that are specific to MDE
+	// and listed in the spreadsheet."
+	// (learn.microsoft.com/defender-endpoint/configure-environment)
+	BlobListed BlobScope = iota
+	// BlobWildcard keeps the wildcard rows, which only the Microsoft
+	// Monitoring Agent needs (retired by Microsoft in August 2024): every
+	// storage account in Azure is allowed and tunnelled raw.
+	BlobWildcard
 )
 
-// BlobWildcardHost is the catalog pattern BlobListed removes.
+// BlobWildcardHost is the commercial storage wildcard BlobListed removes.
 const BlobWildcardHost = "*.blob.core.windows.net"
 
-// ParseBlobScope parses "wildcard" or "listed".
+// blobWildcards are the storage wildcards BlobListed removes: the commercial
+// cloud's and the US Government cloud's.
+var blobWildcards = []string{BlobWildcardHost, "*.blob.core.usgovcloudapi.net"}
+
+// ParseBlobScope parses "listed" or "wildcard" ("" is listed).
 func ParseBlobScope(s string) (BlobScope, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "wildcard", "":
-		return BlobWildcard, nil
-	case "listed":
+	case "listed", "":
 		return BlobListed, nil
+	case "wildcard":
+		return BlobWildcard, nil
 	}
-	return 0, fmt.Errorf("blob scope %q: want wildcard or listed", s)
+	return 0, fmt.Errorf("blob scope %q: want listed or wildcard", s)
 }
 
 func (b BlobScope) String() string {
@@ -73,7 +84,9 @@ func (b BlobScope) String() string {
 // configured geographies, indexed by name. It is immutable.
 type Policy struct {
 	version       string
-	geos          uint8 // bit per Geography; WW always set
+	published     time.Time
+	cloud         Cloud
+	geos          uint16 // bit per Geography in force
 	allGeos       bool
 	rules         []Rule // catalog rows (disabled services removed) then operator rules
 	allow         index
@@ -142,18 +155,30 @@ func (ix *index) match(t Target) *Rule {
 // NewPolicy builds the effective policy from a catalog and options.
 func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 	p := &Policy{
-		version: cat.Version,
-		allow:   index{exact: map[string][]*Rule{}, wild: map[string][]*Rule{}},
-		deny:    index{exact: map[string][]*Rule{}, wild: map[string][]*Rule{}},
+		version:   cat.Version,
+		published: cat.Published,
+		cloud:     opts.Cloud,
+		allow:     index{exact: map[string][]*Rule{}, wild: map[string][]*Rule{}},
+		deny:      index{exact: map[string][]*Rule{}, wild: map[string][]*Rule{}},
 	}
-	p.geos = 1 << WW
-	if len(opts.Geographies) == 0 {
+	switch {
+	case opts.Cloud >= numClouds:
+		return nil, fmt.Errorf("unknown cloud %d", opts.Cloud)
+	case opts.Cloud.Government():
+		if len(opts.Geographies) > 0 {
+			return nil, fmt.Errorf("geographies %v: a %s gateway applies the US Government rows, not commercial data locations",
+				opts.Geographies, opts.Cloud)
+		}
+		p.geos = 1<<USGov | 1<<opts.Cloud.Geography()
+	case len(opts.Geographies) == 0:
 		p.allGeos = true
-		p.geos = 1<<numGeographies - 1
+		p.geos = 1<<numCommercial - 1
+	default:
+		p.geos = 1 << WW
 	}
 	for _, g := range opts.Geographies {
-		if g >= numGeographies {
-			return nil, fmt.Errorf("unknown geography %d", g)
+		if g >= numCommercial {
+			return nil, fmt.Errorf("geography %s: not a commercial data location", g)
 		}
 		p.geos |= 1 << g
 	}
@@ -176,12 +201,20 @@ func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 	for i := range cat.Rules {
 		r := &cat.Rules[i]
 		if slices.Contains(opts.DisabledServices, r.ServiceID) ||
-			(opts.BlobScope == BlobListed && r.Host == BlobWildcardHost) {
+			(opts.BlobScope == BlobListed && slices.Contains(blobWildcards, r.Host)) {
 			continue
 		}
 		p.rules = append(p.rules, *r)
 	}
-	p.rules = append(p.rules, opts.Rules...)
+	for _, r := range opts.Rules {
+		// An operator rule without a geography (WW) means "wherever this
+		// gateway runs": in a government cloud it applies as a USGov row
+		// does, since no commercial row applies there.
+		if opts.Cloud.Government() && r.Geography == WW {
+			r.Geography = USGov
+		}
+		p.rules = append(p.rules, r)
+	}
 	for i := range p.rules {
 		r := &p.rules[i]
 		if r.Action == Deny {
@@ -196,11 +229,19 @@ func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 // Version is the catalog version the policy was built from.
 func (p *Policy) Version() string { return p.version }
 
+// Published is the publication date of the catalog the policy was built
+// from.
+func (p *Policy) Published() time.Time { return p.published }
+
+// Cloud is the cloud the policy serves.
+func (p *Policy) Cloud() Cloud { return p.cloud }
+
 // AllGeographies reports whether no geography was configured, so that every
 // data location's rows apply.
 func (p *Policy) AllGeographies() bool { return p.allGeos }
 
-// Geographies lists the geographies in force, WW first.
+// Geographies lists the geographies in force: WW first and the data
+// locations (commercial cloud), or USGov and the cloud's own (government).
 func (p *Policy) Geographies() []Geography {
 	var gs []Geography
 	for _, g := range AllGeographies() {
@@ -352,9 +393,22 @@ func (p *Policy) match(t Target) Decision {
 		return refuse(t, ErrNotListed, pathMiss)
 	case portMiss != nil:
 		return refuse(t, ErrPort, portMiss)
-	default:
+	case p.cloudServes(geoMiss.Geography):
 		return refuse(t, ErrGeography, geoMiss)
+	default:
+		return refuse(t, ErrCloud, geoMiss)
 	}
+}
+
+// cloudServes reports whether rows of geography g can apply in this
+// policy's cloud at all (a data location not configured can; another
+// cloud's row cannot).
+func (p *Policy) cloudServes(g Geography) bool {
+	c, ok := CloudOf(g)
+	if !ok { // USGov: every government cloud
+		return p.cloud.Government()
+	}
+	return c == p.cloud
 }
 
 // coversPath reports whether a deny rule applies to t: path-limited deny rules
@@ -388,12 +442,13 @@ type Explanation struct {
 	Anonymous      bool     `json:"anonymous"`
 	PathUnchecked  bool     `json:"path_unchecked,omitempty"`
 	CatalogVersion string   `json:"catalog_version"`
+	Cloud          string   `json:"cloud"`
 	Geographies    []string `json:"geographies"`
 }
 
 // Explain parses an operator's target (see ParseTarget) and decides it.
 func (p *Policy) Explain(input string) Explanation {
-	e := Explanation{Input: input, CatalogVersion: p.version}
+	e := Explanation{Input: input, CatalogVersion: p.version, Cloud: p.cloud.String()}
 	for _, g := range p.Geographies() {
 		e.Geographies = append(e.Geographies, g.String())
 	}
@@ -415,19 +470,21 @@ func (p *Policy) Explain(input string) Explanation {
 // Listing is the effective allowlist as the admin endpoint and `gateway
 // catalog --format json` show it.
 type Listing struct {
-	CatalogVersion string   `json:"catalog_version"`
-	Geographies    []string `json:"geographies"`
-	BlobScope      string   `json:"blob_scope"`
-	Mode           string   `json:"mode"`
-	Unlisted       string   `json:"unlisted"`
-	Rules          []Rule   `json:"rules"`
+	CatalogVersion   string   `json:"catalog_version"`
+	CatalogPublished string   `json:"catalog_published"`
+	Cloud            string   `json:"cloud"`
+	Geographies      []string `json:"geographies"`
+	BlobScope        string   `json:"blob_scope"`
+	Mode             string   `json:"mode"`
+	Unlisted         string   `json:"unlisted"`
+	Rules            []Rule   `json:"rules"`
 }
 
 // List returns the rules in force (all rules, including other geographies'
 // rows, when all is true).
 func (p *Policy) List(all bool) Listing {
-	l := Listing{CatalogVersion: p.version, BlobScope: p.blobScope.String(), Mode: "enforce", Unlisted: "deny",
-		Rules: []Rule{}}
+	l := Listing{CatalogVersion: p.version, CatalogPublished: p.published.Format(dateLayout), Cloud: p.cloud.String(),
+		BlobScope: p.blobScope.String(), Mode: "enforce", Unlisted: "deny", Rules: []Rule{}}
 	if p.audit {
 		l.Mode = "audit"
 	}

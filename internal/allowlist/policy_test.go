@@ -55,8 +55,18 @@ func TestEmbeddedCatalog(t *testing.T) {
 		}
 	}
 	for _, g := range AllGeographies() {
-		if perGeo[g] == 0 {
-			t.Errorf("no rows for geography %s", g)
+		// Switzerland and India are data locations with no device rows of
+		// their own in Microsoft's lists: their gateways get the WW rows.
+		if none := g == CH || g == IN; (perGeo[g] == 0) != none {
+			t.Errorf("geography %s: %d rows", g, perGeo[g])
+		}
+	}
+	if cat.Published.IsZero() || len(cat.Sources) == 0 {
+		t.Errorf("catalog published %v with %d sources, want both", cat.Published, len(cat.Sources))
+	}
+	for _, s := range cat.Sources {
+		if !strings.HasPrefix(s.URL, "https://learn.microsoft.com/") && !strings.HasPrefix(s.URL, "https://download.microsoft.com/") {
+			t.Errorf("source %s cites %s: the catalog cites Microsoft's published addresses only", s.Tag, s.URL)
 		}
 	}
 	// Hosts the reference document names, one per table row kind.
@@ -65,7 +75,9 @@ func TestEmbeddedCatalog(t *testing.T) {
 		"winatp-gw-uks.microsoft.com", "winatp-gw-aue.microsoft.com", "winatp-gw-aec0a.microsoft.com",
 		"ussus1eastprod.blob.core.windows.net", "usseu1northprod.blob.core.windows.net",
 		"edr-cus.us.endpoint.security.microsoft.com", "mdav.eu.endpoint.security.microsoft.com",
-		"*.endpoint.security.microsoft.com", "reflector.defender.microsoft.com", "packages.microsoft.com"} {
+		"*.endpoint.security.microsoft.com", "reflector.defender.microsoft.com", "packages.microsoft.com",
+		"ecs.office.com", "*.ecs.office.com", "config.edge.skype.com", "*.endpoint.security.microsoft.us",
+		"winatp-gw-usgt.microsoft.com", "gccmod.ecs.office.com", "unitedstates2.ss.wd.microsoft.us"} {
 		found := false
 		for _, r := range cat.Rules {
 			found = found || r.Host == h
@@ -104,15 +116,18 @@ func TestDecide(t *testing.T) {
 		{"userinfo", "x@winatp-gw-weu.microsoft.com:443", ReasonBadRequest, ""},
 		{"crl path", "http://crl.microsoft.com/pki/crl/products/MicRooCerAut.crl", ReasonAllowed, "crl"},
 		{"crl path case", "http://crl.microsoft.com/PKI/CRL/Products/x.crl", ReasonAllowed, "crl"},
-		{"crl other path", "http://crl.microsoft.com/other", ReasonNotListed, "crl"},
-		{"crl path prefix confusion", "http://crl.microsoft.com/pki/crl/productsevil", ReasonNotListed, "crl"},
+		{"crl host-wide", "http://crl.microsoft.com/other", ReasonAllowed, "crl"},
+		{"www other path", "http://www.microsoft.com/other", ReasonNotListed, "crl"},
+		{"www path prefix confusion", "http://www.microsoft.com/pkiopsevil/x.crl", ReasonNotListed, "crl"},
+		{"www pki intermediate", "http://www.microsoft.com/pki/mscorp/x.crt", ReasonAllowed, "crl"},
 		{"crl path traversal", "http://www.microsoft.com/pkiops/crl/../../evil", ReasonNotListed, "crl"},
 		{"www pkiops", "http://www.microsoft.com/pkiops/certs/MicCodSigPCA.crt", ReasonAllowed, "crl"},
 		{"ctl any path", "http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/disallowedcertstl.cab", ReasonAllowed, "crl"},
 		{"crl over 443 connect", "crl.microsoft.com:443", ReasonAllowed, "admin-portal"},
-		{"adl path row over connect", "www.microsoft.com:443", ReasonAllowed, "av-adl"},
+		{"adl path row over connect", "www.microsoft.com:443", ReasonAllowed, "av-update"},
+		{"ecs apex", "ecs.office.com:443", ReasonAllowed, "av-core"},
 		{"go.microsoft.com port 80", "http://go.microsoft.com/fwlink/?linkid=2120136", ReasonAllowed, "av-adl"},
-		{"blob wildcard", "someaccount.blob.core.windows.net:443", ReasonAllowed, "mma"},
+		{"blob account not listed (default scope)", "someaccount.blob.core.windows.net:443", ReasonNotListed, ""},
 		{"us blob account refused for eu", "ussus1eastprod.blob.core.windows.net:443", ReasonGeography, "sample-storage"},
 		{"eu blob account", "usseu1northprod.blob.core.windows.net:443", ReasonAllowed, "sample-storage"},
 	}
@@ -188,7 +203,8 @@ disable_services: [mma]
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := mustPolicy(t, Options{Geographies: []Geography{EU}, Rules: rs.Rules, DisabledServices: rs.DisabledServices})
+	p := mustPolicy(t, Options{Geographies: []Geography{EU}, Rules: rs.Rules, DisabledServices: rs.DisabledServices,
+		BlobScope: BlobWildcard})
 	tests := []struct {
 		target string
 		want   Reason
@@ -204,7 +220,7 @@ disable_services: [mma]
 		{"http://plain.contoso.com/private", ReasonNotListed, "rules.yaml:6"},
 		{"192.0.2.10:8443", ReasonAllowed, "rules.yaml:14"},
 		{"192.0.2.11:8443", ReasonIPLiteral, ""},
-		{"someaccount.blob.core.windows.net:443", ReasonAllowed, ""}, // network-scanner row (path unchecked)
+		{"someaccount.blob.core.windows.net:443", ReasonAllowed, ""}, // wildcard scope: the portal and scanner rows
 	}
 	for _, tt := range tests {
 		t.Run(tt.target, func(t *testing.T) {
@@ -217,8 +233,11 @@ disable_services: [mma]
 			}
 		})
 	}
-	if d := decide(t, p, "someaccount.blob.core.windows.net:443"); !d.PathUnchecked || d.Service() != "network-scanner" {
-		t.Errorf("blob with mma disabled: got service %q pathUnchecked %v, want network-scanner true", d.Service(), d.PathUnchecked)
+	// With the MMA rows off, the wildcard scope still opens every account
+	// through the portal's host-wide row (which beats the network scanner's
+	// path-limited one, whose path a tunnel does not show).
+	if d := decide(t, p, "someaccount.blob.core.windows.net:443"); d.PathUnchecked || d.Service() != "admin-portal" {
+		t.Errorf("blob with mma disabled: got service %q pathUnchecked %v, want admin-portal false", d.Service(), d.PathUnchecked)
 	}
 }
 
@@ -258,17 +277,29 @@ func TestNewPolicyErrors(t *testing.T) {
 }
 
 func TestParseCatalogErrors(t *testing.T) {
+	const meta = "# catalog-version: 1\n# catalog-published: 2026-12-02\n# source: S1 2026-07-03 https://learn.microsoft.com/x\n"
 	head := "service_id,service_name,geography,host,paths,ports,required,tls_exempt,anonymous,source,comment\n"
+	row := "a,A,WW,a.com,,443,required,yes,yes,S1,\n"
 	tests := []struct{ name, csv, want string }{
-		{"no version", head + "a,A,WW,a.com,,443,required,yes,yes,S1,\n", "catalog-version"},
-		{"bad geo", "# catalog-version: 1\n" + head + "a,A,XX,a.com,,443,required,yes,yes,S1,\n", "line 3"},
-		{"bad port", "# catalog-version: 1\n" + head + "a,A,WW,a.com,,4430000,required,yes,yes,S1,\n", "port"},
-		{"bad flag", "# catalog-version: 1\n" + head + "a,A,WW,a.com,,443,required,maybe,yes,S1,\n", "tls_exempt"},
-		{"empty", "# catalog-version: 1\n" + head, "no rules"},
+		{"no version", "# catalog-published: 2026-12-02\n# source: S1 - u\n" + head + row, "catalog-version"},
+		{"no published date", "# catalog-version: 1\n# source: S1 - u\n" + head + row, "catalog-published"},
+		{"bad published date", "# catalog-version: 1\n# catalog-published: 12/02/2026\n# source: S1 - u\n" + head + row, "cat line 2"},
+		{"no source", "# catalog-version: 1\n# catalog-published: 2026-12-02\n" + head + row, "# source:"},
+		{"source without url", "# catalog-version: 1\n# catalog-published: 2026-12-02\n# source: S1 2026-07-03\n" + head + row, "cat line 3"},
+		{"source with a bad date", "# catalog-version: 1\n# catalog-published: 2026-12-02\n# source: S1 July u\n" + head + row, "date"},
+		{"source declared twice", meta + "# source: S1 - u\n" + head + row, "declared twice"},
+		{"undeclared source tag", meta + head + "a,A,WW,a.com,,443,required,yes,yes,S9#row 3,\n", `cat line 5: source "S9"`},
+		{"row without source", meta + head + "a,A,WW,a.com,,443,required,yes,yes,,\n", "source: empty"},
+		{"bad geo", meta + head + "a,A,XX,a.com,,443,required,yes,yes,S1,\n", "cat line 5"},
+		{"bad port", meta + head + "a,A,WW,a.com,,4430000,required,yes,yes,S1,\n", "port"},
+		{"bad flag", meta + head + "a,A,WW,a.com,,443,required,maybe,yes,S1,\n", "tls_exempt"},
+		{"bad service id", meta + head + "Bad Id,A,WW,a.com,,443,required,yes,yes,S1,\n", "service_id"},
+		{"wrong columns", meta + "host,ports\n" + "a.com,443\n", "column header"},
+		{"empty", meta + head, "no rules"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseCatalog([]byte(tt.csv))
+			_, err := ParseCatalog([]byte(tt.csv), "cat")
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("err = %v, want mention of %q", err, tt.want)
 			}

@@ -39,8 +39,13 @@ type ProbeTarget struct {
 const (
 	crlMicrosoftURL = "http://crl.microsoft.com/pki/crl/products/MicRooCerAut2011_2011_03_22.crl"
 	ctlURL          = "http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/disallowedcertstl.cab"
-	wwwCRLURL       = "http://www.microsoft.com/pkiops/crl/MicSecSerCA2011_2011-10-18.crl"
-	goFwlinkURL     = "https://go.microsoft.com/fwlink/?linkid=2120136"
+	wwwCRLPath      = "/pkiops/crl/MicSecSerCA2011_2011-10-18.crl"
+	wwwCRLURL       = "http://www.microsoft.com" + wwwCRLPath
+	// The Microsoft Root Certificate Authority 2011 certificate: what the
+	// /pki/ rows (commercial /pki/*, government /pki/certs) serve.
+	wwwCertPath = "/pki/certs/MicRooCerAut2011_2011_03_22.crt"
+	wwwCertURL  = "http://www.microsoft.com" + wwwCertPath
+	goFwlinkURL = "https://go.microsoft.com/fwlink/?linkid=2120136"
 )
 
 // ProbeTargets derives the probe targets from the policy's allow rows in
@@ -119,8 +124,12 @@ func targetsForRule(r *allowlist.Rule) []ProbeTarget {
 				t.CRL = true
 				out = append(out, t)
 			case "www.microsoft.com":
-				if len(r.Paths) == 0 || slices.ContainsFunc(r.Paths, func(p string) bool { return strings.HasPrefix(p, "/pkiops/crl") }) {
+				if r.MatchesPath(wwwCRLPath) {
 					t := mk(wwwCRLURL, 200)
+					t.CRL = true
+					out = append(out, t)
+				} else if r.MatchesPath(wwwCertPath) {
+					t := mk(wwwCertURL, 200)
 					t.CRL = true
 					out = append(out, t)
 				} else {
@@ -151,12 +160,13 @@ func targetsForRule(r *allowlist.Rule) []ProbeTarget {
 			out = append(out, t)
 		case strings.HasSuffix(host, ".vortex-win.data.microsoft.com") && strings.Count(host, ".") == 4:
 			out = append(out, mk(h+"/health/keepalive", 200))
-		case strings.HasSuffix(host, ".blob.core.windows.net") && strings.Count(host, ".") == 4:
+		case strings.HasSuffix(host, ".blob.core.windows.net") && strings.Count(host, ".") == 4,
+			strings.HasSuffix(host, ".blob.core.usgovcloudapi.net") && strings.Count(host, ".") == 4:
 			out = append(out, mk(h+"/", 400))
 		case host == "crl.microsoft.com":
 			out = append(out, mk(h+"/", 400))
-		case strings.HasSuffix(host, ".x.cp.wd.microsoft.com") && strings.Count(host, ".") == 5 &&
-			!strings.HasPrefix(host, "cdn."):
+		case (strings.HasSuffix(host, ".x.cp.wd.microsoft.com") || strings.HasSuffix(host, ".x.cp.wd.microsoft.us")) &&
+			strings.Count(host, ".") == 5 && !strings.HasPrefix(host, "cdn."):
 			out = append(out, mk(h+"/api/report", 200))
 		case host == "go.microsoft.com":
 			t := mk(goFwlinkURL, 200)
@@ -499,6 +509,8 @@ func reasonAdvice(reason string) string {
 	switch reason {
 	case "geography":
 		return "the URL serves a data location the gateway is not configured for: check GATEWAY_GEOGRAPHIES against the tenant's data location"
+	case "cloud":
+		return "the URL belongs to another cloud than the gateway serves (commercial or a US Government cloud): check GATEWAY_CLOUD against the tenant's cloud"
 	case "not-listed":
 		return "the URL is not on the gateway's allowlist: check GATEWAY_DISABLED_SERVICES, deny rules and GATEWAY_BLOB_SCOPE, or add an allow rule to GATEWAY_RULES_FILE"
 	case "port":

@@ -317,7 +317,7 @@ func TestProbeTargetsEU(t *testing.T) {
 			t.Error("ProbeTargets not deterministic")
 		}
 		np := NotProbed(p)
-		for _, w := range []string{"*.wdcp.microsoft.com", "*.endpoint.security.microsoft.com", "*.blob.core.windows.net"} {
+		for _, w := range []string{"*.wdcp.microsoft.com", "*.endpoint.security.microsoft.com", "*.ecs.office.com"} {
 			if !slices.Contains(np, w) {
 				t.Errorf("NotProbed lacks %s: %v", w, np)
 			}

@@ -255,7 +255,7 @@ func Handler() http.Handler {
 		switch {
 		case strings.HasPrefix(host, "winatp-gw-") && (p == "/test" || p == "/commands/test"),
 			strings.HasPrefix(host, "edr-") && p == "/edr/commands/test",
-			strings.HasSuffix(host, ".x.cp.wd.microsoft.com") && p == "/api/report",
+			(strings.HasSuffix(host, ".x.cp.wd.microsoft.com") || strings.HasSuffix(host, ".x.cp.wd.microsoft.us")) && p == "/api/report",
 			strings.HasSuffix(host, ".vortex-win.data.microsoft.com") && p == "/health/keepalive",
 			host == "go.microsoft.com" && p == "/fwlink/":
 			w.WriteHeader(http.StatusOK)
@@ -263,7 +263,7 @@ func Handler() http.Handler {
 			http.NotFound(w, r)
 		case strings.HasSuffix(host, "-v20.events.data.microsoft.com") && p == "/ping":
 			io.WriteString(w, "OK")
-		case strings.HasSuffix(host, ".blob.core.windows.net") && p == "/",
+		case (strings.HasSuffix(host, ".blob.core.windows.net") || strings.HasSuffix(host, ".blob.core.usgovcloudapi.net")) && p == "/",
 			host == "crl.microsoft.com" && p == "/":
 			http.Error(w, "bad request", http.StatusBadRequest)
 		case r.TLS == nil && (strings.HasSuffix(p, ".crl") || strings.HasSuffix(p, ".cab") || strings.HasSuffix(p, ".crt")):

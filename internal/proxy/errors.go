@@ -101,6 +101,17 @@ func hint(reason, target string, d *allowlist.Decision, p *allowlist.Policy) str
 		}
 		return fmt.Sprintf("%s serves the %s data location, which this gateway does not (GATEWAY_GEOGRAPHIES=%s). Add %s only if your tenant's data is stored there.",
 			target, g, geoList(p), g)
+	case string(allowlist.ReasonCloud):
+		where := "the commercial cloud"
+		if d != nil && d.Rule != nil && d.Rule.Geography.Government() {
+			where = "the US Government " + d.Rule.Geography.String() + " environment"
+		}
+		cloud := ""
+		if p != nil {
+			cloud = p.Cloud().String()
+		}
+		return fmt.Sprintf("%s serves %s, and this gateway serves the %s cloud (GATEWAY_CLOUD=%s). Set GATEWAY_CLOUD to your tenant's cloud.",
+			target, where, cloud, cloud)
 	case string(allowlist.ReasonPort):
 		ports := ""
 		if d != nil && d.Rule != nil {

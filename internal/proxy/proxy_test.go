@@ -133,7 +133,8 @@ func TestPlainHTTP(t *testing.T) {
 	}{
 		{"crl path", "http://crl.microsoft.com/pki/crl/products/MicRooCerAut_2010-06-23.crl", 200, ""},
 		{"www pkiops", "http://www.microsoft.com/pkiops/crl/x.crl", 200, ""},
-		{"other path on crl host", "http://crl.microsoft.com/other", 403, "not-listed"},
+		{"crl host-wide on port 80", "http://crl.microsoft.com/other", 200, ""},
+		{"other path on www host", "http://www.microsoft.com/other", 403, "not-listed"},
 		{"traversal out of crl path", "http://www.microsoft.com/pkiops/crl/../../private", 403, "not-listed"},
 		{"unlisted", "http://unlisted-http.example.com/", 403, "not-listed"},
 		{"ip literal", "http://127.0.0.1/", 403, "ip-literal"},
@@ -209,7 +210,7 @@ func TestRawRequests(t *testing.T) {
 	}{
 		{"origin form to the gateway", "GET / HTTP/1.1\r\nHost: gw\r\n\r\n", 200, ""},
 		{"https absolute form", "GET https://crl.microsoft.com/ HTTP/1.1\r\nHost: crl.microsoft.com\r\n\r\n", 400, "bad-request"},
-		{"absolute uri wins over host header", "GET http://crl.microsoft.com/other HTTP/1.1\r\nHost: www.microsoft.com\r\n\r\n", 403, "not-listed"},
+		{"absolute uri wins over host header", "GET http://www.microsoft.com/other HTTP/1.1\r\nHost: crl.microsoft.com\r\n\r\n", 403, "not-listed"},
 		{"userinfo in url", "GET http://u:p@crl.microsoft.com/pki/crl/products/a HTTP/1.1\r\nHost: crl.microsoft.com\r\n\r\n", 400, "bad-request"},
 	}
 	for _, tt := range tests {
@@ -421,7 +422,7 @@ func TestCurl(t *testing.T) {
 		{"tunnel", "https://winatp-gw-weu.microsoft.com/test", "200"},
 		{"geography", "https://winatp-gw-cus.microsoft.com/test", "403"},
 		{"crl", "http://crl.microsoft.com/pki/crl/products/a.crl", "200"},
-		{"crl other path", "http://crl.microsoft.com/x", "403"},
+		{"www other path", "http://www.microsoft.com/x", "403"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

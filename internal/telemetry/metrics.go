@@ -69,8 +69,10 @@ type Metrics struct {
 
 	auth fixed[prometheus.Counter]
 
-	catalogMu    sync.Mutex // serialises CatalogRules' reset-and-set
-	catalogRules *prometheus.GaugeVec
+	catalogMu        sync.Mutex // serialises Catalog's reset-and-set
+	catalogRules     *prometheus.GaugeVec
+	catalogInfo      *prometheus.GaugeVec
+	catalogPublished prometheus.Gauge
 
 	reloadOK, reloadFailed prometheus.Counter
 
@@ -181,6 +183,16 @@ func NewMetrics(reg prometheus.Registerer, info BuildInfo) *Metrics {
 		Help: "Rules of the effective allowlist for the configured geographies, by geography and service.",
 	}, []string{"geography", "service"})
 	add(m.catalogRules)
+	m.catalogInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "catalog_info",
+		Help: "The catalog in force: always 1, labelled with its version and source (embedded, or file: GATEWAY_CATALOG_FILE).",
+	}, []string{"version", "source"})
+	add(m.catalogInfo)
+	m.catalogPublished = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "catalog_published_timestamp_seconds",
+		Help: "Publication date of the catalog in force (when it was last checked against Microsoft's lists), as a Unix time.",
+	})
+	add(m.catalogPublished)
 
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "config_reloads_total",
@@ -312,9 +324,12 @@ func (m *Metrics) Auth(result string) {
 	m.auth.with(result).Inc()
 }
 
-// CatalogRules replaces gateway_catalog_rules with the number of p's rules
-// per geography and service, counting only rules in p's geographies.
-func (m *Metrics) CatalogRules(p *allowlist.Policy) {
+// Catalog describes the catalog in force: gateway_catalog_info{version,
+// source}, gateway_catalog_published_timestamp_seconds, and
+// gateway_catalog_rules with the number of p's rules per geography and
+// service, counting only rules in p's geographies. source is "embedded" or
+// "file".
+func (m *Metrics) Catalog(p *allowlist.Policy, source string) {
 	if m == nil {
 		return
 	}
@@ -332,6 +347,11 @@ func (m *Metrics) CatalogRules(p *allowlist.Policy) {
 	}
 	m.catalogMu.Lock()
 	defer m.catalogMu.Unlock()
+	m.catalogInfo.Reset()
+	if p != nil {
+		m.catalogInfo.WithLabelValues(lv(p.Version()), lv(source)).Set(1)
+		m.catalogPublished.Set(float64(p.Published().Unix()))
+	}
 	m.catalogRules.Reset()
 	for k, n := range counts {
 		m.catalogRules.WithLabelValues(lv(k.geo.String()), lv(k.service)).Set(float64(n))

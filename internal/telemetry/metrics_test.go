@@ -218,7 +218,8 @@ func TestCatalogRules(t *testing.T) {
 
 	m, reg := newTestMetrics(t)
 	m.catalogRules.WithLabelValues("UAE", "stale").Set(7) // must be reset
-	m.CatalogRules(p)
+	m.catalogInfo.WithLabelValues("old", "embedded").Set(1)
+	m.Catalog(p, "file")
 
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -257,11 +258,20 @@ func TestCatalogRules(t *testing.T) {
 	}
 
 	if _, ok := series(t, reg, "gateway_catalog_rules", L{"geography": "UAE", "service": "stale"}); ok {
-		t.Error("CatalogRules did not reset earlier series")
+		t.Error("Catalog did not reset earlier series")
 	}
-	m.CatalogRules(nil)
-	if n := testutil.CollectAndCount(m.catalogRules); n != 0 {
-		t.Errorf("CatalogRules(nil) left %d series", n)
+	if got := value(t, reg, "gateway_catalog_info", L{"version": cat.Version, "source": "file"}); got != 1 {
+		t.Errorf("gateway_catalog_info{version=%q,source=file} = %v, want 1", cat.Version, got)
+	}
+	if _, ok := series(t, reg, "gateway_catalog_info", L{"version": "old", "source": "embedded"}); ok {
+		t.Error("Catalog kept the previous catalog's info series")
+	}
+	if got, want := value(t, reg, "gateway_catalog_published_timestamp_seconds", L{}), float64(cat.Published.Unix()); got != want || want <= 0 {
+		t.Errorf("gateway_catalog_published_timestamp_seconds = %v, want %v", got, want)
+	}
+	m.Catalog(nil, "")
+	if n := testutil.CollectAndCount(m.catalogRules) + testutil.CollectAndCount(m.catalogInfo); n != 0 {
+		t.Errorf("Catalog(nil) left %d series", n)
 	}
 }
 
@@ -277,7 +287,7 @@ func touchAll(m *Metrics) {
 	m.Dial(time.Millisecond, "")
 	m.Dial(time.Millisecond, "timeout")
 	m.Auth("failure")
-	m.CatalogRules(nil)
+	m.Catalog(nil, "")
 	m.catalogRules.WithLabelValues("EU", "sense").Set(1)
 	m.ConfigReload(true)
 	m.EventLogged()
@@ -364,7 +374,7 @@ func TestNilMetrics(t *testing.T) {
 		m.DNSCacheHit()
 		m.Dial(0, "")
 		m.Auth("success")
-		m.CatalogRules(nil)
+		m.Catalog(nil, "")
 		m.ConfigReload(true)
 		m.EventLogged()
 		m.EventDropped()
@@ -391,7 +401,7 @@ func TestMetricsConcurrent(t *testing.T) {
 	}
 	wg.Go(func() {
 		for range 100 {
-			m.CatalogRules(nil)
+			m.Catalog(nil, "")
 			if _, err := reg.Gather(); err != nil {
 				t.Error(err)
 			}
