@@ -69,7 +69,7 @@ func catalogImport(args []string, stdout, stderr io.Writer) int {
 	for _, s := range res.Sources {
 		fmt.Fprintf(stderr, "imported %s (%s, %s)\n", s.Tag, s.Title, orText(s.Date, "undated"))
 	}
-	fmt.Fprintf(stderr, "%d rows imported, %d rows of Microsoft's lists skipped:\n", len(res.Rules), len(res.Skipped))
+	fmt.Fprintf(stderr, "rules imported: %d; rows of Microsoft's lists that map to no rule: %d\n", len(res.Rules), len(res.Skipped))
 	for _, s := range res.Skipped {
 		fmt.Fprintf(stderr, "  skipped %s\n", s)
 	}

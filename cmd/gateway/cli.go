@@ -116,6 +116,9 @@ func printExplanation(w io.Writer, e allowlist.Explanation) {
 		fmt.Fprintf(tw, "rule:\t%s (%s %s, ports %s%s)\n", r.ID, r.Action, r.Host, r.PortsString(), pathsText(r.Paths))
 		fmt.Fprintf(tw, "service:\t%s (%s)\n", r.ServiceID, r.ServiceName)
 		fmt.Fprintf(tw, "geography:\t%s\n", r.Geography)
+		if r.Source != "" {
+			fmt.Fprintf(tw, "source:\t%s\n", r.Source)
+		}
 	} else {
 		fmt.Fprintf(tw, "rule:\t(none)\n")
 	}

@@ -22,6 +22,7 @@ type labProcess struct {
 	gateway string // http://host:port
 	ca      string
 	admin   string
+	tries   []string // the commands the lab prints ("try: ...")
 	stderr  *lockedWriter
 }
 
@@ -51,7 +52,7 @@ func startLab(t *testing.T, env ...string) *labProcess {
 		close(lines)
 	}()
 	deadline := time.After(10 * time.Second)
-	for l.gateway == "" || l.ca == "" || l.admin == "" {
+	for l.gateway == "" || l.ca == "" || l.admin == "" || len(l.tries) < 2 {
 		select {
 		case line, ok := <-lines:
 			if !ok {
@@ -63,6 +64,8 @@ func startLab(t *testing.T, env ...string) *labProcess {
 				l.ca = v
 			} else if v, ok := strings.CutPrefix(line, "lab admin: "); ok {
 				l.admin = v
+			} else if v, ok := strings.CutPrefix(line, "try: "); ok {
+				l.tries = append(l.tries, v)
 			}
 		case <-deadline:
 			t.Fatalf("lab did not start: %s", l.stderr)
@@ -116,6 +119,39 @@ func TestProbeAgainstLab(t *testing.T) {
 				"https://winatp-gw-weu.microsoft.com/commands/test").Output()
 			if err != nil || string(b) != "200" {
 				t.Errorf("curl through the lab: %q %v", b, err)
+			}
+		}
+	})
+	t.Run("a US Government cloud", func(t *testing.T) {
+		l := startLab(t, "GATEWAY_CLOUD=gcc-high")
+		if !strings.HasSuffix(l.tries[0], "--cloud gcc-high") || !strings.Contains(l.tries[1], "https://winatp-gw-usgt.microsoft.com/commands/test") {
+			t.Errorf("printed commands do not follow the cloud: %q", l.tries)
+		}
+		out, errOut, code := runCLI(t, nil, "probe", "--via", l.gateway, "--ca", l.ca, "--cloud", "gcc-high", "--timeout", "5s")
+		if code != 0 {
+			t.Fatalf("probe --cloud gcc-high: exit %d\n%s\n%s\nlab: %s", code, out, errOut, l.stderr)
+		}
+		for _, want := range []string{"Testing URL : https://winatp-gw-usgt.microsoft.com/test",
+			"Testing URL : https://unitedstates1.x.cp.wd.microsoft.us/api/report",
+			"Testing URL : https://automatedirstrffusgv.blob.core.usgovcloudapi.net/",
+			"Testing URL : http://crl.microsoft.com/pki/crl/products/",
+			"Testing URL : http://www.microsoft.com/pki/certs/"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("gcc-high probe lacks %q", want)
+			}
+		}
+		if strings.Contains(out, "winatp-gw-weu") || strings.Contains(out, "winatp-gw-usmt") {
+			t.Errorf("gcc-high probe tests another cloud's hosts:\n%s", out)
+		}
+		// GCC's endpoints through a GCC High gateway: refused, reason cloud.
+		out, _, code = runCLI(t, nil, "probe", "--via", l.gateway, "--ca", l.ca, "--cloud", "gcc", "--timeout", "5s")
+		if code != 1 || !strings.Contains(out, "403 cloud") || !strings.Contains(out, "GATEWAY_CLOUD") {
+			t.Errorf("gcc probe through a gcc-high lab: exit %d, want 1 with reason cloud:\n%s", code, out)
+		}
+		if curl, err := exec.LookPath("curl"); err == nil {
+			args := append([]string{"-s", "--noproxy", "", "-w", "%{http_code}"}, strings.Fields(strings.TrimPrefix(l.tries[1], "curl "))...)
+			if b, err := exec.Command(curl, args...).Output(); err != nil || string(b) != "200" {
+				t.Errorf("the printed curl command: %q %v", b, err)
 			}
 		}
 	})

@@ -5,6 +5,7 @@
 //	gateway [serve]                 run the proxy (configured from GATEWAY_* variables)
 //	gateway explain [flags] TARGET  show the decision for a URL or host:port
 //	gateway catalog [flags]         print the effective catalog
+//	gateway catalog import FILE...  turn Microsoft's published lists into a catalog file
 //	gateway version                 print the version and catalog version
 package main
 
@@ -21,17 +22,27 @@ Usage:
   gateway [serve]                    run the forward proxy
   gateway explain [flags] TARGET     show the decision for TARGET (URL, host or host:port);
                                      exits 0 if allowed, 1 if refused, 2 on error
-      --geo LIST      geographies to use instead of GATEWAY_GEOGRAPHIES (e.g. EU or US,UK)
+      --cloud C       commercial, gcc, gcc-high or dod instead of GATEWAY_CLOUD
+      --geo LIST      data locations to use instead of GATEWAY_GEOGRAPHIES (e.g. EU or US,UK)
       --rules FILE    rules file to use instead of GATEWAY_RULES_FILE
       --format F      text (default) or json
   gateway catalog [flags]            print the effective catalog for the current settings
       --format F      table (default), json or csv
       --all           include rows of geographies that are not configured
-      --geo LIST, --rules FILE as for explain
+      --cloud C, --geo LIST, --rules FILE as for explain
+  gateway catalog import FILE... [flags]
+                                     read Microsoft's lists (mde-urls-commercial.xlsx, mde-urls-gov.xlsx, the articles'
+                                     markdown) and write a catalog for GATEWAY_CATALOG_FILE; exit 1 with --check when
+                                     something would change
+      --out FILE      write the catalog there (atomically) instead of standard output
+      --diff          print what would change against the catalog in force, by service
+      --check         as --diff, and exit 1 when anything would change
+      --base FILE     the catalog to update and compare with ("embedded", or a file; default: the catalog in force)
+      --version V, --published YYYY-MM-DD   name the new catalog (default: today)
   gateway pac [flags]                print the PAC file the gateway serves at /proxy.pac and /wpad.dat
       --proxy HOST:PORT  advertised gateway address (default GATEWAY_PUBLIC_ADDR, else GATEWAY_LISTEN)
       --default D        DIRECT or PROXY for hosts not on the allowlist (default GATEWAY_PAC_DEFAULT)
-      --geo LIST, --rules FILE as for explain
+      --cloud C, --geo LIST, --rules FILE as for explain
   gateway client-config --proxy HOST:PORT [flags]
                                      print what points all three Defender components at the gateway
       --format F      cmd (default), ps1 or reg
@@ -41,18 +52,18 @@ Usage:
   gateway probe [flags]              check every catalog endpoint like the MDE client analyzer; exits 1 when a
                                      required endpoint fails
       --via URL       through this gateway (http://host:port); default direct
-      --geo LIST      geographies to probe;  --format text|json;  --ca FILE  extra roots (the lab CA)
+      --cloud C, --geo LIST  cloud and data locations to probe;  --format text|json;  --ca FILE  extra roots (the lab CA)
       --proxy-user U:P  credentials for the gateway;  --timeout D;  --concurrency N
   gateway lab [flags]                a loopback replica: DNS answering the catalog's names, simulated Defender
                                      endpoints (lab CA written to disk) and the gateway using them
       --listen ADDR   gateway listener (default 127.0.0.1:3128)
       --addr IP       address of the simulated endpoints and DNS (default 127.0.0.1)
       --dir DIR       where to write the lab CA (default: a new temporary directory)
-      --geo LIST      geographies
+      --cloud C, --geo LIST  cloud and data locations
   gateway healthcheck [flags]        exit 0 if the local gateway answers /healthz (the container HEALTHCHECK)
       --ready         check /readyz instead
       --url URL       check this URL instead of GATEWAY_ADMIN_LISTEN
-  gateway version                    print the gateway and catalog versions
+  gateway version                    print the gateway version, the catalog in force and the cloud
   gateway help                       this text
 
 Configuration comes from GATEWAY_* environment variables; see README.md.

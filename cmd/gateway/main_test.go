@@ -74,7 +74,7 @@ func TestExplainCLI(t *testing.T) {
 		want     []string
 	}{
 		{"allowed", []string{"GATEWAY_GEOGRAPHIES=EU"}, []string{"explain", "winatp-gw-weu.microsoft.com:443"}, 0,
-			[]string{"decision:", "allowed", "edr-cnc", "EU"}},
+			[]string{"decision:", "allowed", "edr-cnc", "EU", "source:", `S1#standard-device-connectivity-urls-commercial.md, table "Microsoft Defender URLs", row`}},
 		{"geography", []string{"GATEWAY_GEOGRAPHIES=EU"}, []string{"explain", "https://winatp-gw-cus.microsoft.com/test"}, 1,
 			[]string{"refused", "geography", "US"}},
 		{"flag after target", nil, []string{"explain", "winatp-gw-cus.microsoft.com", "--geo", "EU"}, 1,

@@ -517,7 +517,7 @@ func checkCommon(t *testing.T, b *built) {
 		{"environment values", func(t *testing.T) {
 			if g := env["GATEWAY_GEOGRAPHIES"]; g != "" {
 				for _, s := range strings.Split(g, ",") {
-					if _, err := allowlist.ParseGeography(s); err != nil {
+					if _, err := allowlist.ParseDataLocation(s); err != nil {
 						t.Error(err)
 					}
 				}

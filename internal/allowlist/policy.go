@@ -89,7 +89,8 @@ type Policy struct {
 	geos          uint16 // bit per Geography in force
 	allGeos       bool
 	rules         []Rule // catalog rows (disabled services removed) then operator rules
-	allow         index
+	allow         index  // allow rules of this policy's cloud
+	foreign       index  // allow rules of the other clouds: only to explain a refusal
 	deny          index
 	services      []string
 	blobScope     BlobScope
@@ -158,8 +159,9 @@ func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 		version:   cat.Version,
 		published: cat.Published,
 		cloud:     opts.Cloud,
-		allow:     index{exact: map[string][]*Rule{}, wild: map[string][]*Rule{}},
-		deny:      index{exact: map[string][]*Rule{}, wild: map[string][]*Rule{}},
+		allow:     newIndex(),
+		foreign:   newIndex(),
+		deny:      newIndex(),
 	}
 	switch {
 	case opts.Cloud >= numClouds:
@@ -217,14 +219,24 @@ func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 	}
 	for i := range p.rules {
 		r := &p.rules[i]
-		if r.Action == Deny {
+		switch {
+		case r.Action == Deny:
 			p.deny.add(r)
-		} else {
+		case p.cloudServes(r.Geography):
 			p.allow.add(r)
+		default:
+			// Each cloud's list stands alone ("in a government cloud the
+			// government lists apply instead of the commercial ones"): a
+			// government row must not become the most specific pattern for
+			// a commercial host (us4-v20.events.data.microsoft.com under
+			// the commercial *.events.data.microsoft.com), nor the reverse.
+			p.foreign.add(r)
 		}
 	}
 	return p, nil
 }
+
+func newIndex() index { return index{exact: map[string][]*Rule{}, wild: map[string][]*Rule{}} }
 
 // Version is the catalog version the policy was built from.
 func (p *Policy) Version() string { return p.version }
@@ -363,6 +375,9 @@ func (p *Policy) match(t Target) Decision {
 			return refuse(t, ErrIPLiteral, nil)
 		}
 	} else if rules = p.allow.lookup(t.Host); rules == nil {
+		if other := p.foreign.lookup(t.Host); other != nil {
+			return refuse(t, ErrCloud, other[0])
+		}
 		return refuse(t, ErrNotListed, nil)
 	}
 	d := Decision{Target: t}
@@ -393,16 +408,16 @@ func (p *Policy) match(t Target) Decision {
 		return refuse(t, ErrNotListed, pathMiss)
 	case portMiss != nil:
 		return refuse(t, ErrPort, portMiss)
-	case p.cloudServes(geoMiss.Geography):
-		return refuse(t, ErrGeography, geoMiss)
 	default:
-		return refuse(t, ErrCloud, geoMiss)
+		return refuse(t, ErrGeography, geoMiss)
 	}
 }
 
-// cloudServes reports whether rows of geography g can apply in this
-// policy's cloud at all (a data location not configured can; another
-// cloud's row cannot).
+// CloudServes reports whether rows of geography g belong to this policy's
+// cloud (a data location not configured does; another cloud's row does
+// not). Only those rows take part in choosing the most specific pattern.
+func (p *Policy) CloudServes(g Geography) bool { return p.cloudServes(g) }
+
 func (p *Policy) cloudServes(g Geography) bool {
 	c, ok := CloudOf(g)
 	if !ok { // USGov: every government cloud

@@ -376,3 +376,61 @@ func TestVerifySNIRule(t *testing.T) {
 		t.Errorf("modern: allowed %v NoSNICheck %v, want true false", d.Allowed, d.NoSNICheck)
 	}
 }
+
+// TestClouds checks that each cloud's list stands alone: the most specific
+// pattern is chosen among the rows of the cloud in force, and rows of other
+// clouds only explain a refusal.
+func TestClouds(t *testing.T) {
+	commercial := mustPolicy(t, Options{Geographies: []Geography{EU}})
+	gcc := mustPolicy(t, Options{Cloud: CloudGCC})
+	gccHigh := mustPolicy(t, Options{Cloud: CloudGCCHigh})
+	dod := mustPolicy(t, Options{Cloud: CloudDoD})
+	tests := []struct {
+		name    string
+		p       *Policy
+		target  string
+		want    Reason
+		service string
+	}{
+		{"commercial: a gov exact row does not shadow the commercial wildcard", commercial,
+			"us4-v20.events.data.microsoft.com:443", ReasonAllowed, "av-core"},
+		{"commercial: a gov-only host", commercial, "winatp-gw-usgt.microsoft.com:443", ReasonCloud, "edr-cnc"},
+		{"commercial: geography still decides within the cloud", commercial, "winatp-gw-cus.microsoft.com:443", ReasonGeography, "edr-cnc"},
+		{"gcc: its own gateway", gcc, "winatp-gw-usmt.microsoft.com:443", ReasonAllowed, "edr-cnc"},
+		{"gcc: US Gov rows", gcc, "unitedstates4.ss.wd.microsoft.us:443", ReasonAllowed, "smartscreen"},
+		{"gcc: streamlined gov wildcard", gcc, "x.endpoint.security.microsoft.us:443", ReasonAllowed, "streamlined"},
+		{"gcc: gcc mod config", gcc, "gccmod.ecs.office.com:443", ReasonAllowed, "config-management"},
+		{"gcc-high: shared gateway", gccHigh, "winatp-gw-usgt.microsoft.com:443", ReasonAllowed, "edr-cnc"},
+		{"gcc-high: GCC-only host", gccHigh, "winatp-gw-usmt.microsoft.com:443", ReasonCloud, "edr-cnc"},
+		{"gcc-high: DoD-only host", gccHigh, "winatp-gw-usgv.microsoft.com:443", ReasonCloud, "edr-cnc"},
+		{"gcc-high: commercial-only host", gccHigh, "winatp-gw-weu.microsoft.com:443", ReasonCloud, "edr-cnc"},
+		{"gcc-high: commercial wildcard", gccHigh, "eu.wdcp.microsoft.com:443", ReasonCloud, "av-maps"},
+		{"dod: DoD gateway", dod, "winatp-gw-usgv.microsoft.com:443", ReasonAllowed, "edr-cnc"},
+		{"dod: crl path", dod, "http://crl.microsoft.com/pki/crl/products/a.crl", ReasonAllowed, "crl"},
+		{"dod: crl other path", dod, "http://crl.microsoft.com/other", ReasonNotListed, "crl"},
+		{"dod: unlisted", dod, "example.com:443", ReasonNotListed, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := decide(t, tt.p, tt.target)
+			if d.Reason != tt.want || d.Service() != tt.service {
+				t.Errorf("%s: reason %q service %q, want %q %q", tt.target, d.Reason, d.Service(), tt.want, tt.service)
+			}
+		})
+	}
+	if _, err := NewPolicy(&Catalog{}, Options{Cloud: CloudGCC, Geographies: []Geography{EU}}); err == nil {
+		t.Error("a government cloud with data locations was accepted")
+	}
+	if _, err := NewPolicy(&Catalog{}, Options{Geographies: []Geography{GCC}}); err == nil {
+		t.Error("a government geography as a data location was accepted")
+	}
+	// An operator rule without a geography applies in a government cloud.
+	rs, err := ParseRules([]byte("rules:\n  - action: allow\n    host: app.contoso.us\n"), "r.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := mustPolicy(t, Options{Cloud: CloudDoD, Rules: rs.Rules})
+	if d := decide(t, p, "app.contoso.us:443"); !d.Allowed {
+		t.Errorf("operator rule in a DoD gateway: %+v", d)
+	}
+}

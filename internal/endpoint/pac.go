@@ -185,6 +185,10 @@ func newPACTable(p *allowlist.Policy) (*pacTable, error) {
 			if len(r.Paths) == 0 && len(r.Ports) == 0 {
 				set.deny[key] = true
 			}
+		case !p.CloudServes(r.Geography):
+			// Another cloud's list: the policy does not see it when it
+			// chooses the most specific pattern, so neither does the PAC.
+			continue
 		default:
 			set.any[key] = true
 			if p.InGeography(r.Geography) {

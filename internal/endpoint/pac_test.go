@@ -214,6 +214,10 @@ func TestPACMatchesPolicy(t *testing.T) {
 		{"US", "", allowlist.Options{Geographies: []allowlist.Geography{allowlist.US}}},
 		{"UK blob listed", "", allowlist.Options{Geographies: []allowlist.Geography{allowlist.UK}, BlobScope: allowlist.BlobListed}},
 		{"all geographies with operator rules", pacOperatorRules, allowlist.Options{}},
+		{"UK blob wildcard", "", allowlist.Options{Geographies: []allowlist.Geography{allowlist.UK}, BlobScope: allowlist.BlobWildcard}},
+		{"GCC with operator rules", pacOperatorRules, allowlist.Options{Cloud: allowlist.CloudGCC}},
+		{"GCC High", "", allowlist.Options{Cloud: allowlist.CloudGCCHigh}},
+		{"DoD", "", allowlist.Options{Cloud: allowlist.CloudDoD}},
 	}
 	for _, pc := range policies {
 		t.Run(pc.name, func(t *testing.T) {
