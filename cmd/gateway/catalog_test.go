@@ -127,7 +127,7 @@ func TestCatalogRoundTrip(t *testing.T) {
 		{"mdav.eu.endpoint.security.microsoft.com:443", "dns-failure"}, // CA row
 		{"winatp-gw-neu.microsoft.com:443", "dns-failure"},             // also in S2's MMA table
 	} {
-		resp := connect(t, rw.g.addr, tt.target)
+		_, resp := connect(t, rw.g.addr, tt.target)
 		if got := resp.Header.Get("X-Gateway-Reason"); got != tt.want {
 			t.Errorf("CONNECT %s: %d %q, want reason %q", tt.target, resp.StatusCode, got, tt.want)
 		}
@@ -167,10 +167,10 @@ func TestCatalogRoundTrip(t *testing.T) {
 		t.Fatalf("second import: exit %d: %s", code, errOut)
 	}
 	rw.waitFor(t, "second.defender.microsoft.com", 200)
-	if resp := connect(t, rw.g.addr, "winatp-gw-weu.microsoft.com:443"); resp.StatusCode != 200 {
+	if _, resp := connect(t, rw.g.addr, "winatp-gw-weu.microsoft.com:443"); resp.StatusCode != 200 {
 		t.Errorf("winatp-gw-weu after the second import: %d %q, want still allowed (S2 lists it)", resp.StatusCode, resp.Header.Get("X-Gateway-Reason"))
 	}
-	if resp := connect(t, rw.g.addr, "newsvc.defender.microsoft.com:443"); resp.Header.Get("X-Gateway-Reason") != "port" {
+	if _, resp := connect(t, rw.g.addr, "newsvc.defender.microsoft.com:443"); resp.Header.Get("X-Gateway-Reason") != "port" {
 		t.Errorf("newsvc on 443: %d %q, want port (the row names the lab port)", resp.StatusCode, resp.Header.Get("X-Gateway-Reason"))
 	}
 	waitMetric(t, admin, `gateway_catalog_info{source="file",version="2027.02.15"} 1`)
@@ -192,8 +192,10 @@ func TestCatalogRoundTrip(t *testing.T) {
 	}
 }
 
-// connect sends one CONNECT and returns the response (the tunnel is not used).
-func connect(t *testing.T, proxyAddr, target string) *http.Response {
+// connect sends one CONNECT on a new connection and returns the connection
+// (closed when the test ends) and the response. Bytes after the response may
+// sit in the reader this used: use the connection only to hold or close it.
+func connect(t *testing.T, proxyAddr, target string) (net.Conn, *http.Response) {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", proxyAddr, 5*time.Second)
 	if err != nil {
@@ -206,7 +208,7 @@ func connect(t *testing.T, proxyAddr, target string) *http.Response {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp
+	return c, resp
 }
 
 // waitMetric waits until the admin listener's scrape contains line.

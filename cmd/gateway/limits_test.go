@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"net"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -20,17 +18,7 @@ func TestMaxConns(t *testing.T) {
 	target := fmt.Sprintf("app.lab.test:%d", port)
 	open := func() (net.Conn, int, string) {
 		t.Helper()
-		c, err := net.Dial("tcp", g.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-		resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, resp := connect(t, g.addr, target)
 		return c, resp.StatusCode, resp.Header.Get("X-Gateway-Reason")
 	}
 	t1, c1, _ := open()

@@ -7,7 +7,8 @@
 // is swapped as a whole when configuration changes.
 //
 // Matching follows the conventions of Microsoft's URL tables ("Configure your
-// network environment", S3 in shared/reference/defender-egress.md):
+// network environment", learn.microsoft.com/defender-endpoint/configure-environment,
+// and the standard and streamlined connectivity URL lists):
 //   - "*.example.com" matches any subdomain of example.com, never example.com
 //     itself and never a name that merely ends with the same letters;
 //   - a gateway serves one cloud: the commercial cloud, or one of the US

@@ -14,8 +14,8 @@ import (
 )
 
 // catalogCSV is the Defender service catalog: one row per host pattern per
-// service, transcribed from Microsoft's URL tables (sources named in the file
-// and in shared/reference/defender-egress.md).
+// service and source, imported from Microsoft's URL tables; each source tag
+// is declared in the file's header with the article's address and date.
 //
 //go:embed catalog.csv
 var catalogCSV []byte

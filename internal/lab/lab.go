@@ -242,8 +242,9 @@ func Answer(w dns.ResponseWriter, req *dns.Msg, lookup func(name string) ([]neti
 	w.WriteMsg(m)
 }
 
-// Handler answers like the Defender services answer the client analyzers
-// (shared/reference/defender-egress.md, "Connectivity checks").
+// Handler answers like the Defender services answer the client analyzers'
+// connectivity checks (the MDE Client Analyzer,
+// learn.microsoft.com/defender-endpoint/overview-client-analyzer).
 func Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		host, _, err := net.SplitHostPort(r.Host)

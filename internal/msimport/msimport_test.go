@@ -501,3 +501,31 @@ func TestNoGeographyColumn(t *testing.T) {
 		t.Errorf("skipped = %q, want a note for the dropped WW row", out.Skipped)
 	}
 }
+
+// TestDropUnscopedKinds: a portal row scoped to one cloud does not scope a
+// device row of the same host (G1's GCC portal login.microsoftonline.com and
+// the Live Response row every government cloud needs).
+func TestDropUnscopedKinds(t *testing.T) {
+	device := allowlist.Rule{Action: allowlist.Allow, Host: "login.microsoftonline.com", Ports: []uint16{443},
+		Geography: allowlist.USGov, ServiceID: "live-response", TLSExempt: true, Anonymous: true, Source: "G1#a"}
+	portal := allowlist.Rule{Action: allowlist.Allow, Host: "login.microsoftonline.com", Ports: []uint16{443},
+		Geography: allowlist.GCC, ServiceID: "admin-portal", Source: "G1#b"}
+	scopedDevice := device
+	scopedDevice.Geography, scopedDevice.Source = allowlist.DoD, "G1#c"
+	for _, tt := range []struct {
+		name      string
+		rules     []allowlist.Rule
+		wantKept  int
+		wantNotes int
+	}{
+		{"portal row does not scope a device row", []allowlist.Rule{device, portal}, 2, 0},
+		{"device row of one cloud scopes the unscoped device row", []allowlist.Rule{device, scopedDevice}, 1, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			out := Merge(&allowlist.Catalog{}, &Result{Rules: tt.rules}, "x", time.Now())
+			if len(out.Rules) != tt.wantKept || len(out.Skipped) != tt.wantNotes {
+				t.Errorf("kept %d rules, %d notes (%q); want %d, %d", len(out.Rules), len(out.Skipped), out.Skipped, tt.wantKept, tt.wantNotes)
+			}
+		})
+	}
+}
