@@ -316,3 +316,41 @@ func TestPprofSwitch(t *testing.T) {
 		})
 	}
 }
+
+// TestReadyNeedsADNSAnswer: a new gateway is not ready until a DNS server
+// has answered once, and becomes ready when one does.
+func TestReadyNeedsADNSAnswer(t *testing.T) {
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // reads queries, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	g := startGateway(t, "GATEWAY_DNS_SERVERS="+silent.LocalAddr().String(), "GATEWAY_DNS_TIMEOUT=1s",
+		"GATEWAY_DNS_PROBE_INTERVAL=100ms", "GATEWAY_GEOGRAPHIES=EU")
+	admin := "http://" + g.admin
+	// At once, before the first probe could have timed out.
+	if code, body := httpGet(t, admin+"/readyz"); code != 503 || !strings.Contains(body, "dns") {
+		t.Errorf("/readyz before any DNS answer: %d %q, want 503 naming DNS", code, body)
+	}
+	if code, _ := httpGet(t, admin+"/healthz"); code != 200 {
+		t.Errorf("/healthz = %d, want 200 (alive, just not ready)", code)
+	}
+	// Still not ready once the first probe has timed out (awaited through its log line).
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(g.log(), "dns servers do not answer: not ready") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 'not ready' log line:\n%s", g.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := httpGet(t, admin+"/readyz"); code != 503 {
+		t.Errorf("/readyz after a failed probe: %d %q, want 503", code, body)
+	}
+
+	dns := testutil.NewDNS(t)
+	g2 := startGateway(t, "GATEWAY_DNS_SERVERS="+dns.Addr, "GATEWAY_DNS_PROBE_INTERVAL=100ms", "GATEWAY_GEOGRAPHIES=EU")
+	waitStatus(t, "http://"+g2.admin+"/readyz", 200)
+	if !strings.Contains(g2.log(), "dns servers answer: ready") {
+		t.Errorf("no 'ready' log line:\n%s", g2.log())
+	}
+}

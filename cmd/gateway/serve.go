@@ -71,8 +71,12 @@ type gateway struct {
 	adminLn net.Listener
 
 	shuttingDown atomic.Bool
-	dnsErr       atomic.Pointer[error] // last DNS probe result
+	dnsErr       atomic.Pointer[error] // last DNS probe result; errNoDNSAnswerYet until the first
 }
+
+// errNoDNSAnswerYet keeps a new gateway out of rotation until a DNS server
+// has answered once: before that it could only answer dns-failure.
+var errNoDNSAnswerYet = errors.New("no DNS server has answered yet")
 
 // newGateway builds every part and opens the listeners; it fails on any bad
 // setting, naming it. wrapDialer, if non-nil, wraps the checked dialer (the
@@ -80,6 +84,8 @@ type gateway struct {
 // as is.
 func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) proxy.Dialer) (_ *gateway, err error) {
 	g := &gateway{cfg: cfg, log: logger, reg: prometheus.NewRegistry()}
+	noAnswer := errNoDNSAnswerYet
+	g.dnsErr.Store(&noAnswer)
 	defer func() {
 		if err != nil {
 			g.close() // whatever was opened before the failure
@@ -244,12 +250,13 @@ func (g *gateway) probeDNS(ctx context.Context) {
 		pctx, cancel := context.WithTimeout(ctx, g.cfg.DNSTimeout)
 		err := g.res.Ping(pctx)
 		cancel()
-		if prev := g.dnsErr.Swap(&err); (prev == nil || *prev == nil) != (err == nil) {
-			if err != nil {
-				g.log.Error("dns servers do not answer: not ready", "error", err.Error())
-			} else if prev != nil {
-				g.log.Info("dns servers answer again: ready")
-			}
+		switch prev := g.dnsErr.Swap(&err); {
+		case err != nil && (*prev == nil || *prev == errNoDNSAnswerYet):
+			g.log.Error("dns servers do not answer: not ready", "error", err.Error())
+		case err == nil && *prev == errNoDNSAnswerYet:
+			g.log.Info("dns servers answer: ready")
+		case err == nil && *prev != nil:
+			g.log.Info("dns servers answer again: ready")
 		}
 		select {
 		case <-ctx.Done():
