@@ -904,22 +904,27 @@ func TestAdversarialForeignProtocols(t *testing.T) {
 	})
 	for _, tt := range []struct {
 		name, headers string
-		gone          []string
+		gone          []string // nil: refused (upgrade-refused), nothing forwarded
 	}{
-		{"websocket", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
-			[]string{"Upgrade"}},
-		{"websocket with keep-alive", "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
-			[]string{"Upgrade"}},
+		{"websocket", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n", nil},
+		{"websocket with keep-alive", "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n", nil},
 		{"h2c", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n",
 			[]string{"Upgrade", "HTTP2-Settings"}},
-		{"upgrade without connection", "Upgrade: websocket\r\n", []string{"Upgrade"}},
+		{"upgrade without connection", "Upgrade: websocket\r\n", nil},
+		{"other protocol without connection", "Upgrade: TLS/1.2\r\n", []string{"Upgrade"}},
 	} {
 		t.Run(tt.name+" upgrade on absolute form", func(t *testing.T) {
 			w.drainHTTP(0)
+			before := w.snap()
 			raw := "GET http://crl.microsoft.com/pki/crl/products/ws HTTP/1.1\r\nHost: crl.microsoft.com\r\n" + tt.headers + "\r\n"
 			resp, body := one(t, w.proxyURL.Host, raw, http.MethodGet)
 			if resp.StatusCode == http.StatusSwitchingProtocols {
 				t.Fatalf("gateway switched protocols: %q", body)
+			}
+			if tt.gone == nil {
+				checkStatus(t, resp, body, http.StatusForbidden, ReasonUpgradeRefused)
+				w.quiet(t, before, tt.name)
+				return
 			}
 			if resp.StatusCode != 200 {
 				t.Errorf("status %d %q, want 200 (forwarded as a plain request)", resp.StatusCode, body)

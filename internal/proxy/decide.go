@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/defendergw/gateway/internal/allowlist"
@@ -74,6 +75,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, st, err)
 		return
 	}
+	if answered, err := maxForwards(r); err != nil {
+		s.refuse(w, r, st, err)
+		return
+	} else if answered {
+		s.logDecision(r, st, nil)
+		s.observeDecision(protocolOf(r), st, nil)
+		answerOptions(w.Header())
+		w.WriteHeader(http.StatusOK)
+		return
+	}
 	if r.Method == http.MethodConnect {
 		ctx, cancel := context.WithTimeout(r.Context(), s.opts.DialTimeout)
 		addrs, err := s.opts.Dialer.Lookup(ctx, st.target.Host, st.target.Port)
@@ -138,6 +149,10 @@ func (s *Server) clientAllowed(a netip.Addr) bool {
 // the destination needs it.
 func (s *Server) decide(r *http.Request, st *reqState) error {
 	var err error
+	if r.Method == http.MethodTrace {
+		st.raw = r.URL.Host
+		return errMethodNotAllowed
+	}
 	if r.Method == http.MethodConnect {
 		if st.raw == "" {
 			st.raw = r.URL.Host
@@ -171,8 +186,56 @@ func (s *Server) decide(r *http.Request, st *reqState) error {
 			return err
 		}
 	}
+	if wantsWebSocket(r.Header) {
+		return errUpgradeRefused
+	}
 	st.mode = tlsbypass.Choose(&st.decision, s.opts.Inspector != nil)
 	return nil
+}
+
+// answerOptions sets the headers of the gateway's own answer to an OPTIONS
+// whose Max-Forwards reached 0: what it would forward, and why it answered.
+func answerOptions(h http.Header) {
+	h.Set("Allow", allowedMethods)
+	h.Set(ReasonHeader, ReasonMaxForwards)
+	h.Set("Content-Length", "0")
+	h.Set("Cache-Control", "no-store")
+}
+
+// wantsWebSocket reports a request asking to upgrade to WebSocket (RFC
+// 6455 §4.1: Upgrade: websocket; the Connection token is not required for
+// the refusal, since the Upgrade field alone asks for it).
+func wantsWebSocket(h http.Header) bool {
+	for _, v := range h.Values("Upgrade") {
+		for _, p := range strings.Split(v, ",") {
+			name, _, _ := strings.Cut(strings.TrimSpace(p), "/")
+			if strings.EqualFold(name, "websocket") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// maxForwards applies Max-Forwards to OPTIONS (RFC 9110 §7.6.2; TRACE, the
+// other method it governs, is refused before): at 0 the gateway answers as
+// the final recipient (answered is true), otherwise the value goes on one
+// lower. Other methods keep the field as it is ("A recipient MAY ignore a
+// Max-Forwards header field received with any other request methods").
+func maxForwards(r *http.Request) (answered bool, err error) {
+	v := r.Header.Get("Max-Forwards")
+	if r.Method != http.MethodOptions || v == "" {
+		return false, nil
+	}
+	n, perr := strconv.ParseUint(strings.TrimSpace(v), 10, 31)
+	if perr != nil || strings.TrimSpace(v) != v {
+		return false, errBadMaxForwards
+	}
+	if n == 0 {
+		return true, nil
+	}
+	r.Header.Set("Max-Forwards", strconv.FormatUint(n-1, 10))
+	return false, nil
 }
 
 // refuse answers a request the gateway will not serve, and logs, counts and
@@ -187,6 +250,9 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, er
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
 	h.Set(ReasonHeader, f.reason)
+	if f.status == http.StatusMethodNotAllowed {
+		h.Set("Allow", allowedMethods) // RFC 9110 §15.5.6
+	}
 	if f.status == http.StatusProxyAuthRequired {
 		// Kept alive, so that the client retries on the same connection.
 		h.Set("Proxy-Authenticate", s.opts.Challenge)

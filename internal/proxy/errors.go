@@ -38,6 +38,33 @@ const (
 	ReasonAuthRequired = "auth-required"
 	// ReasonAuthRateLimited refuses a client that failed too often.
 	ReasonAuthRateLimited = "auth-rate-limited"
+	// ReasonMethodNotAllowed refuses TRACE (405).
+	ReasonMethodNotAllowed = "method-not-allowed"
+	// ReasonUpgradeRefused refuses a WebSocket upgrade of plain HTTP.
+	ReasonUpgradeRefused = "upgrade-refused"
+	// ReasonMaxForwards marks an OPTIONS the gateway answered itself
+	// because its Max-Forwards was 0 (RFC 9110 §7.6.2); not a refusal.
+	ReasonMaxForwards = "max-forwards"
+)
+
+// allowedMethods is the Allow header of the gateway's 405 and of its own
+// OPTIONS answers: every method it forwards (RFC 9110 §9), CONNECT for
+// tunnels, and not TRACE.
+const allowedMethods = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, CONNECT"
+
+var (
+	// errMethodNotAllowed refuses TRACE: a proxy that forwards it lets
+	// anyone make an origin echo the request as it arrived, cookies and
+	// credentials added by other hops included (cross-site tracing); no
+	// Defender component sends it.
+	errMethodNotAllowed = errors.New("TRACE is not forwarded")
+	// errUpgradeRefused refuses a WebSocket upgrade: the gateway relays
+	// plain HTTP/1.1 only, and a WebSocket client cannot fall back to a
+	// plain answer the way an h2c client does (whose Upgrade the gateway
+	// drops, as RFC 9110 §7.8 lets a server do).
+	errUpgradeRefused = errors.New("protocol upgrade to WebSocket is not relayed")
+	// errBadMaxForwards refuses a Max-Forwards that is not 1*DIGIT.
+	errBadMaxForwards = fmt.Errorf("Max-Forwards is not a number: %w", allowlist.ErrBadTarget)
 )
 
 // classify maps an error to the status code and reason sent to the client.
@@ -51,6 +78,10 @@ func classify(err error) (status int, reason string) {
 	}
 	var ne net.Error
 	switch {
+	case errors.Is(err, errMethodNotAllowed):
+		return http.StatusMethodNotAllowed, ReasonMethodNotAllowed
+	case errors.Is(err, errUpgradeRefused):
+		return http.StatusForbidden, ReasonUpgradeRefused
 	case errors.Is(err, errBadBody):
 		return http.StatusBadRequest, string(allowlist.ReasonBadRequest)
 	case errors.Is(err, ErrOverloaded):
@@ -126,6 +157,10 @@ func hint(reason, target string, d *allowlist.Decision, p *allowlist.Policy) str
 		return limitHint(reason)
 	case ReasonClientNotAllowed:
 		return "this client address is not in GATEWAY_CLIENT_CIDRS; the gateway serves only the configured client networks."
+	case ReasonMethodNotAllowed:
+		return "TRACE is refused: it would echo the request to the origin and back, with what other hops added (cross-site tracing). Allowed methods: " + allowedMethods + "."
+	case ReasonUpgradeRefused:
+		return fmt.Sprintf("%s: the gateway does not relay WebSocket over plain HTTP; use wss:// (CONNECT).", target)
 	case ReasonAuthRequired:
 		return fmt.Sprintf("%s needs proxy authentication: send valid Basic credentials in Proxy-Authorization (Defender service URLs never need them).", target)
 	case ReasonAuthRateLimited:
@@ -170,10 +205,13 @@ func newRefusal(err error, target string, d *allowlist.Decision, p *allowlist.Po
 
 // response renders the refusal for goproxy's HTTP path.
 func (f refusal) response(req *http.Request) *http.Response {
-	h := make(http.Header, 4)
+	h := make(http.Header, 5)
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set(ReasonHeader, f.reason)
 	h.Set("Cache-Control", "no-store")
+	if f.status == http.StatusMethodNotAllowed {
+		h.Set("Allow", allowedMethods) // RFC 9110 §15.5.6
+	}
 	return &http.Response{
 		StatusCode: f.status, Status: strconv.Itoa(f.status) + " " + http.StatusText(f.status),
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Request: req, Header: h,

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -27,18 +28,70 @@ var hopByHop = []string{
 
 // removeHopByHop deletes hop-by-hop fields, including every field named in
 // Connection (RFC 9110 §7.6.1: "a proxy or gateway MUST ... remove any header
-// or trailer field ... listed in the Connection header field").
-func removeHopByHop(h http.Header) {
+// or trailer field ... listed in the Connection header field"), and returns
+// the names Connection listed, for the message's trailers.
+func removeHopByHop(h http.Header) (connNamed []string) {
 	for _, v := range h.Values("Connection") {
 		for _, name := range strings.Split(v, ",") {
 			if name = strings.TrimSpace(name); name != "" {
-				h.Del(name)
+				connNamed = append(connNamed, name)
 			}
 		}
+	}
+	deleteFields(h, connNamed)
+	return connNamed
+}
+
+// deleteFields removes the hop-by-hop fields and those in named from h.
+func deleteFields(h http.Header, named []string) {
+	for _, name := range named {
+		h.Del(name)
 	}
 	for _, name := range hopByHop {
 		h.Del(name)
 	}
+}
+
+// filterTrailers removes from trailers what removeHopByHop removes from
+// headers (RFC 9110 §7.6.1 covers "any header or trailer field"), and
+// X-Gateway-Reason from upstream responses (reason is true).
+func filterTrailers(t http.Header, connNamed []string, reason bool) {
+	if len(t) == 0 {
+		return
+	}
+	deleteFields(t, connNamed)
+	if reason {
+		t.Del(ReasonHeader)
+	}
+}
+
+// trailerFilter filters a message's trailers when its body ends: net/http
+// fills the Trailer map, announced fields or not, as the last read returns
+// io.EOF, before whoever copies the body writes the trailers out.
+type trailerFilter struct {
+	io.ReadCloser
+	trailer   *http.Header
+	connNamed []string
+	reason    bool
+}
+
+func (f *trailerFilter) Read(p []byte) (int, error) {
+	n, err := f.ReadCloser.Read(p)
+	if err == io.EOF {
+		filterTrailers(*f.trailer, f.connNamed, f.reason)
+	}
+	return n, err
+}
+
+// chunked reports a chunked message: the only HTTP/1.1 framing that
+// carries trailers (RFC 9112 §7.1.2).
+func chunked(te []string) bool {
+	for _, c := range te {
+		if strings.EqualFold(c, "chunked") {
+			return true
+		}
+	}
+	return false
 }
 
 // addVia appends this hop to Via (RFC 9110 §7.6.3).
@@ -79,7 +132,13 @@ func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Re
 		host = net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
 	}
 	r.URL.Host, r.Host = host, host
-	removeHopByHop(r.Header)
+	if connNamed := removeHopByHop(r.Header); r.Trailer != nil {
+		// The client's own trailers go on filtered like its headers.
+		filterTrailers(r.Trailer, connNamed, false)
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = &trailerFilter{ReadCloser: r.Body, trailer: &r.Trailer, connNamed: connNamed}
+		}
+	}
 	s.addVia(r.Header, r.ProtoMajor, r.ProtoMinor)
 	ctx.UserData = st
 	ctx.RoundTripper = goproxy.RoundTripperFunc(s.roundTrip)
@@ -95,14 +154,21 @@ func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *htt
 	if err == nil && (!strings.EqualFold(r.URL.Scheme, "https") || t.Host != tunnel.target.Host || t.Port != tunnel.target.Port) {
 		err = fmt.Errorf("request for %s inside a tunnel to %s: %w", r.URL.Host, tunnel.target.HostPort(), allowlist.ErrBadTarget)
 	}
+	answered := false
 	if err == nil {
 		st.target = t
 		st.decision = st.policy.Decide(t)
 		switch {
+		case r.Method == http.MethodTrace:
+			err = errMethodNotAllowed
 		case !st.decision.Allowed:
 			err = st.decision.Err
 		case s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted || s.opts.NoAnonymous) && st.user == "":
 			err = errAuthInsideTunnel
+		case wantsWebSocket(r.Header):
+			err = errUpgradeRefused
+		default:
+			answered, err = maxForwards(r)
 		}
 	}
 	extra := []slog.Attr{slog.String("tls", tlsbypass.Inspect.String()), slog.String("path", t.Path)}
@@ -112,6 +178,12 @@ func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *htt
 		f := newRefusal(err, st.raw, &st.decision, st.policy)
 		s.eventRefused(r, st, err, f.status)
 		return nil, f.response(r)
+	}
+	if answered {
+		resp := &http.Response{StatusCode: http.StatusOK, Status: "200 OK", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Request: r, Header: make(http.Header, 4), Body: http.NoBody}
+		answerOptions(resp.Header)
+		return nil, resp
 	}
 	return st, nil
 }
@@ -136,7 +208,20 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 	} else {
 		resp, err = s.tr.RoundTrip(r)
 	}
-	if br, ok := r.Body.(*bodyReader); ok && err != nil && br.err != nil {
+	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+		// Upgrade is hop-by-hop and never forwarded, so a 101 answers a
+		// switch nobody asked for, and the connection is out of step:
+		// answer as the gateway's own client does.
+		resp.Body.Close()
+		resp, err = nil, fmt.Errorf("%s: %w", r.URL.Host, upstream.ErrUnexpected101)
+	}
+	var br *bodyReader
+	if tf, ok := r.Body.(*trailerFilter); ok {
+		br, _ = tf.ReadCloser.(*bodyReader)
+	} else {
+		br, _ = r.Body.(*bodyReader)
+	}
+	if br != nil && err != nil && br.err != nil {
 		// The client's body was malformed, not the upstream unreachable.
 		err = fmt.Errorf("%w: %w", errBadBody, br.err)
 	}
@@ -157,10 +242,16 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 	if st != nil {
 		s.observeForwarded(r, st, resp, remote, start)
 	}
-	removeHopByHop(resp.Header)
+	connNamed := removeHopByHop(resp.Header)
 	// Only the gateway speaks with X-Gateway-Reason; an upstream must not be
-	// able to make its answer look like a gateway refusal.
+	// able to make its answer look like a gateway refusal, in a header or in
+	// a trailer. The announced trailers are filtered now (goproxy announces
+	// them before the body), the values at the body's end.
 	resp.Header.Del(ReasonHeader)
+	filterTrailers(resp.Trailer, connNamed, true)
+	if chunked(resp.TransferEncoding) && resp.Body != nil && resp.Body != http.NoBody {
+		resp.Body = &trailerFilter{ReadCloser: resp.Body, trailer: &resp.Trailer, connNamed: connNamed, reason: true}
+	}
 	s.addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor)
 	return resp, nil
 }

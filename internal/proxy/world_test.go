@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -143,6 +144,9 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		httpReqs: make(chan *http.Request, 16), portMap: map[uint16]uint16{}}
 
 	w.tlsUp = httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if special(rw, r) {
+			return
+		}
 		fmt.Fprintf(rw, "tls upstream %s %s", r.Host, r.URL.Path)
 	}))
 	w.tlsUp.Config.ConnState = func(_ net.Conn, s http.ConnState) {
@@ -158,6 +162,9 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		select {
 		case w.httpReqs <- r.Clone(context.Background()):
 		default:
+		}
+		if special(rw, r) {
+			return
 		}
 		if r.URL.Path == "/pki/crl/products/hop" {
 			// Raw answer: net/http would rewrite a Connection header.
@@ -347,4 +354,47 @@ func (w *world) upstreamOnce(t *testing.T, port uint16, serve func(c net.Conn)) 
 	w.mu.Lock()
 	w.portMap[port] = up.Port()
 	w.mu.Unlock()
+}
+
+// Raw upstream answers for hostile-origin tests, on any path ending so.
+const (
+	// trailersUnannounced: a chunked answer announcing only X-Legit, then
+	// trailers the gateway must not pass on: its own reason field, a
+	// hop-by-hop field and one the Connection header names.
+	trailersUnannounced = "HTTP/1.1 200 OK\r\nConnection: X-Hop-Trailer\r\nTrailer: X-Legit\r\n" +
+		"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Legit: yes\r\n" + ReasonHeader + ": spoofed\r\n" +
+		"Keep-Alive: timeout=5\r\nX-Hop-Trailer: secret\r\n\r\n"
+	// trailersAnnounced announces every one of them in Trailer.
+	trailersAnnounced = "HTTP/1.1 200 OK\r\nConnection: X-Hop-Trailer\r\nTrailer: X-Legit, " + ReasonHeader +
+		", Keep-Alive, X-Hop-Trailer\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Legit: yes\r\n" +
+		ReasonHeader + ": spoofed\r\nKeep-Alive: timeout=5\r\nX-Hop-Trailer: secret\r\n\r\n"
+	// switchUnasked is a 101 to a request that asked for no upgrade.
+	switchUnasked = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+)
+
+// special writes a raw answer for the paths above; it reports whether it did.
+func special(rw http.ResponseWriter, r *http.Request) bool {
+	var raw string
+	switch {
+	case strings.HasSuffix(r.URL.Path, "/trailers-unannounced"):
+		raw = trailersUnannounced
+	case strings.HasSuffix(r.URL.Path, "/trailers-announced"):
+		raw = trailersAnnounced
+	case strings.HasSuffix(r.URL.Path, "/switch"):
+		raw = switchUnasked
+	default:
+		return false
+	}
+	io.Copy(io.Discard, r.Body)
+	c, bw, err := rw.(http.Hijacker).Hijack()
+	if err != nil {
+		return true
+	}
+	defer c.Close()
+	bw.WriteString(raw)
+	bw.Flush()
+	if strings.HasSuffix(r.URL.Path, "/switch") {
+		time.Sleep(200 * time.Millisecond) // hold the "switched" connection open a moment
+	}
+	return true
 }

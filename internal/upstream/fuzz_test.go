@@ -123,7 +123,7 @@ func reference(raw []byte, req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
-			return nil, errUnexpected101
+			return nil, ErrUnexpected101
 		}
 		if resp.StatusCode >= 200 {
 			return resp, nil

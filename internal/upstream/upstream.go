@@ -106,9 +106,9 @@ var ErrNotHandled = errors.New("upstream: request needs http.Transport")
 // errHeaderTooLarge reports response headers beyond MaxResponseHeaderBytes.
 var errHeaderTooLarge = errors.New("response headers too large")
 
-// errUnexpected101 reports a protocol switch nobody asked for: Upgrade is
+// ErrUnexpected101 reports a protocol switch nobody asked for: Upgrade is
 // hop-by-hop and never forwarded.
-var errUnexpected101 = errors.New("unexpected 101 Switching Protocols")
+var ErrUnexpected101 = errors.New("unexpected 101 Switching Protocols")
 
 // maxInterim bounds the interim (1xx) responses skipped before the final
 // one; the header size limit covers them too.
@@ -249,7 +249,7 @@ func (pc *conn) roundTrip(ctx context.Context, r *http.Request, opts Options) (*
 			break
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
-			err = errUnexpected101
+			err = ErrUnexpected101
 			break
 		}
 		// Interim responses precede the final one (RFC 9110 §15.2); a
