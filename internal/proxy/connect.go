@@ -155,9 +155,9 @@ func (s *Server) tunnelEnded(ev tunnelEvent) {
 	e.Status, e.RemoteIP = http.StatusOK, addrOnly(ev.remote)
 	e.Fields.TLS, e.Fields.SNI = st.mode.String(), ev.sni
 	e.Fields.BytesUp, e.Fields.BytesDown, e.Fields.Duration = ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration
-	if ev.stats.Err != nil {
-		e.Fields.Reason = ev.stats.End
-	}
+	// How the tunnel ended is its outcome, not a reason: the connection
+	// succeeded, whatever ended it later.
+	e.Fields.Outcome = ev.stats.End
 	s.logEvent(e)
 }
 

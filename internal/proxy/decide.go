@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
@@ -282,14 +283,13 @@ func (s *Server) logDecision(r *http.Request, st *reqState, err error, extra ...
 		slog.String("method", r.Method),
 		slog.String("target", target),
 	}
-	switch {
-	case err != nil:
-		_, reason := classify(err)
-		attrs = append(attrs, slog.String("decision", "deny"), slog.String("reason", reason))
-	case d.Audited:
-		attrs = append(attrs, slog.String("decision", "audit"), slog.String("reason", string(d.Reason)))
-	default:
-		attrs = append(attrs, slog.String("decision", "allow"), slog.String("reason", string(d.Reason)))
+	decision, reason := verdict(st, err)
+	if err == nil && !d.Audited {
+		reason = string(d.Reason) // allowed, or unlisted: allowed to an authenticated user
+	}
+	attrs = append(attrs, slog.String("decision", decision), slog.String("reason", reason))
+	if err != nil && failure(reason) {
+		attrs = append(attrs, slog.String("outcome", telemetry.OutcomeFailed))
 	}
 	if d.Rule != nil {
 		attrs = append(attrs, slog.String("rule", d.RuleID()), slog.String("service", d.Service()),

@@ -35,13 +35,9 @@ func (s *Server) observeDecision(protocol string, st *reqState, err error) {
 		return
 	}
 	d := &st.decision
-	decision, reason := "allow", string(d.Reason)
-	switch {
-	case err != nil:
-		decision = "deny"
-		_, reason = classify(err)
-	case d.Audited:
-		decision = "audit"
+	decision, reason := verdict(st, err)
+	if err == nil {
+		reason = string(d.Reason)
 	}
 	geo := ""
 	if d.Rule != nil {
@@ -68,6 +64,36 @@ func (s *Server) observeAuth(err error) {
 	}
 }
 
+// verdict is what the logs, metrics and events say of a request: the
+// decision (allow, deny, audit) and, when it did not succeed, the reason.
+// A request the policy allowed whose destination could not be resolved or
+// reached was not denied: its decision stays allow (or audit), with the
+// failure's reason.
+func verdict(st *reqState, err error) (decision, reason string) {
+	decision = telemetry.DecisionAllow
+	if st.decision.Audited {
+		decision, reason = telemetry.DecisionAudit, string(st.decision.Reason)
+	}
+	if err == nil {
+		return decision, reason
+	}
+	_, reason = classify(err)
+	if !failure(reason) {
+		decision = telemetry.DecisionDeny
+	}
+	return decision, reason
+}
+
+// failure reports a reason that ends an allowed request without refusing
+// it: the destination could not be resolved or reached.
+func failure(reason string) bool {
+	switch reason {
+	case ReasonDNSFailure, ReasonUpstreamUnreachable, ReasonUpstreamTimeout:
+		return true
+	}
+	return false
+}
+
 // newEvent starts a connection event for a request and its decision.
 func newEvent(action string, r *http.Request, st *reqState) telemetry.Event {
 	e := telemetry.Event{ActionType: action, Protocol: "Tcp", Method: r.Method}
@@ -83,12 +109,10 @@ func newEvent(action string, r *http.Request, st *reqState) telemetry.Event {
 		e.RemoteURL = st.raw
 	}
 	d := &st.decision
+	e.Fields.Decision, e.Fields.Reason = verdict(st, nil)
 	e.Fields.Service, e.Fields.Rule, e.Fields.User = d.Service(), d.RuleID(), st.user
 	if d.Rule != nil {
 		e.Fields.Geography = d.Rule.Geography.String()
-	}
-	if d.Audited {
-		e.Fields.Reason = string(d.Reason)
 	}
 	if st.target.HasPath {
 		e.Fields.Path = st.target.Path
@@ -114,14 +138,13 @@ func (s *Server) logEvent(e telemetry.Event) {
 // eventRefused records a request refused at the front door or after the
 // 200 of a verified tunnel: blocked by policy, or failed to connect.
 func (s *Server) eventRefused(r *http.Request, st *reqState, err error, status int) {
-	action := telemetry.ConnectionBlocked
-	_, reason := classify(err)
-	switch reason {
-	case ReasonDNSFailure, ReasonUpstreamUnreachable, ReasonUpstreamTimeout:
-		action = telemetry.ConnectionFailed
+	e := newEvent(telemetry.ConnectionBlocked, r, st)
+	e.Fields.Outcome = telemetry.OutcomeRefused
+	e.Fields.Decision, e.Fields.Reason = verdict(st, err)
+	if failure(e.Fields.Reason) {
+		e.ActionType, e.Fields.Outcome = telemetry.ConnectionFailed, telemetry.OutcomeFailed
 	}
-	e := newEvent(action, r, st)
-	e.Status, e.Fields.Reason = status, reason
+	e.Status = status
 	s.logEvent(e)
 }
 
@@ -169,6 +192,7 @@ func (s *Server) observeForwarded(r *http.Request, st *reqState, resp *http.Resp
 	}
 	resp.Body = &countingBody{ReadCloser: resp.Body, close: func(n int64) {
 		e := newEvent(successAction(st), r, st)
+		e.Fields.Outcome = telemetry.OutcomeCompleted
 		e.Status = resp.StatusCode
 		e.RemoteIP = remote
 		e.Fields.BytesUp, e.Fields.BytesDown, e.Fields.Duration = up, n, time.Since(start)

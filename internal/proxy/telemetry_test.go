@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -38,12 +39,13 @@ func TestMetricsAndEvents(t *testing.T) {
 	}
 
 	expect := map[string]float64{
-		`gateway_decisions_total{decision="allow",geography="EU",protocol="connect",reason="allowed",service="edr-cnc"}`:    1,
-		`gateway_decisions_total{decision="deny",geography="none",protocol="connect",reason="ip-literal",service="none"}`:   1,
-		`gateway_decisions_total{decision="deny",geography="WW",protocol="connect",reason="dns-failure",service="av-maps"}`: 1,
-		`gateway_decisions_total{decision="audit",geography="none",protocol="connect",reason="not-listed",service="none"}`:  1,
-		`gateway_audited_total{reason="not-listed",service="none"}`:                                                         1,
-		`gateway_tunnels_active{tls="bypass"}`: 0,
+		`gateway_decisions_total{decision="allow",geography="EU",protocol="connect",reason="allowed",service="edr-cnc"}`:  1,
+		`gateway_decisions_total{decision="deny",geography="none",protocol="connect",reason="ip-literal",service="none"}`: 1,
+		// Allowed, then not resolvable: a failure, not a denial.
+		`gateway_decisions_total{decision="allow",geography="WW",protocol="connect",reason="dns-failure",service="av-maps"}`: 1,
+		`gateway_decisions_total{decision="audit",geography="none",protocol="connect",reason="not-listed",service="none"}`:   1,
+		`gateway_audited_total{reason="not-listed",service="none"}`:                                                          1,
+		`gateway_tunnels_active{tls="bypass"}`:                                                                               0,
 	}
 	got := scrape(t, w)
 	for series, want := range expect {
@@ -102,13 +104,18 @@ func TestMetricsAndEvents(t *testing.T) {
 	if n != 4 {
 		t.Fatalf("%d events, want 4", n)
 	}
+	// Each field means one thing: decision (what the gateway decided),
+	// outcome (how the connection ended), reason (why it was refused or
+	// failed, or what audit mode let through; empty for a clean success).
+	tunnelEnds := []string{"closed", "error"} // the client closes abruptly: either, by timing
 	tests := []struct {
-		action, url, remoteIP, reason string
+		action, url, remoteIP, reason, decision string
+		outcomes                                []string
 	}{
-		{"ConnectionSuccess", "winatp-gw-weu.microsoft.com", "127.0.0.1", ""},
-		{"ConnectionBlocked", "127.0.0.1", "", "ip-literal"},
-		{"ConnectionFailed", "nxdomain.wdcp.microsoft.com", "", "dns-failure"},
-		{"ConnectionAudited", "unlisted.example.com", "127.0.0.1", "not-listed"},
+		{"ConnectionSuccess", "winatp-gw-weu.microsoft.com", "127.0.0.1", "", "allow", tunnelEnds},
+		{"ConnectionBlocked", "127.0.0.1", "", "ip-literal", "deny", []string{"refused"}},
+		{"ConnectionFailed", "nxdomain.wdcp.microsoft.com", "", "dns-failure", "allow", []string{"failed"}},
+		{"ConnectionAudited", "unlisted.example.com", "127.0.0.1", "not-listed", "audit", tunnelEnds},
 	}
 	for _, tt := range tests {
 		t.Run(tt.action, func(t *testing.T) {
@@ -119,9 +126,14 @@ func TestMetricsAndEvents(t *testing.T) {
 			if e.RemoteUrl != tt.url || e.RemoteIP != tt.remoteIP || e.RemotePort != 443 || e.LocalIP != "127.0.0.1" || e.LocalPort == 0 || e.Protocol != "Tcp" {
 				t.Errorf("event %+v", e)
 			}
-			// A success ended abruptly by the client carries how it ended.
-			if r, _ := e.AdditionalFields["reason"].(string); r != tt.reason && !(tt.reason == "" && r == "error") {
+			if r, _ := e.AdditionalFields["reason"].(string); r != tt.reason {
 				t.Errorf("reason %q, want %q", r, tt.reason)
+			}
+			if d, _ := e.AdditionalFields["decision"].(string); d != tt.decision {
+				t.Errorf("decision %q, want %q", d, tt.decision)
+			}
+			if o, _ := e.AdditionalFields["outcome"].(string); !slices.Contains(tt.outcomes, o) {
+				t.Errorf("outcome %q, want one of %q", o, tt.outcomes)
 			}
 		})
 	}

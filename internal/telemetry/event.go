@@ -15,6 +15,23 @@ const (
 	ConnectionAudited = "ConnectionAudited"
 )
 
+// Decisions and outcomes of AdditionalFields. The decision is what the
+// gateway decided about the destination (allow, deny, audit: allowed only by
+// audit mode); the outcome is how the connection ended; the reason says why
+// it was refused or failed (or, audited, why enforce mode would refuse it),
+// and is empty for a clean success.
+const (
+	DecisionAllow = "allow"
+	DecisionDeny  = "deny"
+	DecisionAudit = "audit"
+
+	OutcomeRefused   = "refused"   // ConnectionBlocked: answered with a refusal, nothing reached the destination
+	OutcomeFailed    = "failed"    // ConnectionFailed: the destination could not be resolved or reached
+	OutcomeCompleted = "completed" // a forwarded HTTP response was relayed to its end (or the client left)
+	// Tunnels end with the relay's outcome: closed, idle-timeout,
+	// half-close-timeout or error.
+)
+
 // Event is one connection, shaped like a DeviceNetworkEvents row.
 type Event struct {
 	Timestamp  time.Time // when the connection ended; Log sets time.Now() if zero
@@ -33,6 +50,7 @@ type Event struct {
 // AdditionalFields is the AdditionalFields column. Empty values are omitted
 // from JSON. Method and Status default to the Event's.
 type AdditionalFields struct {
+	Decision, Outcome                                string
 	Service, Geography, Rule, Reason, User, TLS, SNI string
 	BytesUp, BytesDown                               int64 // client_to_upstream, upstream_to_client
 	Duration                                         time.Duration
@@ -80,6 +98,8 @@ func AppendJSON(dst []byte, e *Event) []byte {
 	dst = append(dst, `,"AdditionalFields":{`...)
 	f := &e.Fields
 	n := len(dst)
+	dst = appendJSONField(dst, n, "decision", f.Decision)
+	dst = appendJSONField(dst, n, "outcome", f.Outcome)
 	dst = appendJSONField(dst, n, "service", f.Service)
 	dst = appendJSONField(dst, n, "geography", f.Geography)
 	dst = appendJSONField(dst, n, "rule", f.Rule)

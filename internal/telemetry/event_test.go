@@ -361,3 +361,67 @@ func BenchmarkAppendSquid(b *testing.B) {
 	}
 	b.SetBytes(int64(len(buf)))
 }
+
+// TestEveryActionTypeBothFormats renders one event of each ActionType as the
+// proxy records it, in both access-log formats: the fields decision,
+// outcome and reason each keep one meaning.
+func TestEveryActionTypeBothFormats(t *testing.T) {
+	base := func(action, url string, port int, method string, status int, f AdditionalFields) Event {
+		return Event{Timestamp: testTime, ActionType: action, LocalIP: "10.0.0.5", LocalPort: 51234, RemoteURL: url,
+			RemotePort: port, Protocol: "Tcp", Method: method, Status: status, Fields: f}
+	}
+	success := base(ConnectionSuccess, "winatp-gw-weu.microsoft.com", 443, "CONNECT", 200, AdditionalFields{
+		Decision: DecisionAllow, Outcome: "error", Service: "edr-cnc", Geography: "EU", Rule: "catalog:75", TLS: "bypass",
+		SNI: "winatp-gw-weu.microsoft.com", BytesUp: 700, BytesDown: 1300, Duration: 2 * time.Second})
+	success.RemoteIP = "20.1.2.3"
+	audited := base(ConnectionAudited, "http://unlisted.example.com/a", 80, "GET", 200, AdditionalFields{
+		Decision: DecisionAudit, Outcome: OutcomeCompleted, Reason: "not-listed", Path: "/a", BytesDown: 12, Duration: 40 * time.Millisecond})
+	audited.RemoteIP = "203.0.113.7"
+	tests := []struct {
+		name   string
+		ev     Event
+		fields map[string]any
+		squid  string
+	}{
+		{"success ended by a reset: the end is the outcome, not a reason", success, map[string]any{
+			"decision": "allow", "outcome": "error", "service": "edr-cnc", "geography": "EU", "rule": "catalog:75",
+			"tls": "bypass", "sni": "winatp-gw-weu.microsoft.com", "bytes_up": 700.0, "bytes_down": 1300.0,
+			"duration_s": 2.0, "method": "CONNECT", "status": 200.0,
+		}, "1700000000.123   2000 10.0.0.5 TCP_TUNNEL/200 1300 CONNECT winatp-gw-weu.microsoft.com:443 - HIER_DIRECT/20.1.2.3 -\n"},
+		{"blocked", base(ConnectionBlocked, "winatp-gw-cus.microsoft.com", 443, "CONNECT", 403, AdditionalFields{
+			Decision: DecisionDeny, Outcome: OutcomeRefused, Reason: "geography", Service: "edr-cnc", Geography: "US", Rule: "catalog:47"}),
+			map[string]any{"decision": "deny", "outcome": "refused", "reason": "geography", "service": "edr-cnc",
+				"geography": "US", "rule": "catalog:47", "method": "CONNECT", "status": 403.0},
+			"1700000000.123      0 10.0.0.5 TCP_DENIED/403 0 CONNECT winatp-gw-cus.microsoft.com:443 - HIER_NONE/- -\n"},
+		{"failed: allowed, then not resolvable", base(ConnectionFailed, "nxdomain.wdcp.microsoft.com", 443, "CONNECT", 502, AdditionalFields{
+			Decision: DecisionAllow, Outcome: OutcomeFailed, Reason: "dns-failure", Service: "av-maps", Geography: "WW", Rule: "catalog:100"}),
+			map[string]any{"decision": "allow", "outcome": "failed", "reason": "dns-failure", "service": "av-maps",
+				"geography": "WW", "rule": "catalog:100", "method": "CONNECT", "status": 502.0},
+			"1700000000.123      0 10.0.0.5 TCP_MISS/502 0 CONNECT nxdomain.wdcp.microsoft.com:443 - HIER_NONE/- -\n"},
+		{"audited: the reason is what enforce mode would refuse", audited, map[string]any{
+			"decision": "audit", "outcome": "completed", "reason": "not-listed", "bytes_down": 12.0, "duration_s": 0.04,
+			"method": "GET", "path": "/a", "status": 200.0,
+		}, "1700000000.123     40 10.0.0.5 TCP_MISS/200 12 GET http://unlisted.example.com/a - HIER_DIRECT/203.0.113.7 -\n"},
+	}
+	seen := map[string]bool{}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			seen[tt.ev.ActionType] = true
+			var got struct{ AdditionalFields map[string]any }
+			if err := json.Unmarshal(AppendJSON(nil, &tt.ev), &got); err != nil {
+				t.Fatal(err)
+			}
+			if !maps.Equal(got.AdditionalFields, tt.fields) {
+				t.Errorf("JSON AdditionalFields = %v,\nwant %v", got.AdditionalFields, tt.fields)
+			}
+			if line := string(AppendSquid(nil, &tt.ev)); line != tt.squid {
+				t.Errorf("squid line\n%q, want\n%q", line, tt.squid)
+			}
+		})
+	}
+	for _, a := range []string{ConnectionSuccess, ConnectionBlocked, ConnectionFailed, ConnectionAudited} {
+		if !seen[a] {
+			t.Errorf("no case for %s", a)
+		}
+	}
+}
