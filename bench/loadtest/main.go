@@ -42,6 +42,7 @@ type options struct {
 	rounds     int
 	duration   time.Duration
 	idle       int
+	idleTLS    bool // idle tunnels carry a TLS session (SNI verified), as Defender's do
 	only       map[string]bool
 	targets    []string
 	out        string
@@ -67,6 +68,7 @@ func main() {
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds; every scenario runs against every target once per round, medians are reported")
 	flag.DurationVar(&o.duration, "duration", 2*time.Second, "length of one measurement")
 	flag.IntVar(&o.idle, "idle", 5000, "idle tunnels for the idle-cost scenario")
+	flag.BoolVar(&o.idleTLS, "idle-tls", false, "idle tunnels carry a TLS session, SNI-verified (default: plain TCP tunnels)")
 	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: "+strings.Join(allScenarios, ","))
 	flag.StringVar(&targets, "targets", "gateway,squid,tinyproxy,direct", "comma-separated targets")
 	flag.StringVar(&o.out, "out", "", "write the Markdown report to this file (default: standard output)")

@@ -332,7 +332,7 @@ func (h *harness) idleCost(ctx context.Context, t *target, n int) (r idleResult,
 				err := func() error {
 					octx, cancel := context.WithTimeout(openCtx, 10*time.Second)
 					defer cancel()
-					c, err := h.tunnel(octx, t, false)
+					c, err := h.tunnel(octx, t, h.o.idleTLS)
 					if err != nil {
 						return err
 					}

@@ -112,9 +112,7 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 			if s.opts.Metrics != nil {
 				s.opts.Metrics.TunnelRefused(reason)
 			}
-			e := newEvent(telemetry.ConnectionBlocked, req, st)
-			e.Status, e.Fields.Reason, e.Fields.SNI, e.Fields.TLS = http.StatusOK, reason, hello.ServerName, st.mode.String()
-			s.logEvent(e)
+			s.eventTunnelRefused(req, st, reason, hello.ServerName)
 			connDone()
 			return
 		}
@@ -131,21 +129,53 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.TunnelOpened(st.mode.String())
 	}
-	tlsbypass.Start(client, upstream, pending, s.opts.Tunnel, func(stats tlsbypass.Stats) {
+	ended := func(stats tlsbypass.Stats) {
 		ev.stats = stats
 		// Report before the tunnel leaves the active set: whoever waits
 		// for it to end finds its metrics, log line and event in place.
 		s.tunnelEnded(ev)
 		s.tunnels.remove(client)
 		connDone()
-	})
+	}
+	if st.decision.NoSNICheck {
+		tlsbypass.Start(client, upstream, pending, s.opts.Tunnel, ended)
+	} else {
+		// Every ClientHello the client sends in the clear (a retry after a
+		// HelloRetryRequest) must name the CONNECT host as the first did.
+		target := st.target
+		tlsbypass.StartVerified(client, upstream, pending, s.opts.Tunnel,
+			func(h tlsbypass.Hello) error { return tlsbypass.CheckSNI(h, target) }, ended)
+	}
 	// Returning lets net/http drop this connection's goroutine, buffers and
 	// state: an idle tunnel keeps only the relay's two goroutines.
+}
+
+// eventTunnelRefused records a verified tunnel closed by its ClientHello
+// check (after the 200): denied, whatever the policy said of the host.
+func (s *Server) eventTunnelRefused(req *http.Request, st *reqState, reason, sni string) {
+	e := newEvent(telemetry.ConnectionBlocked, req, st)
+	e.Status, e.Fields.SNI, e.Fields.TLS = http.StatusOK, sni, st.mode.String()
+	e.Fields.Decision, e.Fields.Outcome, e.Fields.Reason = telemetry.DecisionDeny, telemetry.OutcomeRefused, reason
+	s.logEvent(e)
 }
 
 // tunnelEnded logs, counts and records a raw tunnel that has ended.
 func (s *Server) tunnelEnded(ev tunnelEvent) {
 	st := ev.st
+	if ev.stats.End == "refused" {
+		// A later ClientHello failed the check (domain fronting in a
+		// retried hello): a refusal, not a tunnel that closed.
+		ev.err = ev.stats.Err
+		s.logTunnelRefused(ev)
+		_, reason := classify(ev.stats.Err)
+		if s.opts.Metrics != nil {
+			s.opts.Metrics.TunnelClosed(st.mode.String(), st.decision.Service(), ev.stats.End,
+				ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration)
+			s.opts.Metrics.TunnelRefused(reason)
+		}
+		s.eventTunnelRefused(&http.Request{Method: ev.method, RemoteAddr: ev.client}, st, reason, ev.sni)
+		return
+	}
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.TunnelClosed(st.mode.String(), st.decision.Service(), ev.stats.End,
 			ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration)

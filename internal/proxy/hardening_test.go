@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"crypto/tls"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -177,4 +179,185 @@ func TestMethodsInsideInspectedTunnel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// recordingConn keeps what the test upstream received, to count the
+// ClientHellos that reached it.
+type recordingConn struct {
+	net.Conn
+	mu  sync.Mutex
+	got []byte
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	c.got = append(c.got, p[:n]...)
+	c.mu.Unlock()
+	return n, err
+}
+
+// clientHellos counts the ClientHello messages in a client's record stream.
+func clientHellos(b []byte) int {
+	n := 0
+	for len(b) >= 5 {
+		l := int(b[3])<<8 | int(b[4])
+		if len(b) < 5+l {
+			break
+		}
+		if b[0] == 22 && l > 0 && b[5] == 1 {
+			n++
+		}
+		b = b[5+l:]
+	}
+	return n
+}
+
+// hrrUpstream is a TLS 1.3 server that accepts only P-384, for which Go's
+// client sends no key share: it answers the first ClientHello with a
+// HelloRetryRequest. It reports what it received when the connection ends.
+func hrrUpstream(t *testing.T, w *world, host string) chan []byte {
+	got := make(chan []byte, 1)
+	w.upstreamOnce(t, 443, func(c net.Conn) {
+		rc := &recordingConn{Conn: c}
+		srv := tls.Server(rc, &tls.Config{Certificates: []tls.Certificate{w.ca.Leaf(t, host)},
+			CurvePreferences: []tls.CurveID{tls.CurveP384}, MinVersion: tls.VersionTLS13})
+		srv.SetDeadline(time.Now().Add(5 * time.Second))
+		if srv.Handshake() == nil {
+			io.WriteString(srv, "hello through a retry")
+		}
+		srv.Close()
+		rc.mu.Lock()
+		got <- rc.got
+		rc.mu.Unlock()
+	})
+	return got
+}
+
+// TestRetriedClientHello: after a real HelloRetryRequest, the client's second
+// ClientHello must name the CONNECT host too; one naming another host is
+// refused before it reaches the destination, however it is framed.
+func TestRetriedClientHello(t *testing.T) {
+	const host = "winatp-gw-weu.microsoft.com"
+	t.Run("a genuine retry goes through", func(t *testing.T) {
+		w := newWorld(t, worldOptions{geos: eu})
+		got := hrrUpstream(t, w, host)
+		c, resp := w.connect(host+":443", nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %d", resp.StatusCode)
+		}
+		tc := tls.Client(c, &tls.Config{ServerName: host, RootCAs: w.ca.Pool})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("handshake through a retry: %v\n%s", err, w.logs.String())
+		}
+		if b, _ := io.ReadAll(tc); string(b) != "hello through a retry" {
+			t.Errorf("read %q", b)
+		}
+		if n := clientHellos(<-got); n != 2 {
+			t.Errorf("upstream received %d ClientHellos, want 2 (no HelloRetryRequest happened?)", n)
+		}
+	})
+	ccs := []byte{20, 3, 3, 0, 1, 1}
+	split := func(rec []byte) []byte { // one handshake record as two
+		f := rec[5:]
+		h := len(f) / 2
+		return append(append([]byte{22, 3, 3, byte(h >> 8), byte(h)}, f[:h]...),
+			append([]byte{22, 3, 3, byte((len(f) - h) >> 8), byte(len(f) - h)}, f[h:]...)...)
+	}
+	for _, tt := range []struct {
+		name    string
+		waitHRR bool
+		second  func(t *testing.T) []byte
+	}{
+		{"retry naming another host", true, func(t *testing.T) []byte { return append(ccs, clientHello(t, "evil.example.com")...) }},
+		{"retry naming another host, split across records", true, func(t *testing.T) []byte {
+			return append(ccs, split(clientHello(t, "evil.example.com"))...)
+		}},
+		{"retry without SNI", true, func(t *testing.T) []byte { return append(ccs, clientHello(t, "")...) }},
+		{"second hello without a retry request", false, func(t *testing.T) []byte { return clientHello(t, "evil.example.com") }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t, worldOptions{geos: eu})
+			got := hrrUpstream(t, w, host)
+			c, resp := w.connect(host+":443", nil)
+			if resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %d", resp.StatusCode)
+			}
+			if _, err := c.Write(clientHello(t, host)); err != nil {
+				t.Fatal(err)
+			}
+			if tt.waitHRR {
+				hdr := make([]byte, 5)
+				if _, err := io.ReadFull(c, hdr); err != nil {
+					t.Fatalf("no answer to the first hello: %v", err)
+				}
+				body := make([]byte, int(hdr[3])<<8|int(hdr[4]))
+				if _, err := io.ReadFull(c, body); err != nil {
+					t.Fatal(err)
+				}
+				if body[0] != 2 || len(body) < 38 || body[6] != 0xCF || body[7] != 0x21 {
+					t.Fatalf("the upstream did not answer with a HelloRetryRequest: % x", body[:min(len(body), 40)])
+				}
+			}
+			c.Write(tt.second(t))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
+				t.Fatalf("the tunnel was not closed: %v", err)
+			}
+			if n := clientHellos(<-got); n != 1 {
+				t.Errorf("upstream received %d ClientHellos, want only the first", n)
+			}
+			w.waitLog(t, `"msg":"tunnel refused"`)
+			if !strings.Contains(w.logs.String(), `"reason":"sni-mismatch"`) {
+				t.Errorf("no sni-mismatch refusal logged:\n%s", w.logs.String())
+			}
+		})
+	}
+}
+
+// TestHandshakeGuardKeepsTLS12AndRefusesPacking: a TLS 1.2 handshake (plain
+// key exchange, ChangeCipherSpec, then an encrypted Finished in a handshake
+// record) goes through the guard untouched, as does TLS 1.3; a first record that carries anything after the ClientHello is refused.
+func TestHandshakeGuardKeepsTLS12AndRefusesPacking(t *testing.T) {
+	const host = "winatp-gw-weu.microsoft.com"
+	w := newWorld(t, worldOptions{geos: eu})
+	for _, tt := range []struct {
+		name string
+		cfg  *tls.Config
+	}{
+		{"TLS 1.2", &tls.Config{ServerName: host, RootCAs: w.ca.Pool, MaxVersion: tls.VersionTLS12}},
+		{"TLS 1.3", &tls.Config{ServerName: host, RootCAs: w.ca.Pool, MinVersion: tls.VersionTLS13}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, resp := w.connect(host+":443", nil)
+			if resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %d", resp.StatusCode)
+			}
+			tc := tls.Client(c, tt.cfg)
+			io.WriteString(tc, "GET /guard HTTP/1.1\r\nHost: "+host+"\r\nConnection: close\r\n\r\n")
+			r, err := http.ReadResponse(bufio.NewReader(tc), nil)
+			if err != nil {
+				t.Fatalf("request through the guard: %v", err)
+			}
+			body := readAll(t, r.Body)
+			if body != "tls upstream "+host+" /guard" {
+				t.Errorf("body %q", body)
+			}
+		})
+	}
+	t.Run("hello and more in one record", func(t *testing.T) {
+		first, second := clientHello(t, host), clientHello(t, "evil.example.com")
+		f := append(append([]byte{}, first[5:]...), second[5:]...)
+		packed := append([]byte{22, 3, 1, byte(len(f) >> 8), byte(len(f))}, f...)
+		c, resp := w.connect(host+":443", nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("CONNECT: %d", resp.StatusCode)
+		}
+		c.Write(packed)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
+			t.Fatalf("the tunnel was not closed: %v", err)
+		}
+		w.waitLog(t, `"msg":"tunnel refused"`)
+	})
 }

@@ -74,7 +74,8 @@ type Stats struct {
 	UpstreamToClient int64
 	Duration         time.Duration
 	// End says why the tunnel ended: "closed" (both sides finished),
-	// "idle-timeout", "half-close-timeout" or "error".
+	// "idle-timeout", "half-close-timeout", "refused" (StartVerified's
+	// check refused a later ClientHello) or "error".
 	End string
 	// Err is the first error other than a clean close, if any.
 	Err error
@@ -112,11 +113,37 @@ func Relay(client, upstream net.Conn, pending []byte, opts Options) Stats {
 // (RFC 9293 §3.6: each direction closes independently) and lets the other
 // direction finish within HalfCloseTimeout.
 func Start(client, upstream net.Conn, pending []byte, opts Options, done func(Stats)) {
+	start(client, upstream, pending, opts, nil, done)
+}
+
+// StartVerified is Start for a tunnel whose first ClientHello (in pending)
+// passed check: until the client's handshake is encrypted, every further
+// ClientHello it sends in the clear (the retry after a HelloRetryRequest,
+// RFC 8446 §4.1.4) must pass check too, before its bytes reach upstream.
+// A tunnel the check refuses ends with Stats.End "refused" and Stats.Err
+// wrapping check's error (or ErrNotTLS for records that are not TLS).
+func StartVerified(client, upstream net.Conn, pending []byte, opts Options, check func(Hello) error, done func(Stats)) {
+	start(client, upstream, pending, opts, check, done)
+}
+
+func start(client, upstream net.Conn, pending []byte, opts Options, check func(Hello) error, done func(Stats)) {
 	if opts.HalfCloseTimeout <= 0 {
 		opts.HalfCloseTimeout = 30 * time.Second
 	}
 	r := &relay{opts: opts, start: time.Now(), client: client, upstream: upstream, done: done}
 	r.touch()
+	if check != nil && len(pending) > 0 {
+		// Only the verified first ClientHello goes out unchecked; what the
+		// client sent behind it is the guard's.
+		n, err := splitFirstHello(pending)
+		if err != nil {
+			r.cause.Store(&failure{err})
+			r.left.Store(1)
+			r.end()
+			return
+		}
+		pending, r.ahead = pending[:n], pending[n:]
+	}
 	if len(pending) > 0 {
 		upstream.SetWriteDeadline(r.writeDeadline())
 		n, err := upstream.Write(pending)
@@ -129,15 +156,38 @@ func Start(client, upstream net.Conn, pending []byte, opts Options, done func(St
 		}
 	}
 	r.left.Store(2)
-	go r.run(upstream, client, &r.up)
-	go r.run(client, upstream, &r.down)
+	if check == nil {
+		go r.run(upstream, client, &r.up)
+		go r.run(client, upstream, &r.down)
+		return
+	}
+	go r.guarded(upstream, client, &r.up, func() (int64, error) { return r.guardClient(upstream, client, check) })
+	go r.guarded(client, upstream, &r.down, func() (int64, error) { return r.guardServer(client, upstream) })
+}
+
+// guarded runs a handshake guard for the direction reading src, then the
+// ordinary copy.
+func (r *relay) guarded(dst, src net.Conn, n *int64, guard func() (int64, error)) {
+	g, err := guard()
+	*n += g
+	switch {
+	case err == io.EOF:
+		r.closeWrite(dst)
+		r.finished(src, dst, nil)
+		r.end()
+	case err != nil:
+		r.finished(src, dst, err)
+		r.end()
+	default:
+		r.run(dst, src, n)
+	}
 }
 
 // run relays one direction, and the last direction to finish ends the
 // tunnel.
 func (r *relay) run(dst, src net.Conn, n *int64) {
-	var err error
-	*n, err = r.copy(dst, src)
+	c, err := r.copy(dst, src)
+	*n += c
 	r.finished(src, dst, err)
 	r.end()
 }
@@ -160,6 +210,8 @@ func (r *relay) end() {
 			st.End = "idle-timeout"
 		case errors.Is(cause.err, errHalfClose):
 			st.End = "half-close-timeout"
+		case errors.Is(cause.err, errRetryRefused):
+			st.End = "refused"
 		default:
 			st.End = "error"
 		}
@@ -181,6 +233,8 @@ type relay struct {
 	cause       atomic.Pointer[failure] // first error that ended a direction
 	last        atomic.Int64            // unix nanoseconds of the last byte moved, either way
 	lingerUntil atomic.Int64            // unix nanoseconds; 0 while both directions flow
+	hrr         atomic.Bool             // the server's first message was a HelloRetryRequest
+	ahead       []byte                  // client bytes behind its first ClientHello, for the guard
 }
 
 func (r *relay) touch() { r.last.Store(time.Now().UnixNano()) }

@@ -1,0 +1,282 @@
+package tlsbypass
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// The handshake guard checks what a verified tunnel's client sends after its
+// first ClientHello and before its handshake is encrypted. TLS 1.3 lets the
+// client send a second ClientHello in the clear after a HelloRetryRequest
+// (RFC 8446 §4.1.4), often after a ChangeCipherSpec for middlebox
+// compatibility (§D.4). A client could name another host in it: domain
+// fronting against any destination that does not enforce §4.1.2 ("the
+// client MUST send the same ClientHello without modification, except ...").
+// So every plaintext ClientHello must pass the same check as the first. Only
+// the first records of a tunnel are plaintext; the guard then steps aside
+// and the relay copies as usual, so the bulk path costs nothing.
+
+// Record content types (RFC 8446 §5.1).
+const (
+	recordChangeCipherSpec = 20
+	recordAlert            = 21
+	recordHandshake        = 22
+	recordApplicationData  = 23
+)
+
+const (
+	// maxRecord is the largest TLSCiphertext fragment: 2^14 + 2048
+	// (RFC 5246 §6.2.3; TLS 1.3 allows less, §5.2).
+	maxRecord = 1<<14 + 2048
+	// guardMax bounds the plaintext handshake a client may send before
+	// encrypting; a certificate chain for client authentication (TLS 1.2)
+	// fits comfortably.
+	guardMax = 256 << 10
+	// handshakeServerHello is the ServerHello's handshake type; a
+	// HelloRetryRequest is a ServerHello with a fixed random.
+	handshakeClientHello = 1
+	handshakeServerHello = 2
+)
+
+// helloRetryRandom is the ServerHello.random of a HelloRetryRequest: the
+// SHA-256 of "HelloRetryRequest" (RFC 8446 §4.1.3).
+var helloRetryRandom = []byte{
+	0xCF, 0x21, 0xAD, 0x74, 0xE5, 0x9A, 0x61, 0x11, 0xBE, 0x1D, 0x8C, 0x02, 0x1E, 0x65, 0xB8, 0x91,
+	0xC2, 0xA2, 0x11, 0x16, 0x7A, 0xBB, 0x8C, 0x5E, 0x07, 0x9E, 0x09, 0xE2, 0xC8, 0xA8, 0x33, 0x9C,
+}
+
+// errRetryRefused marks a tunnel the guard ended: a later ClientHello failed
+// the check, or the client's handshake records were not TLS.
+var errRetryRefused = errors.New("tlsbypass: handshake guard refused the tunnel")
+
+// readFull reads exactly len(p) bytes from src within the relay's idle
+// limit, renewing the deadline while bytes move the other way. Bytes the
+// client sent behind its first ClientHello (r.ahead) come first.
+func (r *relay) readFull(src net.Conn, p []byte) error {
+	got := 0
+	if src == r.client && len(r.ahead) > 0 {
+		got = copy(p, r.ahead)
+		r.ahead = r.ahead[got:]
+	}
+	for got < len(p) {
+		src.SetReadDeadline(r.readDeadline())
+		n, err := src.Read(p[got:])
+		got += n
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if e := r.expired(); e != nil {
+				return e
+			}
+			continue
+		}
+		if got > 0 && got < len(p) && err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	return nil
+}
+
+// readRecord reads one TLS record (header and fragment) from src.
+func (r *relay) readRecord(src net.Conn) ([]byte, error) {
+	var hdr [tlsHeaderLen]byte
+	if err := r.readFull(src, hdr[:]); err != nil {
+		return nil, err
+	}
+	typ, n := hdr[0], int(hdr[3])<<8|int(hdr[4])
+	if typ < recordChangeCipherSpec || typ > recordApplicationData || hdr[1] != tlsMajor || n > maxRecord {
+		return nil, fmt.Errorf("%w: %w: record header % x", errRetryRefused, ErrNotTLS, hdr)
+	}
+	rec := make([]byte, tlsHeaderLen+n)
+	copy(rec, hdr[:])
+	if err := r.readFull(src, rec[tlsHeaderLen:]); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// guardClient relays the client's records to upstream until its handshake is
+// encrypted, checking every ClientHello on the way with check. It returns
+// the bytes relayed, and an error that ends the tunnel (wrapping
+// errRetryRefused when the guard refused it), or io.EOF when the client
+// finished cleanly.
+func (r *relay) guardClient(dst, src net.Conn, check func(Hello) error) (int64, error) {
+	var (
+		relayed  int64
+		messages []byte   // handshake bytes not yet a whole message
+		held     [][]byte // records of a ClientHello not yet whole: forwarded once it is checked
+		afterCCS bool     // a ChangeCipherSpec without a HelloRetryRequest: encryption follows
+	)
+	forward := func(rec []byte) error {
+		for _, h := range held {
+			n, err := r.write(dst, h)
+			relayed += int64(n)
+			if err != nil {
+				return err
+			}
+		}
+		held = held[:0]
+		n, err := r.write(dst, rec)
+		relayed += int64(n)
+		return err
+	}
+	for {
+		rec, err := r.readRecord(src)
+		if err != nil {
+			return relayed, err
+		}
+		if relayed+int64(len(rec)) > guardMax {
+			return relayed, fmt.Errorf("%w: %w: over %d bytes of handshake before encryption", errRetryRefused, ErrNotTLS, guardMax)
+		}
+		fragment := rec[tlsHeaderLen:]
+		switch rec[0] {
+		case recordApplicationData:
+			return relayed, forward(rec) // encrypted from here on
+		case recordChangeCipherSpec:
+			// After a HelloRetryRequest the retried ClientHello comes next,
+			// in the clear; otherwise what follows is encrypted.
+			afterCCS = afterCCS || !r.hrr.Load()
+			if err := forward(rec); err != nil {
+				return relayed, err
+			}
+			continue
+		case recordAlert:
+			if err := forward(rec); err != nil {
+				return relayed, err
+			}
+			continue
+		}
+		if afterCCS {
+			// TLS 1.2's Finished: encrypted, so it cannot be parsed, unless
+			// it is one whole plaintext ClientHello, which is checked.
+			if wholeClientHello(fragment) {
+				if err := checkHelloMessage(fragment, check); err != nil {
+					return relayed, err
+				}
+			}
+			return relayed, forward(rec)
+		}
+		messages = append(messages, fragment...)
+		for len(messages) >= 4 {
+			n := int(messages[1])<<16 | int(messages[2])<<8 | int(messages[3])
+			if n > defaultPeekMax {
+				return relayed, fmt.Errorf("%w: %w: handshake message of %d bytes", errRetryRefused, ErrNotTLS, n)
+			}
+			if len(messages) < 4+n {
+				break // the rest comes in the next records
+			}
+			if messages[0] == handshakeClientHello {
+				if err := checkHelloMessage(messages[:4+n], check); err != nil {
+					return relayed, err
+				}
+			}
+			messages = messages[4+n:]
+		}
+		if len(messages) > 0 && messages[0] == handshakeClientHello {
+			// Part of a ClientHello: nothing of it reaches upstream before
+			// all of it has been checked.
+			held = append(held, rec)
+			continue
+		}
+		if err := forward(rec); err != nil {
+			return relayed, err
+		}
+	}
+}
+
+// splitFirstHello returns how many bytes of pending (the peeked bytes,
+// which start with the verified ClientHello) end the records that carry it.
+// Bytes after that went through no check yet. A record that carries more
+// than that first ClientHello is no TLS client's: refused.
+func splitFirstHello(pending []byte) (int, error) {
+	var messages []byte
+	for off := 0; off+tlsHeaderLen <= len(pending); {
+		n := int(pending[off+3])<<8 | int(pending[off+4])
+		end := off + tlsHeaderLen + n
+		if pending[off] != recordHandshake || end > len(pending) {
+			break
+		}
+		messages = append(messages, pending[off+tlsHeaderLen:end]...)
+		if len(messages) >= 4 {
+			if l := 4 + (int(messages[1])<<16 | int(messages[2])<<8 | int(messages[3])); len(messages) >= l {
+				if len(messages) > l {
+					return 0, fmt.Errorf("%w: %w: %d bytes after the client hello in its record", errRetryRefused, ErrNotTLS, len(messages)-l)
+				}
+				return end, nil
+			}
+		}
+		off = end
+	}
+	return len(pending), nil // PeekClientHello parsed it, so this is not reached
+}
+
+// wholeClientHello reports a fragment that is exactly one ClientHello
+// message: an encrypted fragment matches by chance with probability 2^-32.
+func wholeClientHello(f []byte) bool {
+	return len(f) >= 4 && f[0] == handshakeClientHello && int(f[1])<<16|int(f[2])<<8|int(f[3]) == len(f)-4
+}
+
+// checkHelloMessage parses a whole ClientHello handshake message with
+// crypto/tls (as PeekClientHello does) and checks it.
+func checkHelloMessage(msg []byte, check func(Hello) error) error {
+	var recs []byte
+	for rest := msg; len(rest) > 0; {
+		n := min(len(rest), 1<<14)
+		recs = append(recs, recordHandshake, tlsMajor, 1, byte(n>>8), byte(n))
+		recs = append(recs, rest[:n]...)
+		rest = rest[n:]
+	}
+	hello, _, err := PeekClientHello(noConn{}, recs, 0, len(recs))
+	if err != nil {
+		return fmt.Errorf("%w: retried client hello: %w", errRetryRefused, err)
+	}
+	if err := check(hello); err != nil {
+		return fmt.Errorf("%w: retried client hello: %w", errRetryRefused, err)
+	}
+	return nil
+}
+
+// guardServer relays the upstream's first record to the client, noting
+// whether it is a HelloRetryRequest, after which the client may send a
+// second ClientHello in the clear. Bytes that are no TLS record go through
+// as they are: the client's own TLS stack refuses them.
+func (r *relay) guardServer(dst, src net.Conn) (int64, error) {
+	var hdr [tlsHeaderLen]byte
+	if err := r.readFull(src, hdr[:]); err != nil {
+		return 0, err
+	}
+	rec := hdr[:]
+	if n := int(hdr[3])<<8 | int(hdr[4]); hdr[0] == recordHandshake && hdr[1] == tlsMajor && n <= maxRecord {
+		rec = make([]byte, tlsHeaderLen+n)
+		copy(rec, hdr[:])
+		if err := r.readFull(src, rec[tlsHeaderLen:]); err != nil {
+			return 0, err
+		}
+		f := rec[tlsHeaderLen:]
+		if len(f) >= 4+2+32 && f[0] == handshakeServerHello && bytes.Equal(f[6:38], helloRetryRandom) {
+			r.hrr.Store(true) // before the client can see it
+		}
+	}
+	n, err := r.write(dst, rec)
+	return int64(n), err
+}
+
+// noConn is the empty connection PeekClientHello reads a captured message
+// from: every byte is pending, so a read past them is the end.
+type noConn struct{}
+
+func (noConn) Read([]byte) (int, error)         { return 0, io.EOF }
+func (noConn) Write(p []byte) (int, error)      { return len(p), nil }
+func (noConn) Close() error                     { return nil }
+func (noConn) LocalAddr() net.Addr              { return nil }
+func (noConn) RemoteAddr() net.Addr             { return nil }
+func (noConn) SetDeadline(time.Time) error      { return nil }
+func (noConn) SetReadDeadline(time.Time) error  { return nil }
+func (noConn) SetWriteDeadline(time.Time) error { return nil }
