@@ -61,7 +61,9 @@ func (r *relay) readFull(src net.Conn, p []byte) error {
 	got := 0
 	if src == r.client && len(r.ahead) > 0 {
 		got = copy(p, r.ahead)
-		r.ahead = r.ahead[got:]
+		if r.ahead = r.ahead[got:]; len(r.ahead) == 0 {
+			r.ahead = nil
+		}
 	}
 	for got < len(p) {
 		src.SetReadDeadline(r.readDeadline())
@@ -84,22 +86,26 @@ func (r *relay) readFull(src net.Conn, p []byte) error {
 	return nil
 }
 
-// readRecord reads one TLS record (header and fragment) from src.
-func (r *relay) readRecord(src net.Conn) ([]byte, error) {
+// readRecord reads one TLS record from src: the header while holding
+// nothing (the wait between records is the handshake's round trip), then the
+// fragment into a pooled buffer, which the caller returns with putRecord.
+func (r *relay) readRecord(src net.Conn) ([]byte, *[]byte, error) {
 	var hdr [tlsHeaderLen]byte
 	if err := r.readFull(src, hdr[:]); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	typ, n := hdr[0], int(hdr[3])<<8|int(hdr[4])
 	if typ < recordChangeCipherSpec || typ > recordApplicationData || hdr[1] != tlsMajor || n > maxRecord {
-		return nil, fmt.Errorf("%w: %w: record header % x", errRetryRefused, ErrNotTLS, hdr)
+		return nil, nil, fmt.Errorf("%w: %w: record header % x", errRetryRefused, ErrNotTLS, hdr)
 	}
-	rec := make([]byte, tlsHeaderLen+n)
+	bp := bufPool.Get().(*[]byte) // 32 KiB, more than a record
+	rec := (*bp)[:tlsHeaderLen+n]
 	copy(rec, hdr[:])
 	if err := r.readFull(src, rec[tlsHeaderLen:]); err != nil {
-		return nil, err
+		bufPool.Put(bp)
+		return nil, nil, err
 	}
-	return rec, nil
+	return rec, bp, nil
 }
 
 // guardClient relays the client's records to upstream until its handshake is
@@ -108,113 +114,97 @@ func (r *relay) readRecord(src net.Conn) ([]byte, error) {
 // errRetryRefused when the guard refused it), or io.EOF when the client
 // finished cleanly.
 func (r *relay) guardClient(dst, src net.Conn, check func(Hello) error) (int64, error) {
-	var (
-		relayed  int64
-		messages []byte   // handshake bytes not yet a whole message
-		held     [][]byte // records of a ClientHello not yet whole: forwarded once it is checked
-		afterCCS bool     // a ChangeCipherSpec without a HelloRetryRequest: encryption follows
-	)
-	forward := func(rec []byte) error {
-		for _, h := range held {
-			n, err := r.write(dst, h)
-			relayed += int64(n)
-			if err != nil {
-				return err
-			}
-		}
-		held = held[:0]
-		n, err := r.write(dst, rec)
-		relayed += int64(n)
-		return err
-	}
+	g := clientGuard{r: r, dst: dst, check: check}
 	for {
-		rec, err := r.readRecord(src)
+		rec, bp, err := r.readRecord(src)
 		if err != nil {
-			return relayed, err
+			return g.relayed, err
 		}
-		if relayed+int64(len(rec)) > guardMax {
-			return relayed, fmt.Errorf("%w: %w: over %d bytes of handshake before encryption", errRetryRefused, ErrNotTLS, guardMax)
-		}
-		fragment := rec[tlsHeaderLen:]
-		switch rec[0] {
-		case recordApplicationData:
-			return relayed, forward(rec) // encrypted from here on
-		case recordChangeCipherSpec:
-			// After a HelloRetryRequest the retried ClientHello comes next,
-			// in the clear; otherwise what follows is encrypted.
-			afterCCS = afterCCS || !r.hrr.Load()
-			if err := forward(rec); err != nil {
-				return relayed, err
-			}
-			continue
-		case recordAlert:
-			if err := forward(rec); err != nil {
-				return relayed, err
-			}
-			continue
-		}
-		if afterCCS {
-			// TLS 1.2's Finished: encrypted, so it cannot be parsed, unless
-			// it is one whole plaintext ClientHello, which is checked.
-			if wholeClientHello(fragment) {
-				if err := checkHelloMessage(fragment, check); err != nil {
-					return relayed, err
-				}
-			}
-			return relayed, forward(rec)
-		}
-		messages = append(messages, fragment...)
-		for len(messages) >= 4 {
-			n := int(messages[1])<<16 | int(messages[2])<<8 | int(messages[3])
-			if n > defaultPeekMax {
-				return relayed, fmt.Errorf("%w: %w: handshake message of %d bytes", errRetryRefused, ErrNotTLS, n)
-			}
-			if len(messages) < 4+n {
-				break // the rest comes in the next records
-			}
-			if messages[0] == handshakeClientHello {
-				if err := checkHelloMessage(messages[:4+n], check); err != nil {
-					return relayed, err
-				}
-			}
-			messages = messages[4+n:]
-		}
-		if len(messages) > 0 && messages[0] == handshakeClientHello {
-			// Part of a ClientHello: nothing of it reaches upstream before
-			// all of it has been checked.
-			held = append(held, rec)
-			continue
-		}
-		if err := forward(rec); err != nil {
-			return relayed, err
+		done, err := g.record(rec)
+		bufPool.Put(bp)
+		if done || err != nil {
+			return g.relayed, err
 		}
 	}
 }
 
-// splitFirstHello returns how many bytes of pending (the peeked bytes,
-// which start with the verified ClientHello) end the records that carry it.
-// Bytes after that went through no check yet. A record that carries more
-// than that first ClientHello is no TLS client's: refused.
-func splitFirstHello(pending []byte) (int, error) {
-	var messages []byte
-	for off := 0; off+tlsHeaderLen <= len(pending); {
-		n := int(pending[off+3])<<8 | int(pending[off+4])
-		end := off + tlsHeaderLen + n
-		if pending[off] != recordHandshake || end > len(pending) {
-			break
+// clientGuard is guardClient's state across records.
+type clientGuard struct {
+	r        *relay
+	dst      net.Conn
+	check    func(Hello) error
+	relayed  int64
+	messages []byte   // handshake bytes not yet a whole message
+	held     [][]byte // records of a ClientHello not yet whole: forwarded once it is checked
+	afterCCS bool     // a ChangeCipherSpec without a HelloRetryRequest: encryption follows
+}
+
+// forward writes the held records, then rec, to upstream.
+func (g *clientGuard) forward(rec []byte) error {
+	for _, h := range g.held {
+		n, err := g.r.write(g.dst, h)
+		g.relayed += int64(n)
+		if err != nil {
+			return err
 		}
-		messages = append(messages, pending[off+tlsHeaderLen:end]...)
-		if len(messages) >= 4 {
-			if l := 4 + (int(messages[1])<<16 | int(messages[2])<<8 | int(messages[3])); len(messages) >= l {
-				if len(messages) > l {
-					return 0, fmt.Errorf("%w: %w: %d bytes after the client hello in its record", errRetryRefused, ErrNotTLS, len(messages)-l)
-				}
-				return end, nil
+	}
+	g.held = nil
+	n, err := g.r.write(g.dst, rec)
+	g.relayed += int64(n)
+	return err
+}
+
+// record handles one client record; done reports that the handshake is
+// encrypted from here on.
+func (g *clientGuard) record(rec []byte) (done bool, err error) {
+	if g.relayed+int64(len(rec)) > guardMax {
+		return false, fmt.Errorf("%w: %w: over %d bytes of handshake before encryption", errRetryRefused, ErrNotTLS, guardMax)
+	}
+	fragment := rec[tlsHeaderLen:]
+	switch rec[0] {
+	case recordApplicationData:
+		return true, g.forward(rec) // encrypted from here on
+	case recordChangeCipherSpec:
+		// After a HelloRetryRequest the retried ClientHello comes next, in
+		// the clear; otherwise what follows is encrypted.
+		g.afterCCS = g.afterCCS || !g.r.hrr.Load()
+		return false, g.forward(rec)
+	case recordAlert:
+		return false, g.forward(rec)
+	}
+	if g.afterCCS {
+		// TLS 1.2's Finished: encrypted, so it cannot be parsed, unless it
+		// is one whole plaintext ClientHello, which is checked.
+		if wholeClientHello(fragment) {
+			if err := checkHelloMessage(fragment, g.check); err != nil {
+				return false, err
 			}
 		}
-		off = end
+		return true, g.forward(rec)
 	}
-	return len(pending), nil // PeekClientHello parsed it, so this is not reached
+	g.messages = append(g.messages, fragment...)
+	for len(g.messages) >= 4 {
+		n := int(g.messages[1])<<16 | int(g.messages[2])<<8 | int(g.messages[3])
+		if n > defaultPeekMax {
+			return false, fmt.Errorf("%w: %w: handshake message of %d bytes", errRetryRefused, ErrNotTLS, n)
+		}
+		if len(g.messages) < 4+n {
+			break // the rest comes in the next records
+		}
+		if g.messages[0] == handshakeClientHello {
+			if err := checkHelloMessage(g.messages[:4+n], g.check); err != nil {
+				return false, err
+			}
+		}
+		g.messages = g.messages[4+n:]
+	}
+	if len(g.messages) > 0 && g.messages[0] == handshakeClientHello {
+		// Part of a ClientHello: nothing of it reaches upstream before all
+		// of it has been checked. The buffer is reused, so keep a copy.
+		g.held = append(g.held, append([]byte(nil), rec...))
+		return false, nil
+	}
+	return false, g.forward(rec)
 }
 
 // wholeClientHello reports a fragment that is exactly one ClientHello
@@ -252,20 +242,23 @@ func (r *relay) guardServer(dst, src net.Conn) (int64, error) {
 	if err := r.readFull(src, hdr[:]); err != nil {
 		return 0, err
 	}
-	rec := hdr[:]
-	if n := int(hdr[3])<<8 | int(hdr[4]); hdr[0] == recordHandshake && hdr[1] == tlsMajor && n <= maxRecord {
-		rec = make([]byte, tlsHeaderLen+n)
-		copy(rec, hdr[:])
-		if err := r.readFull(src, rec[tlsHeaderLen:]); err != nil {
-			return 0, err
-		}
-		f := rec[tlsHeaderLen:]
-		if len(f) >= 4+2+32 && f[0] == handshakeServerHello && bytes.Equal(f[6:38], helloRetryRandom) {
-			r.hrr.Store(true) // before the client can see it
-		}
+	n := int(hdr[3])<<8 | int(hdr[4])
+	if hdr[0] != recordHandshake || hdr[1] != tlsMajor || n > maxRecord {
+		w, err := r.write(dst, hdr[:])
+		return int64(w), err
 	}
-	n, err := r.write(dst, rec)
-	return int64(n), err
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	rec := (*bp)[:tlsHeaderLen+n]
+	copy(rec, hdr[:])
+	if err := r.readFull(src, rec[tlsHeaderLen:]); err != nil {
+		return 0, err
+	}
+	if f := rec[tlsHeaderLen:]; len(f) >= 4+2+32 && f[0] == handshakeServerHello && bytes.Equal(f[6:38], helloRetryRandom) {
+		r.hrr.Store(true) // before the client can see it
+	}
+	w, err := r.write(dst, rec)
+	return int64(w), err
 }
 
 // noConn is the empty connection PeekClientHello reads a captured message
@@ -280,3 +273,29 @@ func (noConn) RemoteAddr() net.Addr             { return nil }
 func (noConn) SetDeadline(time.Time) error      { return nil }
 func (noConn) SetReadDeadline(time.Time) error  { return nil }
 func (noConn) SetWriteDeadline(time.Time) error { return nil }
+
+// splitFirstHello returns how many bytes of pending (the peeked bytes,
+// which start with the verified ClientHello) end the records that carry it.
+// Bytes after that went through no check yet. A record that carries more
+// than that first ClientHello is no TLS client's: refused.
+func splitFirstHello(pending []byte) (int, error) {
+	var messages []byte
+	for off := 0; off+tlsHeaderLen <= len(pending); {
+		n := int(pending[off+3])<<8 | int(pending[off+4])
+		end := off + tlsHeaderLen + n
+		if pending[off] != recordHandshake || end > len(pending) {
+			break
+		}
+		messages = append(messages, pending[off+tlsHeaderLen:end]...)
+		if len(messages) >= 4 {
+			if l := 4 + (int(messages[1])<<16 | int(messages[2])<<8 | int(messages[3])); len(messages) >= l {
+				if len(messages) > l {
+					return 0, fmt.Errorf("%w: %w: %d bytes after the client hello in its record", errRetryRefused, ErrNotTLS, len(messages)-l)
+				}
+				return end, nil
+			}
+		}
+		off = end
+	}
+	return len(pending), nil // PeekClientHello parsed it, so this is not reached
+}

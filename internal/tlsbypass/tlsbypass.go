@@ -142,7 +142,11 @@ func start(client, upstream net.Conn, pending []byte, opts Options, check func(H
 			r.end()
 			return
 		}
-		pending, r.ahead = pending[:n], pending[n:]
+		if n < len(pending) {
+			// A copy: the peek buffer must not live as long as the tunnel.
+			r.ahead = append([]byte(nil), pending[n:]...)
+		}
+		pending = pending[:n]
 	}
 	if len(pending) > 0 {
 		upstream.SetWriteDeadline(r.writeDeadline())
@@ -161,13 +165,17 @@ func start(client, upstream net.Conn, pending []byte, opts Options, check func(H
 		go r.run(client, upstream, &r.down)
 		return
 	}
-	go r.guarded(upstream, client, &r.up, func() (int64, error) { return r.guardClient(upstream, client, check) })
-	go r.guarded(client, upstream, &r.down, func() (int64, error) { return r.guardServer(client, upstream) })
+	go r.guarded(upstream, client, &r.up, true, func() (int64, error) { return r.guardClient(upstream, client, check) })
+	go r.guarded(client, upstream, &r.down, false, func() (int64, error) { return r.guardServer(client, upstream) })
 }
 
 // guarded runs a handshake guard for the direction reading src, then the
-// ordinary copy.
-func (r *relay) guarded(dst, src net.Conn, n *int64, guard func() (int64, error)) {
+// ordinary copy. With respawn, the copy runs on a new goroutine and this one
+// returns: the client guard's deeper frames (record reassembly, crypto/tls
+// for a retried hello) grow its stack, and an idle tunnel must keep only the
+// copy's minimal stacks, and nothing the guard referenced. The server guard
+// reads one record and stays shallow.
+func (r *relay) guarded(dst, src net.Conn, n *int64, respawn bool, guard func() (int64, error)) {
 	g, err := guard()
 	*n += g
 	switch {
@@ -178,6 +186,8 @@ func (r *relay) guarded(dst, src net.Conn, n *int64, guard func() (int64, error)
 	case err != nil:
 		r.finished(src, dst, err)
 		r.end()
+	case respawn:
+		go r.run(dst, src, n)
 	default:
 		r.run(dst, src, n)
 	}
