@@ -135,7 +135,20 @@ func docByName(names ...string) (Doc, bool) {
 	return Doc{}, false
 }
 
+// notImported are Microsoft articles the importer recognises and refuses,
+// with the reason.
+var notImported = map[string]string{
+	"configure-network-connections-microsoft-defender-antivirus": "its URL table has no Geography column, so " +
+		"importing it would open every data location's storage accounts everywhere; the catalog keeps its extra rows " +
+		"(source S5) by hand",
+}
+
 func unknownDocument(file string) error {
+	for slug, why := range notImported {
+		if strings.Contains(strings.ToLower(file), slug) {
+			return fmt.Errorf("%s: not imported: %s", file, why)
+		}
+	}
 	var names []string
 	for _, d := range Docs {
 		names = append(names, d.Slug+".md")

@@ -339,6 +339,9 @@ func TestBadInput(t *testing.T) {
 		{"markdown without a URL table", []string{noTable}, []string{"standard-device-connectivity-urls-gov.md", "no table with an Endpoint/URL column"}},
 		{"unknown document", []string{write("urls.xlsx", "x")}, []string{"urls.xlsx", "not one of Microsoft's Defender URL lists", "mde-urls-commercial.xlsx"}},
 		{"unknown extension", []string{write("mde-urls-commercial.csv", "x")}, []string{"want a spreadsheet (.xlsx) or an article (.md)"}},
+		{"the antivirus article", []string{write("configure-network-connections-microsoft-defender-antivirus.md",
+			"# Configure and validate Microsoft Defender Antivirus network connections\n\n|Service and description|URL|\n|---|---|\n|MAPS|`*.wdcp.microsoft.com`|\n")},
+			[]string{"not imported", "no Geography column"}},
 		{"one list twice", []string{badPort, midWildcard}, []string{"invalid"}}, // the first error wins
 		{"no files", nil, []string{"no files"}},
 	}
@@ -527,5 +530,28 @@ func TestDropUnscopedKinds(t *testing.T) {
 				t.Errorf("kept %d rules, %d notes (%q); want %d, %d", len(out.Rules), len(out.Skipped), out.Skipped, tt.wantKept, tt.wantNotes)
 			}
 		})
+	}
+}
+
+// TestMarkdownLineEndings: learn.microsoft.com pages mix CRLF (the article
+// body) and LF (the front matter); both read the same.
+func TestMarkdownLineEndings(t *testing.T) {
+	lf, err := Markdown("standard-device-connectivity-urls-commercial.md", []byte(standardMD))
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := strings.Index(standardMD, "\n# ")
+	mixed := standardMD[:i] + strings.ReplaceAll(standardMD[i:], "\n", "\r\n")
+	crlf, err := Markdown("standard-device-connectivity-urls-commercial.md", []byte(mixed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(crlf.Rules) != len(lf.Rules) || len(crlf.Skipped) != len(lf.Skipped) {
+		t.Fatalf("CRLF: %d rules %d skipped, LF: %d rules %d skipped", len(crlf.Rules), len(crlf.Skipped), len(lf.Rules), len(lf.Skipped))
+	}
+	for i := range lf.Rules {
+		if a, b := lf.Rules[i], crlf.Rules[i]; a.Host != b.Host || a.Comment != b.Comment || a.Source != b.Source {
+			t.Errorf("rule %d: LF %+v, CRLF %+v", i, a, b)
+		}
 	}
 }
