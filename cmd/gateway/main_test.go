@@ -217,7 +217,13 @@ type servedGateway struct {
 // startGateway starts the binary and waits for its "gateway listening" line.
 func startGateway(t *testing.T, env ...string) *servedGateway {
 	t.Helper()
-	cmd := exec.Command(gatewayBin, "serve")
+	return startGatewayCmd(t, exec.Command(gatewayBin, "serve"), env...)
+}
+
+// startGatewayCmd is startGateway with the command given (a wrapper that
+// runs the binary, say).
+func startGatewayCmd(t *testing.T, cmd *exec.Cmd, env ...string) *servedGateway {
+	t.Helper()
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "GATEWAY_LISTEN=127.0.0.1:0",
 		"GATEWAY_ADMIN_LISTEN=127.0.0.1:0"}, env...)
 	pr, pw := io.Pipe()

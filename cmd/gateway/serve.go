@@ -195,7 +195,11 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 	ps := &pacServer{public: cfg.PublicAddr, dflt: cfg.PACDefault, listen: g.ln.Addr()}
 	opts.PAC = ps.pac
 	g.limit = &proxy.ConnLimiter{Max: cfg.MaxConns, PerClient: cfg.MaxConnsPerClient,
-		OnRefuse: func(reason string) { g.metrics.Decision("tcp", "deny", reason, "", "") }}
+		OnRefuse: func(reason string) { g.metrics.Decision("tcp", "deny", reason, "", "") },
+		OnAcceptError: func(err error, failures int) {
+			logger.Error("accepting connections fails: out of file descriptors; serving the connections held and retrying (raise the descriptor limit, e.g. LimitNOFILE, or lower GATEWAY_MAX_CONNS)",
+				"error", err.Error(), "failed_accepts", failures)
+		}}
 	opts.ConnDone = g.limit.Release
 	if g.authn != nil {
 		opts.Auth = g.authn

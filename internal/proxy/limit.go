@@ -2,9 +2,25 @@ package proxy
 
 import (
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+const (
+	// limitRefusalTime bounds a refusal at a limit from accept to close: a
+	// flood of connections must not hold descriptors the admitted tunnels
+	// need.
+	limitRefusalTime = 100 * time.Millisecond
+	// maxRefusing bounds refusals in flight; past it a connection is closed
+	// without an answer (a flood gets no more than this many descriptors).
+	maxRefusing = 256
+	// acceptErrorInterval is how often OnAcceptError may be called.
+	acceptErrorInterval = 10 * time.Second
 )
 
 // Reasons for connections refused by the ConnLimiter.
@@ -23,6 +39,19 @@ type ConnLimiter struct {
 	// OnRefuse, if non-nil, is called with the reason of every refused
 	// connection; if nil, nothing is called.
 	OnRefuse func(reason string)
+	// OnAcceptError, if non-nil, is called when accepting fails because the
+	// process or system is out of file descriptors (EMFILE, ENFILE, also
+	// ENOBUFS and ENOMEM), at most once per 10 s, with the error and how
+	// many accepts failed since the last call; the listener keeps retrying
+	// with a backoff and the connections already held keep being served.
+	// If nil, nothing is called.
+	OnAcceptError func(err error, failures int)
+
+	refusing atomic.Int32 // refusals in flight
+
+	errMu      sync.Mutex
+	errLast    time.Time
+	errPending int
 
 	mu        sync.Mutex
 	live      map[net.Conn]netip.Addr
@@ -84,11 +113,21 @@ type limitListener struct {
 }
 
 func (ll *limitListener) Accept() (net.Conn, error) {
+	backoff := time.Duration(0)
 	for {
 		c, err := ll.Listener.Accept()
 		if err != nil {
-			return nil, err
+			if !outOfDescriptors(err) {
+				return nil, err
+			}
+			// Serve what is held; try again a little later (as net/http
+			// does, but without a log line per attempt).
+			ll.l.acceptFailed(err)
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
 		}
+		backoff = 0
 		reason := ll.l.admit(c)
 		if reason == "" {
 			return c, nil
@@ -96,12 +135,61 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if ll.l.OnRefuse != nil {
 			ll.l.OnRefuse(reason)
 		}
+		if ll.l.refusing.Add(1) > maxRefusing {
+			// A flood: no descriptor stays open for it, not even to answer.
+			ll.l.refusing.Add(-1)
+			c.Close()
+			continue
+		}
 		refuseErr := ErrOverloaded
 		if reason == ReasonClientConnLimit {
 			refuseErr = ErrClientConnLimit
 		}
 		// Answered before any request is read, off the accept loop.
-		go newRefusal(refuseErr, c.LocalAddr().String(), nil, nil).closeWith(c, "HTTP/1.1")
+		go func() {
+			defer ll.l.refusing.Add(-1)
+			refuseAtLimit(c, newRefusal(refuseErr, c.LocalAddr().String(), nil, nil))
+		}()
+	}
+}
+
+// refuseAtLimit answers a connection refused at a limit and closes it within
+// limitRefusalTime. The answer is small, so a new connection's socket
+// buffer takes it at once; what the client already sent is drained briefly
+// before the close, so that unread data does not turn the close into a
+// reset that loses the answer.
+func refuseAtLimit(c net.Conn, f refusal) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(limitRefusalTime))
+	if f.write(c, "HTTP/1.1") != nil {
+		return
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+}
+
+// outOfDescriptors reports an accept error that a full descriptor table (or
+// kernel memory) causes: the listener is fine, the process is not.
+func outOfDescriptors(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM)
+}
+
+// acceptFailed counts a failed accept and reports them at most once per
+// acceptErrorInterval.
+func (l *ConnLimiter) acceptFailed(err error) {
+	l.errMu.Lock()
+	l.errPending++
+	report := l.OnAcceptError != nil && time.Since(l.errLast) >= acceptErrorInterval
+	n := l.errPending
+	if report {
+		l.errLast, l.errPending = time.Now(), 0
+	}
+	l.errMu.Unlock()
+	if report {
+		l.OnAcceptError(err, n)
 	}
 }
 
