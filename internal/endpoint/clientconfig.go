@@ -28,8 +28,11 @@ type ClientConfig struct {
 	PACURL string
 	// Bypass lists optional proxy bypass entries, written to Defender
 	// Antivirus ProxyBypass (joined with ';') and to the netsh winhttp
-	// bypass-list. Entries are host names, addresses or wildcards
-	// ("*.contoso.local"); the netsh token "<local>" is accepted as is.
+	// bypass-list. An element may itself be a list in WinHTTP's syntax,
+	// entries separated by ';' or ',' with optional spaces around them
+	// (see SplitBypass). Entries are host names, addresses, wildcards
+	// ("*.contoso.local", "10.*") or the token "<local>" (names without a
+	// dot).
 	Bypass []string
 	// Offline adds PreferStaticProxyForHttpRequest for fully offline devices
 	// (honoured by MsSense.exe 10.8210.* or 10.8049.* and later).
@@ -38,16 +41,28 @@ type ClientConfig struct {
 	Undo bool
 }
 
-// ClientConfigError is the validation error Render returns; Field names the
-// offending ClientConfig field ("Proxy", "PACURL", "Bypass[2]").
+// ClientConfigError is the validation error Render returns. Field names
+// the offending value as the user gave it to "gateway client-config"
+// ("--proxy", "--pac-url", "--format", `--bypass entry "x"`): that command
+// is who reads these errors.
 type ClientConfigError struct {
 	Field  string
 	Reason string
 }
 
+// Error carries no "client-config:" prefix: the command adds its own.
 func (e *ClientConfigError) Error() string {
-	return "client-config: " + e.Field + ": " + e.Reason
+	return e.Field + ": " + e.Reason
 }
+
+// Names ClientConfigError.Field uses.
+const (
+	ccFieldProxy  = "--proxy"
+	ccFieldPAC    = "--pac-url"
+	ccFieldFormat = "--format"
+)
+
+func ccFieldBypass(entry string) string { return fmt.Sprintf("--bypass entry %q", entry) }
 
 // Registry locations, relative to HKEY_LOCAL_MACHINE.
 const (
@@ -101,7 +116,7 @@ type ccPlan struct {
 // are *ClientConfigError and name the field.
 func (c ClientConfig) Render(format string) ([]byte, error) {
 	if format != "cmd" && format != "ps1" && format != "reg" {
-		return nil, fmt.Errorf("client-config: unknown format %q (want cmd, ps1 or reg)", format)
+		return nil, &ClientConfigError{Field: ccFieldFormat, Reason: fmt.Sprintf("want cmd, ps1 or reg, got %q", format)}
 	}
 	p, err := c.plan()
 	if err != nil {
@@ -132,13 +147,16 @@ func (c ClientConfig) plan() (*ccPlan, error) {
 		}
 		p.pac = c.PACURL
 	}
-	for i, b := range c.Bypass {
-		if err := ccValidateBypass(b); err != nil {
-			return nil, &ClientConfigError{Field: fmt.Sprintf("Bypass[%d]", i), Reason: err.Error()}
+	for _, list := range c.Bypass {
+		for _, b := range SplitBypass(list) {
+			if err := ccValidateBypass(b); err != nil {
+				return nil, &ClientConfigError{Field: ccFieldBypass(b), Reason: err.Error()}
+			}
+			p.bypass = append(p.bypass, b)
 		}
 	}
-	p.bypass = c.Bypass
-	p.bypassList = strings.Join(c.Bypass, ";")
+	// netsh's bypass-list and ProxyBypass both separate entries with ';'.
+	p.bypassList = strings.Join(p.bypass, ";")
 	p.blocks = p.buildBlocks()
 	return p, nil
 }
@@ -235,6 +253,7 @@ func (p *ccPlan) header() []string {
 			"  - WinHTTP: netsh winhttp set proxy, the system-wide proxy the OS uses for CRL fetches.",
 			"  - Verify: MpCmdRun -ValidateMapsConnection, MDE Client Analyzer, netsh winhttp show proxy.",
 		)
+		h = append(h, ccWinHTTPWarning...)
 	}
 	if p.ipv6 {
 		h = append(h, "Note: Microsoft does not support devices configured for IPv6-only traffic.")
@@ -251,6 +270,24 @@ var ccWinHTTPComments = []string{
 	"Used by Windows services and by the OS for certificate revocation list",
 	"(CRL) fetches. Without it MpCmdRun -ValidateMapsConnection fails with hr=0x80072F8F httpcore=451.",
 }
+
+// ccWinHTTPWarning says what the WinHTTP proxy does beyond Defender. It
+// goes into cmd rem lines too, so it carries no character cmd acts on
+// (no angle brackets, ampersand, pipe, caret or percent sign).
+var ccWinHTTPWarning = []string{
+	"WARNING: netsh winhttp set proxy is machine-wide. It routes EVERY program and service on this",
+	"device that uses WinHTTP, not only Defender (Windows Update, other agents, line-of-business",
+	"software), through this allowlist gateway, which refuses every destination it does not list.",
+	"Before deploying, allow what else the devices need in the gateway's rules (GATEWAY_RULES_FILE),",
+	"or exempt it with the bypass list (gateway client-config --bypass, e.g. *.contoso.local).",
+}
+
+// ccWinHTTPPointer recalls the warning where the netsh command is.
+const ccWinHTTPPointer = "Machine-wide: see the WARNING at the top. Every WinHTTP program on the device uses this proxy."
+
+// ccWinHTTPNotice is printed when the apply script has set the WinHTTP
+// proxy; plain words only, it is echoed by cmd and single-quoted in ps1.
+const ccWinHTTPNotice = "WARNING: the WinHTTP proxy is machine-wide: every program on this device that uses WinHTTP now goes through the Defender allowlist gateway, which refuses destinations it does not list."
 
 // netshCmd is the netsh command that sets the WinHTTP proxy, cmd-quoted.
 func (p *ccPlan) netshCmd() string {
@@ -315,12 +352,17 @@ func (p *ccPlan) renderCmd(w *ccWriter) {
 	step, cmd := "WinHTTP: netsh winhttp set proxy", p.netshCmd()
 	if p.undo {
 		step, cmd = "WinHTTP: netsh winhttp reset proxy", "netsh winhttp reset proxy"
+	} else {
+		w.line("rem " + ccWinHTTPPointer)
 	}
 	w.line(cmd)
 	w.line(`if errorlevel 1 (`)
 	w.line(`  >&2 echo ERROR: step failed: ` + step)
 	w.line(`  exit /b 1`)
 	w.line(`)`)
+	if !p.undo {
+		w.line("echo " + ccWinHTTPNotice)
+	}
 	w.line("")
 	w.line("rem --- Verify, from an elevated prompt once policy has applied ---")
 	w.line("rem ProgramFiles is a single-percent variable on purpose in these rem lines, so they can be")
@@ -411,6 +453,7 @@ func (p *ccPlan) renderPS1(w *ccWriter) {
 		w.line("$step = 'WinHTTP: netsh winhttp reset proxy'")
 		w.line("& netsh.exe winhttp reset proxy")
 	} else {
+		w.line("# " + ccWinHTTPPointer)
 		w.line("$step = 'WinHTTP: netsh winhttp set proxy'")
 		w.line("# Same as: " + p.netshCmd())
 		args := ccPSQuote("proxy-server=" + p.proxy)
@@ -420,6 +463,9 @@ func (p *ccPlan) renderPS1(w *ccWriter) {
 		w.line("& netsh.exe winhttp set proxy " + args)
 	}
 	w.line(`if ($LASTEXITCODE -ne 0) { throw ("netsh exited with code {0}" -f $LASTEXITCODE) }`)
+	if !p.undo {
+		w.line("Write-Warning " + ccPSQuote(ccWinHTTPNotice))
+	}
 	w.line("")
 	w.line("# --- Verify, from an elevated prompt once policy has applied ---")
 	w.line(`#   & "$env:ProgramFiles\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection`)
@@ -512,6 +558,7 @@ func (p *ccPlan) renderReg(w *ccWriter) {
 		w.line(";   Remove-MpPreference -ProxyServer -ProxyPacUrl -ProxyBypass")
 	} else {
 		w.line(";   " + p.netshCmd())
+		w.line("; " + ccWinHTTPPointer)
 	}
 	w.line("")
 	w.line("; --- Verify, from an elevated prompt once policy has applied ---")
@@ -586,7 +633,7 @@ func ccCheckChars(s string) string {
 // whether the host is an IPv6 literal.
 func ccValidateProxy(s string) (string, bool, error) {
 	bad := func(format string, a ...any) (string, bool, error) {
-		return "", false, &ClientConfigError{Field: "Proxy", Reason: fmt.Sprintf(format, a...)}
+		return "", false, &ClientConfigError{Field: ccFieldProxy, Reason: fmt.Sprintf(format, a...)}
 	}
 	if s == "" {
 		return bad("required (host:port of the gateway)")
@@ -680,7 +727,7 @@ func ccCheckName(h string) string {
 
 func ccValidatePAC(s string) error {
 	bad := func(format string, a ...any) error {
-		return &ClientConfigError{Field: "PACURL", Reason: fmt.Sprintf(format, a...)}
+		return &ClientConfigError{Field: ccFieldPAC, Reason: fmt.Sprintf(format, a...)}
 	}
 	if r := ccCheckChars(s); r != "" {
 		return bad("%s", r)
@@ -701,24 +748,47 @@ func ccValidatePAC(s string) error {
 	return nil
 }
 
-// ccValidateBypass checks one bypass entry: a host name, address or
-// wildcard pattern, or the netsh token <local>.
-func ccValidateBypass(s string) error {
-	if s == "" {
-		return fmt.Errorf("empty entry")
+// SplitBypass splits a bypass list as WinHTTP writes it: entries separated
+// by ';' or ',', with spaces or tabs around them ignored. Empty entries
+// (a trailing ';') are dropped.
+func SplitBypass(list string) []string {
+	var out []string
+	for _, e := range strings.FieldsFunc(list, func(r rune) bool { return r == ';' || r == ',' }) {
+		if e = strings.Trim(e, " \t"); e != "" {
+			out = append(out, e)
+		}
 	}
+	return out
+}
+
+// ccValidateBypass checks one bypass entry: a host name, address or
+// wildcard pattern, or the token <local>. Every accepted entry is quoted
+// safely by each format: cmd takes < > * literally inside the double
+// quotes of reg add /d "..." and bypass-list="...", PowerShell inside
+// single quotes, and .reg strings escape only \ and ", which entries never
+// contain.
+func ccValidateBypass(s string) error {
 	if strings.EqualFold(s, "<local>") {
 		return nil
 	}
+	if strings.ContainsAny(s, "<>") {
+		return fmt.Errorf("only the token <local> may contain < or >")
+	}
 	if r := ccCheckChars(s); r != "" {
+		if strings.ContainsAny(s, " \t") {
+			return fmt.Errorf("%s (separate entries with ';' or ',')", r)
+		}
 		return fmt.Errorf("%s", r)
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
 			strings.IndexByte("-_.*:[]", c) >= 0) {
-			return fmt.Errorf("character %q at byte %d not allowed (entries are host names, addresses or wildcards such as *.contoso.local; ';' and ',' separate entries)", c, i)
+			return fmt.Errorf("character %q at byte %d not allowed (entries are host names, addresses, wildcards such as *.contoso.local or 10.*, or <local>)", c, i)
 		}
+	}
+	if strings.Trim(s, "*.") == "" {
+		return fmt.Errorf("matches every host: nothing would go through the gateway")
 	}
 	return nil
 }

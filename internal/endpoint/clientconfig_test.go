@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -474,63 +475,74 @@ func TestClientConfigRenderValidation(t *testing.T) {
 		cfg   ClientConfig
 		field string
 	}{
-		{"empty proxy", ClientConfig{}, "Proxy"},
-		{"no port", ClientConfig{Proxy: "gw"}, "Proxy"},
-		{"empty port", ClientConfig{Proxy: "gw:"}, "Proxy"},
-		{"no host", ClientConfig{Proxy: ":3128"}, "Proxy"},
-		{"port 0", ClientConfig{Proxy: "gw:0"}, "Proxy"},
-		{"port too big", ClientConfig{Proxy: "gw:65536"}, "Proxy"},
-		{"port negative", ClientConfig{Proxy: "gw:-1"}, "Proxy"},
-		{"port not numeric", ClientConfig{Proxy: "gw:http"}, "Proxy"},
-		{"port leading zero", ClientConfig{Proxy: "gw:03128"}, "Proxy"},
-		{"scheme", ClientConfig{Proxy: "http://gw:3128"}, "Proxy"},
-		{"path", ClientConfig{Proxy: "gw:3128/x"}, "Proxy"},
-		{"userinfo", ClientConfig{Proxy: "u@gw:3128"}, "Proxy"},
-		{"unbracketed ipv6", ClientConfig{Proxy: "2001:db8::1:3128"}, "Proxy"},
-		{"bracketed ipv4", ClientConfig{Proxy: "[10.0.0.1]:3128"}, "Proxy"},
-		{"ipv6 no port", ClientConfig{Proxy: "[2001:db8::1]"}, "Proxy"},
-		{"ipv6 zone", ClientConfig{Proxy: "[fe80::1%eth0]:3128"}, "Proxy"},
-		{"bad ipv4", ClientConfig{Proxy: "10.0.0.256:3128"}, "Proxy"},
-		{"short ipv4", ClientConfig{Proxy: "10.0.1:3128"}, "Proxy"},
-		{"bad label", ClientConfig{Proxy: "-gw.example:3128"}, "Proxy"},
-		{"empty label", ClientConfig{Proxy: "gw..example:3128"}, "Proxy"},
-		{"space", ClientConfig{Proxy: "gw :3128"}, "Proxy"},
-		{"cmd injection", ClientConfig{Proxy: `gw:3128" & calc`}, "Proxy"},
-		{"ampersand", ClientConfig{Proxy: "gw:3128&calc"}, "Proxy"},
-		{"pipe", ClientConfig{Proxy: "gw|x:3128"}, "Proxy"},
-		{"percent var", ClientConfig{Proxy: "%PATH%:3128"}, "Proxy"},
-		{"caret", ClientConfig{Proxy: "gw^:3128"}, "Proxy"},
-		{"redirect", ClientConfig{Proxy: "gw>x:3128"}, "Proxy"},
-		{"newline", ClientConfig{Proxy: "gw:3128\nreg delete HKLM"}, "Proxy"},
-		{"carriage return", ClientConfig{Proxy: "gw:3128\r"}, "Proxy"},
-		{"backtick", ClientConfig{Proxy: "gw`:3128"}, "Proxy"},
-		{"dollar", ClientConfig{Proxy: "$(calc):3128"}, "Proxy"},
-		{"single quote", ClientConfig{Proxy: "gw':3128"}, "Proxy"},
-		{"non-ascii", ClientConfig{Proxy: "gäteway:3128"}, "Proxy"},
-		{"pac not url", with(func(c *ClientConfig) { c.PACURL = "pac.example.net/proxy.pac" }), "PACURL"},
-		{"pac ftp", with(func(c *ClientConfig) { c.PACURL = "ftp://pac.example.net/proxy.pac" }), "PACURL"},
-		{"pac no host", with(func(c *ClientConfig) { c.PACURL = "http:///proxy.pac" }), "PACURL"},
-		{"pac userinfo", with(func(c *ClientConfig) { c.PACURL = "http://u:p@pac.example.net/x.pac" }), "PACURL"},
-		{"pac injection", with(func(c *ClientConfig) { c.PACURL = `http://pac/x.pac" & calc & "` }), "PACURL"},
-		{"pac percent", with(func(c *ClientConfig) { c.PACURL = "http://pac/%PATH%.pac" }), "PACURL"},
-		{"pac query ampersand", with(func(c *ClientConfig) { c.PACURL = "http://pac/x.pac?a=1&b=2" }), "PACURL"},
-		{"pac dollar", with(func(c *ClientConfig) { c.PACURL = "http://pac/$env:x" }), "PACURL"},
-		{"pac newline", with(func(c *ClientConfig) { c.PACURL = "http://pac/x.pac\r\nnetsh" }), "PACURL"},
-		{"pac quote", with(func(c *ClientConfig) { c.PACURL = "http://pac/x'.pac" }), "PACURL"},
-		{"bypass empty", with(func(c *ClientConfig) { c.Bypass = []string{"a.example", ""} }), "Bypass[1]"},
-		{"bypass semicolon", with(func(c *ClientConfig) { c.Bypass = []string{"a;b"} }), "Bypass[0]"},
-		{"bypass comma", with(func(c *ClientConfig) { c.Bypass = []string{"a,b"} }), "Bypass[0]"},
-		{"bypass quote", with(func(c *ClientConfig) { c.Bypass = []string{"x", `a" & calc`} }), "Bypass[1]"},
-		{"bypass percent", with(func(c *ClientConfig) { c.Bypass = []string{"%PATH%"} }), "Bypass[0]"},
-		{"bypass redirect", with(func(c *ClientConfig) { c.Bypass = []string{"<localx>"} }), "Bypass[0]"},
-		{"bypass newline", with(func(c *ClientConfig) { c.Bypass = []string{"a\nb"} }), "Bypass[0]"},
-		{"bypass backtick", with(func(c *ClientConfig) { c.Bypass = []string{"a`b"} }), "Bypass[0]"},
-		{"bypass space", with(func(c *ClientConfig) { c.Bypass = []string{"a b"} }), "Bypass[0]"},
+		{"empty proxy", ClientConfig{}, "--proxy"},
+		{"no port", ClientConfig{Proxy: "gw"}, "--proxy"},
+		{"empty port", ClientConfig{Proxy: "gw:"}, "--proxy"},
+		{"no host", ClientConfig{Proxy: ":3128"}, "--proxy"},
+		{"port 0", ClientConfig{Proxy: "gw:0"}, "--proxy"},
+		{"port too big", ClientConfig{Proxy: "gw:65536"}, "--proxy"},
+		{"port negative", ClientConfig{Proxy: "gw:-1"}, "--proxy"},
+		{"port not numeric", ClientConfig{Proxy: "gw:http"}, "--proxy"},
+		{"port leading zero", ClientConfig{Proxy: "gw:03128"}, "--proxy"},
+		{"scheme", ClientConfig{Proxy: "http://gw:3128"}, "--proxy"},
+		{"path", ClientConfig{Proxy: "gw:3128/x"}, "--proxy"},
+		{"userinfo", ClientConfig{Proxy: "u@gw:3128"}, "--proxy"},
+		{"unbracketed ipv6", ClientConfig{Proxy: "2001:db8::1:3128"}, "--proxy"},
+		{"bracketed ipv4", ClientConfig{Proxy: "[10.0.0.1]:3128"}, "--proxy"},
+		{"ipv6 no port", ClientConfig{Proxy: "[2001:db8::1]"}, "--proxy"},
+		{"ipv6 zone", ClientConfig{Proxy: "[fe80::1%eth0]:3128"}, "--proxy"},
+		{"bad ipv4", ClientConfig{Proxy: "10.0.0.256:3128"}, "--proxy"},
+		{"short ipv4", ClientConfig{Proxy: "10.0.1:3128"}, "--proxy"},
+		{"bad label", ClientConfig{Proxy: "-gw.example:3128"}, "--proxy"},
+		{"empty label", ClientConfig{Proxy: "gw..example:3128"}, "--proxy"},
+		{"space", ClientConfig{Proxy: "gw :3128"}, "--proxy"},
+		{"cmd injection", ClientConfig{Proxy: `gw:3128" & calc`}, "--proxy"},
+		{"ampersand", ClientConfig{Proxy: "gw:3128&calc"}, "--proxy"},
+		{"pipe", ClientConfig{Proxy: "gw|x:3128"}, "--proxy"},
+		{"percent var", ClientConfig{Proxy: "%PATH%:3128"}, "--proxy"},
+		{"caret", ClientConfig{Proxy: "gw^:3128"}, "--proxy"},
+		{"redirect", ClientConfig{Proxy: "gw>x:3128"}, "--proxy"},
+		{"newline", ClientConfig{Proxy: "gw:3128\nreg delete HKLM"}, "--proxy"},
+		{"carriage return", ClientConfig{Proxy: "gw:3128\r"}, "--proxy"},
+		{"backtick", ClientConfig{Proxy: "gw`:3128"}, "--proxy"},
+		{"dollar", ClientConfig{Proxy: "$(calc):3128"}, "--proxy"},
+		{"single quote", ClientConfig{Proxy: "gw':3128"}, "--proxy"},
+		{"non-ascii", ClientConfig{Proxy: "gäteway:3128"}, "--proxy"},
+		{"pac not url", with(func(c *ClientConfig) { c.PACURL = "pac.example.net/proxy.pac" }), "--pac-url"},
+		{"pac ftp", with(func(c *ClientConfig) { c.PACURL = "ftp://pac.example.net/proxy.pac" }), "--pac-url"},
+		{"pac no host", with(func(c *ClientConfig) { c.PACURL = "http:///proxy.pac" }), "--pac-url"},
+		{"pac userinfo", with(func(c *ClientConfig) { c.PACURL = "http://u:p@pac.example.net/x.pac" }), "--pac-url"},
+		{"pac injection", with(func(c *ClientConfig) { c.PACURL = `http://pac/x.pac" & calc & "` }), "--pac-url"},
+		{"pac percent", with(func(c *ClientConfig) { c.PACURL = "http://pac/%PATH%.pac" }), "--pac-url"},
+		{"pac query ampersand", with(func(c *ClientConfig) { c.PACURL = "http://pac/x.pac?a=1&b=2" }), "--pac-url"},
+		{"pac dollar", with(func(c *ClientConfig) { c.PACURL = "http://pac/$env:x" }), "--pac-url"},
+		{"pac newline", with(func(c *ClientConfig) { c.PACURL = "http://pac/x.pac\r\nnetsh" }), "--pac-url"},
+		{"pac quote", with(func(c *ClientConfig) { c.PACURL = "http://pac/x'.pac" }), "--pac-url"},
+		{"bypass quote", with(func(c *ClientConfig) { c.Bypass = []string{"x", `a" & calc`} }), ccFieldBypass(`a" & calc`)},
+		{"bypass quote in a list", with(func(c *ClientConfig) { c.Bypass = []string{`x;a" & calc`} }), ccFieldBypass(`a" & calc`)},
+		{"bypass percent", with(func(c *ClientConfig) { c.Bypass = []string{"%PATH%"} }), ccFieldBypass("%PATH%")},
+		{"bypass other token", with(func(c *ClientConfig) { c.Bypass = []string{"<localx>"} }), ccFieldBypass("<localx>")},
+		{"bypass loopback token", with(func(c *ClientConfig) { c.Bypass = []string{"<local>;<-loopback>"} }), ccFieldBypass("<-loopback>")},
+		{"bypass redirect", with(func(c *ClientConfig) { c.Bypass = []string{"a>b"} }), ccFieldBypass("a>b")},
+		{"bypass pipe", with(func(c *ClientConfig) { c.Bypass = []string{"<local>;a|b"} }), ccFieldBypass("a|b")},
+		{"bypass newline", with(func(c *ClientConfig) { c.Bypass = []string{"a\nb"} }), ccFieldBypass("a\nb")},
+		{"bypass backtick", with(func(c *ClientConfig) { c.Bypass = []string{"a`b"} }), ccFieldBypass("a`b")},
+		{"bypass space inside", with(func(c *ClientConfig) { c.Bypass = []string{"a b"} }), ccFieldBypass("a b")},
+		{"bypass tab inside", with(func(c *ClientConfig) { c.Bypass = []string{"a\tb"} }), ccFieldBypass("a\tb")},
+		{"bypass scheme", with(func(c *ClientConfig) { c.Bypass = []string{"http://x.example"} }), ccFieldBypass("http://x.example")},
+		{"bypass everything", with(func(c *ClientConfig) { c.Bypass = []string{"<local>;*"} }), ccFieldBypass("*")},
+		{"bypass every dot", with(func(c *ClientConfig) { c.Bypass = []string{"*.*"} }), ccFieldBypass("*.*")},
+		{"bypass caret", with(func(c *ClientConfig) { c.Bypass = []string{"a^b"} }), ccFieldBypass("a^b")},
+		{"unknown format", ClientConfig{Proxy: "gw:3128"}, "--format"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			for _, format := range []string{"cmd", "ps1", "reg"} {
-				b, err := c.cfg.Render(format)
+				f := format
+				if c.name == "unknown format" {
+					f = "bat"
+				}
+				b, err := c.cfg.Render(f)
 				if err == nil {
 					t.Fatalf("%s: no error, rendered:\n%s", format, b)
 				}
@@ -541,14 +553,11 @@ func TestClientConfigRenderValidation(t *testing.T) {
 				if ce.Field != c.field {
 					t.Errorf("%s: field %q, want %q (%v)", format, ce.Field, c.field, err)
 				}
-				if !strings.Contains(err.Error(), c.field+": ") {
-					t.Errorf("%s: error %q does not name the field", format, err)
+				if got := err.Error(); !strings.HasPrefix(got, c.field+": ") || strings.Contains(got, "client-config") {
+					t.Errorf("%s: error %q: want it to start with %q, without a client-config prefix", format, got, c.field+": ")
 				}
 			}
 		})
-	}
-	if _, err := ok.Render("bat"); err == nil || !strings.Contains(err.Error(), "format") {
-		t.Errorf("unknown format: err = %v", err)
 	}
 }
 
@@ -561,11 +570,179 @@ func TestClientConfigRenderValid(t *testing.T) {
 		{Proxy: "[::1]:3128"},
 		{Proxy: "gw:3128", PACURL: "https://pac.example.net:8443/p/proxy.pac?v=2"},
 		{Proxy: "gw:3128", Bypass: []string{"<LOCAL>", "*.x", "10.*", "[2001:db8::1]", "host:8080"}},
+		{Proxy: "gw:3128", Bypass: []string{"a.example", ""}},
+		{Proxy: "gw:3128", Bypass: []string{"a;b", "c,d", " e ; f ,"}},
 	} {
 		for _, format := range []string{"cmd", "ps1", "reg"} {
 			if _, err := c.Render(format); err != nil {
 				t.Errorf("%+v %s: %v", c, format, err)
 			}
 		}
+	}
+}
+
+// TestClientConfigBypassForms renders the bypass lists WinHTTP takes in
+// each format and checks the exact lines that carry them.
+func TestClientConfigBypassForms(t *testing.T) {
+	const def = `HKLM\SOFTWARE\Policies\Microsoft\Windows Defender`
+	tests := []struct {
+		name   string
+		bypass string
+		list   string   // entries joined with ';', as every format writes them
+		ps     []string // the entries as Set-MpPreference gets them
+	}{
+		{"local and wildcard", "<local>;*.contoso.local", "<local>;*.contoso.local", []string{"<local>", "*.contoso.local"}},
+		{"commas and spaces", " <local> , *.contoso.local ,10.*", "<local>;*.contoso.local;10.*", []string{"<local>", "*.contoso.local", "10.*"}},
+		{"mixed separators, trailing", "*.contoso.local,10.*;", "*.contoso.local;10.*", []string{"*.contoso.local", "10.*"}},
+		{"addresses and ports", "10.0.0.5; [2001:db8::5] ;host.contoso.local:8080", "10.0.0.5;[2001:db8::5];host.contoso.local:8080",
+			[]string{"10.0.0.5", "[2001:db8::5]", "host.contoso.local:8080"}},
+		{"token in capitals", "<LOCAL>", "<LOCAL>", []string{"<LOCAL>"}},
+	}
+	for _, tt := range tests {
+		cfg := ClientConfig{Proxy: "gw.example.net:3128", Bypass: []string{tt.bypass}}
+		psList := make([]string, len(tt.ps))
+		for i, e := range tt.ps {
+			psList[i] = "'" + e + "'"
+		}
+		want := map[string][]string{
+			"cmd": {
+				`reg add "` + def + `" /v ProxyBypass /t REG_SZ /d "` + tt.list + `" /f >nul`,
+				`netsh winhttp set proxy proxy-server="gw.example.net:3128" bypass-list="` + tt.list + `"`,
+			},
+			"ps1": {
+				`    Set-MpPreference -ProxyServer 'http://gw.example.net:3128' -ProxyBypass ` + strings.Join(psList, ","),
+				`New-ItemProperty -Path 'HKLM:\SOFTWARE\Policies\Microsoft\Windows Defender' -Name 'ProxyBypass' -PropertyType String -Value '` + tt.list + `' -Force | Out-Null`,
+				`# Same as: netsh winhttp set proxy proxy-server="gw.example.net:3128" bypass-list="` + tt.list + `"`,
+				`& netsh.exe winhttp set proxy 'proxy-server=gw.example.net:3128' 'bypass-list=` + tt.list + `'`,
+			},
+			"reg": {
+				`"ProxyBypass"="` + tt.list + `"`,
+				`;   netsh winhttp set proxy proxy-server="gw.example.net:3128" bypass-list="` + tt.list + `"`,
+			},
+		}
+		for _, format := range []string{"cmd", "ps1", "reg"} {
+			t.Run(tt.name+"/"+format, func(t *testing.T) {
+				b, err := cfg.Render(format)
+				if err != nil {
+					t.Fatalf("Render(%q) with --bypass %q: %v", format, tt.bypass, err)
+				}
+				text := ccText(t, format, b)
+				lines := ccLines(t, format, text)
+				for _, w := range want[format] {
+					if !slices.Contains(lines, w) {
+						t.Errorf("no line\n  %s\nin:\n%s", w, text)
+					}
+				}
+				if format == "reg" {
+					ccParseReg(t, tt.name+".reg", text)
+				}
+				if format == "cmd" {
+					// cmd acts on < > ; , outside double quotes only: every
+					// character of the list must be inside them.
+					for _, l := range lines {
+						if !strings.Contains(l, tt.list) {
+							continue
+						}
+						if out := ccOutsideQuotes(l); strings.ContainsAny(out, "<;,*") {
+							t.Errorf("cmd line %q: %q outside double quotes", l, out)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// ccOutsideQuotes returns the parts of a cmd line outside double quotes.
+func ccOutsideQuotes(l string) string {
+	var b strings.Builder
+	in := false
+	for i := 0; i < len(l); i++ {
+		switch {
+		case l[i] == '"':
+			in = !in
+		case !in:
+			b.WriteByte(l[i])
+		}
+	}
+	return b.String()
+}
+
+// TestClientConfigWinHTTPWarning checks that every apply script says, where
+// an administrator reads it, that the WinHTTP proxy is machine-wide, and
+// that cmd and ps1 say it again when they have set it.
+func TestClientConfigWinHTTPWarning(t *testing.T) {
+	tests := []struct {
+		format, prefix, notice string
+	}{
+		{"cmd", "rem ", "echo " + ccWinHTTPNotice},
+		{"ps1", "# ", "Write-Warning '" + ccWinHTTPNotice + "'"},
+		{"reg", "; ", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.format, func(t *testing.T) {
+			b, err := ccFull.Render(tt.format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			lines := ccLines(t, tt.format, ccText(t, tt.format, b))
+			// The warning is a block of consecutive comment lines.
+			first := slices.Index(lines, tt.prefix+ccWinHTTPWarning[0])
+			if first < 0 {
+				t.Fatalf("no warning line %q", tt.prefix+ccWinHTTPWarning[0])
+			}
+			for i, w := range ccWinHTTPWarning {
+				if got := lines[first+i]; got != tt.prefix+w {
+					t.Errorf("warning line %d: got %q, want %q", i+1, got, tt.prefix+w)
+				}
+			}
+			netsh := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "winhttp set proxy proxy-server=") })
+			if first > netsh {
+				t.Errorf("the warning (line %d) comes after the netsh command (line %d)", first+1, netsh+1)
+			}
+			if !slices.Contains(lines, tt.prefix+ccWinHTTPPointer) {
+				t.Errorf("no pointer %q beside the netsh command", tt.prefix+ccWinHTTPPointer)
+			}
+			if tt.notice != "" && !slices.Contains(lines, tt.notice) {
+				t.Errorf("no run-time notice %q", tt.notice)
+			}
+			undo, err := ccUndo.Render(tt.format)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u := ccText(t, tt.format, undo); strings.Contains(u, "machine-wide") {
+				t.Errorf("the undo script warns about a proxy it removes")
+			}
+		})
+	}
+	for _, w := range ccWinHTTPWarning {
+		if strings.ContainsAny(w, "<>&|^%!") {
+			t.Errorf("warning line %q has a character cmd acts on", w)
+		}
+	}
+	if strings.ContainsAny(ccWinHTTPNotice, "<>&|^%!()'") {
+		t.Errorf("notice %q has a character cmd or a single-quoted PowerShell string acts on", ccWinHTTPNotice)
+	}
+}
+
+func TestSplitBypass(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+	}{
+		{"", nil},
+		{"<local>", []string{"<local>"}},
+		{"<local>;*.contoso.local", []string{"<local>", "*.contoso.local"}},
+		{"a,b;c", []string{"a", "b", "c"}},
+		{" a ;\tb , c ", []string{"a", "b", "c"}},
+		{";;a;;", []string{"a"}},
+		{"a b", []string{"a b"}}, // one entry, which validation refuses
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			if got := SplitBypass(tt.in); !slices.Equal(got, tt.want) {
+				t.Errorf("SplitBypass(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
 	}
 }

@@ -8,6 +8,11 @@
 #   - Defender Antivirus: ProxyServer = http://gw.example.net:3128, ProxyPacUrl, ProxyBypass (Windows Defender policy).
 #   - WinHTTP: netsh winhttp set proxy, the system-wide proxy the OS uses for CRL fetches.
 #   - Verify: MpCmdRun -ValidateMapsConnection, MDE Client Analyzer, netsh winhttp show proxy.
+# WARNING: netsh winhttp set proxy is machine-wide. It routes EVERY program and service on this
+# device that uses WinHTTP, not only Defender (Windows Update, other agents, line-of-business
+# software), through this allowlist gateway, which refuses every destination it does not list.
+# Before deploying, allow what else the devices need in the gateway's rules (GATEWAY_RULES_FILE),
+# or exempt it with the bypass list (gateway client-config --bypass, e.g. *.contoso.local).
 # Run elevated, in a 64-bit process (32-bit netsh only sets the WOW64 WinHTTP proxy).
 # Source: Microsoft, "Configure device proxy and Internet connectivity settings"
 #         https://learn.microsoft.com/defender-endpoint/configure-proxy-internet
@@ -77,10 +82,12 @@ Write-Host 'Set ProxyBypass'
 # --- System-wide WinHTTP proxy ---
 # Used by Windows services and by the OS for certificate revocation list
 # (CRL) fetches. Without it MpCmdRun -ValidateMapsConnection fails with hr=0x80072F8F httpcore=451.
+# Machine-wide: see the WARNING at the top. Every WinHTTP program on the device uses this proxy.
 $step = 'WinHTTP: netsh winhttp set proxy'
 # Same as: netsh winhttp set proxy proxy-server="gw.example.net:3128" bypass-list="<local>;*.contoso.local;10.0.0.5"
 & netsh.exe winhttp set proxy 'proxy-server=gw.example.net:3128' 'bypass-list=<local>;*.contoso.local;10.0.0.5'
 if ($LASTEXITCODE -ne 0) { throw ("netsh exited with code {0}" -f $LASTEXITCODE) }
+Write-Warning 'WARNING: the WinHTTP proxy is machine-wide: every program on this device that uses WinHTTP now goes through the Defender allowlist gateway, which refuses destinations it does not list.'
 
 # --- Verify, from an elevated prompt once policy has applied ---
 #   & "$env:ProgramFiles\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection

@@ -8,6 +8,11 @@ rem   - EDR sensor: TelemetryProxyServer = gw.example.net:3128, DisableEnterpris
 rem   - Defender Antivirus: ProxyServer = http://gw.example.net:3128 (Windows Defender policy).
 rem   - WinHTTP: netsh winhttp set proxy, the system-wide proxy the OS uses for CRL fetches.
 rem   - Verify: MpCmdRun -ValidateMapsConnection, MDE Client Analyzer, netsh winhttp show proxy.
+rem WARNING: netsh winhttp set proxy is machine-wide. It routes EVERY program and service on this
+rem device that uses WinHTTP, not only Defender (Windows Update, other agents, line-of-business
+rem software), through this allowlist gateway, which refuses every destination it does not list.
+rem Before deploying, allow what else the devices need in the gateway's rules (GATEWAY_RULES_FILE),
+rem or exempt it with the bypass list (gateway client-config --bypass, e.g. *.contoso.local).
 rem Run elevated, in a 64-bit process (32-bit netsh only sets the WOW64 WinHTTP proxy).
 rem Source: Microsoft, "Configure device proxy and Internet connectivity settings"
 rem         https://learn.microsoft.com/defender-endpoint/configure-proxy-internet
@@ -52,11 +57,13 @@ echo Set ProxyServer
 rem --- System-wide WinHTTP proxy ---
 rem Used by Windows services and by the OS for certificate revocation list
 rem (CRL) fetches. Without it MpCmdRun -ValidateMapsConnection fails with hr=0x80072F8F httpcore=451.
+rem Machine-wide: see the WARNING at the top. Every WinHTTP program on the device uses this proxy.
 netsh winhttp set proxy proxy-server="gw.example.net:3128"
 if errorlevel 1 (
   >&2 echo ERROR: step failed: WinHTTP: netsh winhttp set proxy
   exit /b 1
 )
+echo WARNING: the WinHTTP proxy is machine-wide: every program on this device that uses WinHTTP now goes through the Defender allowlist gateway, which refuses destinations it does not list.
 
 rem --- Verify, from an elevated prompt once policy has applied ---
 rem ProgramFiles is a single-percent variable on purpose in these rem lines, so they can be
