@@ -37,6 +37,28 @@ type PACOptions struct {
 	Default string
 }
 
+// Options a PACOptionError names.
+const (
+	PACOptionProxy   = "proxy"
+	PACOptionDefault = "default"
+)
+
+// PACOptionError is PAC's error for a bad PACOptions field. Option is
+// PACOptionProxy or PACOptionDefault, so that a caller can name the setting
+// the value came from (a flag or a GATEWAY_* variable).
+type PACOptionError struct {
+	Option string
+	Value  string
+	Reason string
+	Err    error // the underlying parse error, if any
+}
+
+func (e *PACOptionError) Error() string {
+	return fmt.Sprintf("%s %q: %s", e.Option, e.Value, e.Reason)
+}
+
+func (e *PACOptionError) Unwrap() error { return e.Err }
+
 // PAC renders the proxy auto-config file (Netscape PAC, the
 // FindProxyForURL(url, host) function) for policy p: every allow rule in force
 // (p.InGeography(r.Geography), r.Action == allowlist.Allow) sends its host to
@@ -72,7 +94,7 @@ type PACOptions struct {
 // arrow functions or trailing commas) and deterministic: keys are sorted.
 func PAC(p *allowlist.Policy, opts PACOptions) ([]byte, error) {
 	if p == nil {
-		return nil, errors.New("pac: nil policy")
+		return nil, errors.New("nil policy")
 	}
 	proxy, err := pacProxy(opts.Proxy)
 	if err != nil {
@@ -85,7 +107,7 @@ func PAC(p *allowlist.Policy, opts PACOptions) ([]byte, error) {
 	case strings.EqualFold(d, PACProxy):
 		unlisted = listed
 	default:
-		return nil, fmt.Errorf("pac: default %q: want %s or %s", opts.Default, PACDirect, PACProxy)
+		return nil, &PACOptionError{Option: PACOptionDefault, Value: opts.Default, Reason: "want " + PACDirect + " or " + PACProxy}
 	}
 	t, err := newPACTable(p)
 	if err != nil {
@@ -135,25 +157,32 @@ const pacFunction = `function FindProxyForURL(url, host) {
 
 // pacProxy validates and normalises the advertised gateway address.
 func pacProxy(s string) (string, error) {
+	bad := func(reason string, err error) (string, error) {
+		return "", &PACOptionError{Option: PACOptionProxy, Value: s, Reason: reason, Err: err}
+	}
 	if strings.TrimSpace(s) == "" {
-		return "", errors.New("pac: proxy address required")
+		return bad("required: the host:port endpoints use to reach the gateway", nil)
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return "", fmt.Errorf("pac: proxy %q: want host:port: %w", s, err)
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return bad("want host:port ("+ae.Err+")", err)
+		}
+		return bad("want host:port", err)
 	}
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
-		return "", fmt.Errorf("pac: proxy %q: bad port", s)
+		return bad("port must be a number from 1 to 65535", err)
 	}
 	if a, err := netip.ParseAddr(host); err == nil {
 		if a.Zone() != "" {
-			return "", fmt.Errorf("pac: proxy %q: zoned address", s)
+			return bad("an address with a zone (%...) cannot be advertised", nil)
 		}
 		return net.JoinHostPort(a.String(), port), nil
 	}
 	name, ip, err := allowlist.NormalizeHost(host)
 	if err != nil || ip.IsValid() {
-		return "", fmt.Errorf("pac: proxy %q: bad host", s)
+		return bad("the host is not a DNS name or IP address", err)
 	}
 	return net.JoinHostPort(name, port), nil
 }
@@ -173,7 +202,7 @@ func newPACTable(p *allowlist.Policy) (*pacTable, error) {
 	for i := range rules {
 		r := &rules[i]
 		if n, err := allowlist.NormalizePattern(r.Host); err != nil || n != r.Host {
-			return nil, fmt.Errorf("pac: rule %s: host %q is not a normalised pattern", r.ID, r.Host)
+			return nil, fmt.Errorf("rule %s: host %q is not a normalised pattern", r.ID, r.Host)
 		}
 		set := ex
 		key := r.Host

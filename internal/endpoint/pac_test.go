@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"regexp"
 	"slices"
@@ -353,24 +354,26 @@ func TestPACErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// option is the PACOptionError.Option wanted; "" means another error.
 	cases := []struct {
-		name string
-		p    *allowlist.Policy
-		opts PACOptions
+		name   string
+		p      *allowlist.Policy
+		opts   PACOptions
+		option string
 	}{
-		{"nil policy", nil, PACOptions{Proxy: pacTestProxy}},
-		{"empty proxy", p, PACOptions{}},
-		{"blank proxy", p, PACOptions{Proxy: "  "}},
-		{"proxy without port", p, PACOptions{Proxy: "gw.corp.example"}},
-		{"proxy port zero", p, PACOptions{Proxy: "gw.corp.example:0"}},
-		{"proxy port too large", p, PACOptions{Proxy: "gw.corp.example:65536"}},
-		{"proxy port not numeric", p, PACOptions{Proxy: "gw.corp.example:http"}},
-		{"proxy host with quote", p, PACOptions{Proxy: `gw"x:3128`}},
-		{"proxy host with space", p, PACOptions{Proxy: "gw x:3128"}},
-		{"proxy zoned address", p, PACOptions{Proxy: "[fe80::1%eth0]:3128"}},
-		{"bad default", p, PACOptions{Proxy: pacTestProxy, Default: "SOCKS"}},
-		{"default with address", p, PACOptions{Proxy: pacTestProxy, Default: "PROXY other:3128"}},
-		{"unnormalised rule host", bad, PACOptions{Proxy: pacTestProxy}},
+		{"nil policy", nil, PACOptions{Proxy: pacTestProxy}, ""},
+		{"empty proxy", p, PACOptions{}, PACOptionProxy},
+		{"blank proxy", p, PACOptions{Proxy: "  "}, PACOptionProxy},
+		{"proxy without port", p, PACOptions{Proxy: "gw.corp.example"}, PACOptionProxy},
+		{"proxy port zero", p, PACOptions{Proxy: "gw.corp.example:0"}, PACOptionProxy},
+		{"proxy port too large", p, PACOptions{Proxy: "gw.corp.example:65536"}, PACOptionProxy},
+		{"proxy port not numeric", p, PACOptions{Proxy: "gw.corp.example:http"}, PACOptionProxy},
+		{"proxy host with quote", p, PACOptions{Proxy: `gw"x:3128`}, PACOptionProxy},
+		{"proxy host with space", p, PACOptions{Proxy: "gw x:3128"}, PACOptionProxy},
+		{"proxy zoned address", p, PACOptions{Proxy: "[fe80::1%eth0]:3128"}, PACOptionProxy},
+		{"bad default", p, PACOptions{Proxy: pacTestProxy, Default: "SOCKS"}, PACOptionDefault},
+		{"default with address", p, PACOptions{Proxy: pacTestProxy, Default: "PROXY other:3128"}, PACOptionDefault},
+		{"unnormalised rule host", bad, PACOptions{Proxy: pacTestProxy}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -380,6 +383,21 @@ func TestPACErrors(t *testing.T) {
 			}
 			if got != nil {
 				t.Errorf("PAC() returned output with error %v", err)
+			}
+			// The caller (gateway pac) adds its own prefix.
+			if strings.HasPrefix(err.Error(), "pac:") {
+				t.Errorf("error %q carries a pac: prefix", err)
+			}
+			var oe *PACOptionError
+			switch {
+			case c.option == "" && errors.As(err, &oe):
+				t.Errorf("error %v is a PACOptionError for %s, want another error", err, oe.Option)
+			case c.option != "" && !errors.As(err, &oe):
+				t.Errorf("error %T %v, want a *PACOptionError", err, err)
+			case c.option != "" && (oe.Option != c.option || oe.Reason == ""):
+				t.Errorf("PACOptionError option %q reason %q, want option %q with a reason", oe.Option, oe.Reason, c.option)
+			case c.option == PACOptionProxy && oe.Value != c.opts.Proxy, c.option == PACOptionDefault && oe.Value != c.opts.Default:
+				t.Errorf("PACOptionError value %q, want the value given", oe.Value)
 			}
 		})
 	}
