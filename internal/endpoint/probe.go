@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -261,6 +262,52 @@ type ProbeOptions struct {
 	Progress func(done, total int)
 }
 
+// ParseProxyUser parses "user:password" for ProbeOptions.ProxyUser. Both
+// parts are required: a user name alone would be sent with an empty
+// password, and the 407 that follows would look like a gateway problem.
+func ParseProxyUser(s string) (*url.Userinfo, error) {
+	name, pass, ok := strings.Cut(s, ":")
+	switch {
+	case !ok:
+		return nil, fmt.Errorf("want user:password, got %q without a password", s)
+	case name == "":
+		return nil, errors.New("want user:password, the user name is empty")
+	case pass == "":
+		return nil, fmt.Errorf("want user:password, the password of %q is empty", name)
+	}
+	return url.UserPassword(name, pass), nil
+}
+
+// TerminalProgress returns a ProbeOptions.Progress that redraws
+// "probing n/total" on one line of w, or nil when w is not a terminal: the
+// carriage returns would litter a file or a pipe that is read later.
+func TerminalProgress(w io.Writer) func(done, total int) {
+	f, ok := w.(*os.File)
+	if !ok || !isTerminal(f) {
+		return nil
+	}
+	return func(done, total int) { fmt.Fprintf(w, "\rprobing %d/%d", done, total) }
+}
+
+// isTerminal reports whether f is a terminal: a character device (the
+// standard library tells on every platform, Windows consoles included,
+// which spares a dependency on golang.org/x/term), but not the null
+// device, a character device nobody reads. Windows is not asked about NUL:
+// its file IDs tell NUL and a console apart no better than they tell two
+// consoles apart, and progress written to NUL is lost harmlessly.
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return false
+	}
+	if runtime.GOOS != "windows" {
+		if null, err := os.Stat(os.DevNull); err == nil && os.SameFile(fi, null) {
+			return false
+		}
+	}
+	return true
+}
+
 // ProbeResult is the outcome of one target.
 type ProbeResult struct {
 	Target    ProbeTarget
@@ -274,7 +321,13 @@ type ProbeResult struct {
 
 // Diagnosis codes.
 const (
-	DiagProxyAuth        = "proxy-auth-required"
+	DiagProxyAuth = "proxy-auth-required"
+	// DiagAuthRateLimited is the gateway's 429: too many failed
+	// authentications from this address.
+	DiagAuthRateLimited = "auth-rate-limited"
+	// DiagServiceDisabled is a refusal of a service an operator switched
+	// off (GATEWAY_DISABLED_SERVICES).
+	DiagServiceDisabled  = "service-disabled"
 	DiagTLSInspection    = "tls-inspection"
 	DiagCRLBlocked       = "crl-blocked"
 	DiagGatewayRefused   = "gateway-refused"
@@ -288,8 +341,8 @@ const (
 )
 
 // diagOrder is the order advice is given in.
-var diagOrder = []string{DiagProxyAuth, DiagTLSInspection, DiagCRLBlocked, DiagGatewayRefused, DiagDNSFailure,
-	DiagTimeout, DiagConnRefused, DiagConnFailed, DiagUnexpectedStatus}
+var diagOrder = []string{DiagProxyAuth, DiagAuthRateLimited, DiagTLSInspection, DiagServiceDisabled, DiagCRLBlocked,
+	DiagGatewayRefused, DiagDNSFailure, DiagTimeout, DiagConnRefused, DiagConnFailed, DiagUnexpectedStatus}
 
 // gatewayReasonHeader is the gateway's refusal reason header (proxy.ReasonHeader).
 const gatewayReasonHeader = "X-Gateway-Reason"
@@ -385,7 +438,37 @@ func Probe(ctx context.Context, targets []ProbeTarget, opts ProbeOptions) []Prob
 		}()
 	}
 	wg.Wait()
+	blamePort80(results)
 	return results
+}
+
+// blamePort80 names the CRL cause for CRL/CTL fetches that could not
+// connect while an HTTPS target got through: then the path works and only
+// plain HTTP to the CRL hosts is blocked (typically port 80 closed on a
+// firewall). When nothing got through, the connection failure itself is
+// the cause, and each result keeps it.
+func blamePort80(results []ProbeResult) {
+	reached := false
+	for _, r := range results {
+		if r.OK && !r.Target.CRL {
+			reached = true
+			break
+		}
+	}
+	if !reached {
+		return
+	}
+	for i := range results {
+		r := &results[i]
+		if !r.Target.CRL || r.OK {
+			continue
+		}
+		switch r.Diagnosis {
+		case DiagTimeout, DiagConnRefused, DiagConnFailed:
+			r.Diagnosis = DiagCRLBlocked
+			r.Detail += "; HTTPS targets got through, so plain HTTP to this host is blocked: " + crlHint
+		}
+	}
 }
 
 func probeOne(ctx context.Context, client *http.Client, t ProbeTarget, opts ProbeOptions) (res ProbeResult) {
@@ -464,38 +547,48 @@ func probeOne(ctx context.Context, client *http.Client, t ProbeTarget, opts Prob
 
 const crlHint = "allow plain HTTP (port 80) to the CRL/CTL hosts without authentication or inspection: without them MpCmdRun -ValidateMapsConnection fails with hr=0x80072F8F (httpcore=451)"
 
-// diagnoseStatus explains a refusal by a proxy (or by the gateway).
+// diagnoseStatus explains a refusal by a proxy (or by the gateway). A
+// CRL/CTL target is crl-blocked when the refusal is about the destination
+// (the fetch itself was refused or answered by something else); a refusal
+// of this client or of the whole service, and a failure to reach the
+// upstream, keep their own cause (see blamePort80 for the latter).
 func diagnoseStatus(t ProbeTarget, status int, reason string, via bool) (string, string) {
 	who := "the proxy"
 	if via {
 		who = "the gateway"
 	}
+	crl := func(code, d string) (string, string) {
+		if t.CRL {
+			return DiagCRLBlocked, d + "; " + crlHint
+		}
+		return code, d
+	}
 	switch {
 	case status == http.StatusProxyAuthRequired || reason == "auth-required":
 		return DiagProxyAuth, fmt.Sprintf("%s answered %d (%s) to an anonymous request; the Defender sensor runs as LocalSystem and cannot authenticate: allow anonymous access to this URL",
 			who, status, orText(reason, "Proxy Authentication Required"))
+	case reason == "auth-rate-limited":
+		return DiagAuthRateLimited, fmt.Sprintf("%s answered %d %s: too many failed authentications from this address (GATEWAY_AUTH_FAILURES_PER_MINUTE); check the --proxy-user password, wait a minute and retry",
+			who, status, reason)
+	case reason == "service-disabled":
+		d := fmt.Sprintf("%s refused %s: %d %s: an operator switched this service off (GATEWAY_DISABLED_SERVICES, or disable_services in GATEWAY_RULES_FILE); remove it there if the devices need it",
+			who, hostOf(t.URL), status, reason)
+		if t.CRL {
+			d += "; without the CRL/CTL hosts MpCmdRun -ValidateMapsConnection fails with hr=0x80072F8F (httpcore=451)"
+		}
+		return DiagServiceDisabled, d
+	case reason == "client-not-allowed":
+		return DiagGatewayRefused, fmt.Sprintf("the gateway refused this machine: %d %s; %s", status, reason, reasonAdvice(reason))
 	case reason == "dns-failure":
 		return DiagDNSFailure, fmt.Sprintf("%s could not resolve %s (%d %s); check its DNS servers (GATEWAY_DNS_SERVERS)", who, hostOf(t.URL), status, reason)
 	case reason == "upstream-timeout" || (status == http.StatusGatewayTimeout && reason == ""):
-		d := fmt.Sprintf("%s timed out reaching %s (%d %s); check the gateway's outbound firewall", who, hostOf(t.URL), status, orText(reason, "Gateway Timeout"))
-		if t.CRL {
-			return DiagCRLBlocked, d + "; " + crlHint
-		}
-		return DiagTimeout, d
+		return DiagTimeout, fmt.Sprintf("%s timed out reaching %s (%d %s); check the gateway's outbound firewall", who, hostOf(t.URL), status, orText(reason, "Gateway Timeout"))
 	case reason == "upstream-unreachable" || (status == http.StatusBadGateway && reason == ""):
-		d := fmt.Sprintf("%s could not connect to %s (%d %s); check the gateway's outbound firewall", who, hostOf(t.URL), status, orText(reason, "Bad Gateway"))
-		if t.CRL {
-			return DiagCRLBlocked, d + "; " + crlHint
-		}
-		return DiagConnRefused, d
+		return DiagConnRefused, fmt.Sprintf("%s could not connect to %s (%d %s); check the gateway's outbound firewall", who, hostOf(t.URL), status, orText(reason, "Bad Gateway"))
 	case reason != "":
-		d := fmt.Sprintf("the gateway refused %s: %d %s; %s", hostOf(t.URL), status, reason, reasonAdvice(reason))
-		if t.CRL {
-			// A refused CRL/CTL fetch is exactly what breaks
-			// ValidateMapsConnection, whatever the gateway's reason.
-			return DiagCRLBlocked, d + "; " + crlHint
-		}
-		return DiagGatewayRefused, d
+		// A refused CRL/CTL fetch is exactly what breaks
+		// ValidateMapsConnection, whatever the gateway's reason.
+		return crl(DiagGatewayRefused, fmt.Sprintf("the gateway refused %s: %d %s; %s", hostOf(t.URL), status, reason, reasonAdvice(reason)))
 	}
 	d := fmt.Sprintf("%s answered %d %s", who, status, http.StatusText(status))
 	if t.CRL {
@@ -523,19 +616,19 @@ func reasonAdvice(reason string) string {
 		return "the name resolves to an internal address (lab: GATEWAY_ALLOW_PRIVATE_DESTINATIONS)"
 	case "auth-rate-limited":
 		return "too many failed authentications from this address; wait and retry"
+	case "service-disabled":
+		return "the service is switched off on the gateway: check GATEWAY_DISABLED_SERVICES"
 	case "sni-mismatch", "not-tls":
 		return "the tunnel did not carry TLS for the CONNECT host"
 	}
 	return "see the gateway's access log for this request"
 }
 
-// diagnoseError explains a transport error.
+// diagnoseError explains a transport error by its own cause, CRL/CTL
+// targets included: a connection that failed is not yet a blocked CRL
+// (blamePort80 decides that once every result is in).
 func diagnoseError(t ProbeTarget, err error, via bool) (string, string) {
-	code, detail := classifyError(t, err, via)
-	if t.CRL && code != DiagProxyAuth && code != DiagGatewayRefused && code != DiagTLSInspection {
-		return DiagCRLBlocked, detail + "; " + crlHint
-	}
-	return code, detail
+	return classifyError(t, err, via)
 }
 
 func classifyError(t ProbeTarget, err error, via bool) (string, string) {
@@ -624,6 +717,11 @@ var diagAdvice = map[string]string{
 	DiagCRLBlocked: "A CRL/CTL URL on port 80 is refused or failing. Windows cannot check the revocation of Microsoft's " +
 		"certificates, and MpCmdRun -ValidateMapsConnection fails with hr=0x80072F8F (httpcore=451). Allow plain HTTP on " +
 		"port 80 to crl.microsoft.com, ctldl.windowsupdate.com and www.microsoft.com/pkiops without authentication or inspection.",
+	DiagAuthRateLimited: "The gateway refused further attempts (429 auth-rate-limited) after too many failed " +
+		"authentications from this address (GATEWAY_AUTH_FAILURES_PER_MINUTE). Check the --proxy-user password, wait a " +
+		"minute and probe again.",
+	DiagServiceDisabled: "The gateway refused a service an operator switched off (403 service-disabled). If the devices " +
+		"need it, remove it from GATEWAY_DISABLED_SERVICES (or from disable_services in GATEWAY_RULES_FILE).",
 	DiagGatewayRefused: "The gateway refused the request (403 with X-Gateway-Reason). For reason geography, check " +
 		"GATEWAY_GEOGRAPHIES against the tenant's data location; for not-listed, check GATEWAY_DISABLED_SERVICES, deny rules " +
 		"and GATEWAY_BLOB_SCOPE; for client-not-allowed, GATEWAY_CLIENT_CIDRS.",

@@ -13,6 +13,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -426,11 +428,23 @@ func TestProbeDirect(t *testing.T) {
 			}, wantFailed: true},
 		{name: "unexpected status", targets: targets, ports: map[string]string{"443": allOK, "80": crlSrv},
 			want: wrongAnswers, wantFailed: true},
+		// Nothing reachable: the CRL targets fail for the same reason as
+		// the rest, and that reason is what they report.
 		{name: "connection refused", targets: targets[:4], ports: map[string]string{"443": closed, "80": closed},
-			wantHTTPS: DiagConnRefused, wantCRL: DiagCRLBlocked, wantFailed: true},
+			wantHTTPS: DiagConnRefused, wantCRL: DiagConnRefused, wantFailed: true},
 		{name: "timeout", targets: []ProbeTarget{targets[0], byURL(t, targets, "https://winatp-gw-weu.microsoft.com/test")},
 			ports: map[string]string{"443": silentAddr(t), "80": silentAddr(t)}, timeout: 300 * time.Millisecond,
-			wantHTTPS: DiagTimeout, wantCRL: DiagCRLBlocked, wantFailed: true},
+			wantHTTPS: DiagTimeout, wantCRL: DiagTimeout, wantFailed: true},
+		{name: "dns failure everywhere", targets: []ProbeTarget{targets[0], byURL(t, targets, "https://winatp-gw-weu.microsoft.com/test")},
+			ports:   map[string]string{"443": good, "80": crlSrv},
+			dnsFail: map[string]bool{"crl.microsoft.com": true, "winatp-gw-weu.microsoft.com": true},
+			want: map[string]string{
+				crlMicrosoftURL: DiagDNSFailure, "https://winatp-gw-weu.microsoft.com/test": DiagDNSFailure,
+			}, wantFailed: true},
+		// Port 80 dropped while 443 answers: the CRL fetch is what is blocked.
+		{name: "port 80 silent", targets: []ProbeTarget{targets[0], byURL(t, targets, "https://winatp-gw-weu.microsoft.com/test")},
+			ports: map[string]string{"443": good, "80": silentAddr(t)}, timeout: 300 * time.Millisecond,
+			wantCRL: DiagCRLBlocked, wantFailed: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -498,8 +512,11 @@ func TestProbeViaProxy(t *testing.T) {
 		decide     func(r *http.Request) (int, string)
 		user       *url.Userinfo
 		want       string // diagnosis of every target; "" = all OK
+		crl        string // diagnosis of the CRL/CTL targets, if not want
 		detail     string // substring of every detail
+		crlDetail  string // substring of the CRL/CTL targets' details
 		status     int
+		crlStatus  int // status of the CRL/CTL targets, if not status
 		wantFailed bool
 	}{
 		{name: "tunnel and forward", decide: func(*http.Request) (int, string) { return 0, "" }},
@@ -514,10 +531,38 @@ func TestProbeViaProxy(t *testing.T) {
 				}
 				return http.StatusProxyAuthRequired, "auth-required"
 			}},
+		// A refused CRL/CTL fetch is diagnosed as the ValidateMapsConnection
+		// cause it is.
 		{name: "403 geography", decide: func(*http.Request) (int, string) { return http.StatusForbidden, "geography" },
-			want: DiagGatewayRefused, detail: "GATEWAY_GEOGRAPHIES", status: 403, wantFailed: true},
+			want: DiagGatewayRefused, crl: DiagCRLBlocked, detail: "geography", crlDetail: "0x80072F8F", status: 403, wantFailed: true},
 		{name: "502 dns-failure", decide: func(*http.Request) (int, string) { return http.StatusBadGateway, "dns-failure" },
 			want: DiagDNSFailure, detail: "could not resolve", status: 502, wantFailed: true},
+		{name: "429 auth-rate-limited", user: url.UserPassword("probe", "wrong"),
+			decide: func(*http.Request) (int, string) { return http.StatusTooManyRequests, "auth-rate-limited" },
+			want:   DiagAuthRateLimited, detail: "GATEWAY_AUTH_FAILURES_PER_MINUTE", status: 429, wantFailed: true},
+		{name: "403 service-disabled", decide: func(*http.Request) (int, string) { return http.StatusForbidden, "service-disabled" },
+			want: DiagServiceDisabled, detail: "GATEWAY_DISABLED_SERVICES", crlDetail: "0x80072F8F", status: 403, wantFailed: true},
+		{name: "403 client-not-allowed", decide: func(*http.Request) (int, string) { return http.StatusForbidden, "client-not-allowed" },
+			want: DiagGatewayRefused, detail: "GATEWAY_CLIENT_CIDRS", status: 403, wantFailed: true},
+		// The gateway reaches nothing: every target says so, CRL/CTL included.
+		{name: "502 upstream-unreachable everywhere", decide: func(*http.Request) (int, string) { return http.StatusBadGateway, "upstream-unreachable" },
+			want: DiagConnRefused, detail: "outbound firewall", status: 502, wantFailed: true},
+		{name: "504 upstream-timeout everywhere", decide: func(*http.Request) (int, string) { return http.StatusGatewayTimeout, "upstream-timeout" },
+			want: DiagTimeout, detail: "timed out", status: 504, wantFailed: true},
+		// Only the gateway's plain-HTTP fetches fail: port 80 is blocked
+		// behind it.
+		{name: "502 for port 80 only", decide: func(r *http.Request) (int, string) {
+			if r.Method != http.MethodConnect {
+				return http.StatusBadGateway, "upstream-unreachable"
+			}
+			return 0, ""
+		}, crl: DiagCRLBlocked, crlDetail: "HTTPS targets got through", crlStatus: 502, wantFailed: true},
+		{name: "504 for port 80 only", decide: func(r *http.Request) (int, string) {
+			if r.Method != http.MethodConnect {
+				return http.StatusGatewayTimeout, "upstream-timeout"
+			}
+			return 0, ""
+		}, crl: DiagCRLBlocked, crlDetail: "0x80072F8F", crlStatus: 504, wantFailed: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -531,25 +576,30 @@ func TestProbeViaProxy(t *testing.T) {
 				DialContext: loopbackDialer(nil, nil),
 			})
 			for _, r := range res {
-				want := tt.want
-				if want == DiagGatewayRefused && r.Target.CRL {
-					// A refused CRL/CTL fetch is diagnosed as the
-					// ValidateMapsConnection cause it is.
-					want = DiagCRLBlocked
+				want, detail, status := tt.want, tt.detail, tt.status
+				if r.Target.CRL {
+					if tt.crl != "" {
+						want = tt.crl
+					}
+					if tt.crlDetail != "" {
+						detail = tt.crlDetail
+					}
+					if tt.crlStatus != 0 {
+						status = tt.crlStatus
+					}
+				} else if tt.crl != "" && tt.want == "" {
+					status = 0
 				}
 				if r.OK != (want == "") || r.Diagnosis != want {
 					t.Errorf("%s: ok=%v diagnosis %q (status %d, error %q, detail %q), want %q",
 						r.Target.URL, r.OK, r.Diagnosis, r.Status, r.Error, r.Detail, want)
 					continue
 				}
-				if tt.status != 0 && r.Status != tt.status {
-					t.Errorf("%s: status %d, want %d", r.Target.URL, r.Status, tt.status)
+				if status != 0 && r.Status != status {
+					t.Errorf("%s: status %d, want %d", r.Target.URL, r.Status, status)
 				}
-				if !strings.Contains(r.Detail, tt.detail) {
-					t.Errorf("%s: detail %q lacks %q", r.Target.URL, r.Detail, tt.detail)
-				}
-				if tt.want == DiagGatewayRefused && !strings.Contains(r.Detail, "geography") {
-					t.Errorf("%s: detail %q lacks the reason", r.Target.URL, r.Detail)
+				if !strings.Contains(r.Detail, detail) {
+					t.Errorf("%s: detail %q lacks %q", r.Target.URL, r.Detail, detail)
 				}
 			}
 			if got := Failed(res); got != tt.wantFailed {
@@ -705,6 +755,124 @@ func TestProbeFailed(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := Failed(tt.res); got != tt.want {
 				t.Errorf("Failed() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestProbeNothingReachable: with the gateway down, every target, CRL/CTL
+// included, reports the one real cause, and the summary gives no other.
+func TestProbeNothingReachable(t *testing.T) {
+	targets := ProbeTargets(euPolicy(t))
+	via := &url.URL{Scheme: "http", Host: closedAddr(t)}
+	res := Probe(context.Background(), targets, ProbeOptions{Via: via, Timeout: 5 * time.Second, DialContext: loopbackDialer(nil, nil)})
+	crl := 0
+	for _, r := range res {
+		if r.Target.CRL {
+			crl++
+		}
+		if r.OK || r.Diagnosis != DiagConnRefused {
+			t.Errorf("%s: ok=%v diagnosis %q (detail %q), want %q", r.Target.URL, r.OK, r.Diagnosis, r.Detail, DiagConnRefused)
+		}
+	}
+	if crl == 0 {
+		t.Fatal("no CRL/CTL target among the probe targets")
+	}
+	var codes []string
+	for _, d := range summarize(res, nil).Diagnoses {
+		codes = append(codes, d.Code)
+	}
+	if want := []string{DiagConnRefused}; !slices.Equal(codes, want) {
+		t.Errorf("summary causes %v, want %v", codes, want)
+	}
+	var b bytes.Buffer
+	WriteText(&b, res, via, nil)
+	if strings.Contains(b.String(), DiagCRLBlocked) {
+		t.Errorf("text output names %s with nothing reachable:\n%s", DiagCRLBlocked, b.String())
+	}
+}
+
+func TestProbeSummaryOrderNewCauses(t *testing.T) {
+	mk := func(u, diag string) ProbeResult {
+		return ProbeResult{Target: ProbeTarget{URL: u, Required: true}, Diagnosis: diag, Detail: "x"}
+	}
+	res := []ProbeResult{
+		mk("https://a/", DiagGatewayRefused), mk("http://crl/", DiagCRLBlocked), mk("https://b/", DiagServiceDisabled),
+		mk("https://c/", DiagAuthRateLimited), mk("https://d/", DiagProxyAuth),
+	}
+	var codes []string
+	for _, d := range summarize(res, nil).Diagnoses {
+		codes = append(codes, d.Code)
+		if d.Advice == "" {
+			t.Errorf("%s: no advice", d.Code)
+		}
+	}
+	want := []string{DiagProxyAuth, DiagAuthRateLimited, DiagServiceDisabled, DiagCRLBlocked, DiagGatewayRefused}
+	if !slices.Equal(codes, want) {
+		t.Errorf("summary order %v, want %v", codes, want)
+	}
+}
+
+func TestParseProxyUser(t *testing.T) {
+	tests := []struct {
+		in       string
+		wantUser string
+		wantPass string
+		wantErr  string
+	}{
+		{"alice:pw", "alice", "pw", ""},
+		{"alice:p:w", "alice", "p:w", ""},
+		{"alice", "", "", "without a password"},
+		{"alice:", "", "", "password"},
+		{":pw", "", "", "user name is empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			u, err := ParseProxyUser(tt.in)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("ParseProxyUser(%q) = %v, %v; want an error containing %q", tt.in, u, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("ParseProxyUser(%q): %v", tt.in, err)
+			}
+			if pass, _ := u.Password(); u.Username() != tt.wantUser || pass != tt.wantPass {
+				t.Errorf("ParseProxyUser(%q) = %q:%q, want %q:%q", tt.in, u.Username(), pass, tt.wantUser, tt.wantPass)
+			}
+		})
+	}
+}
+
+// TestTerminalProgressNotOnFilesOrPipes: the redrawn progress line is for
+// terminals only (see terminal_linux_test.go for a real one).
+func TestTerminalProgressNotOnFilesOrPipes(t *testing.T) {
+	file, err := os.Create(filepath.Join(t.TempDir(), "probe.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
+	null, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	for _, tt := range []struct {
+		name string
+		w    io.Writer
+	}{
+		{"file", file}, {"pipe", pw}, {"null device", null}, {"buffer", &bytes.Buffer{}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if p := TerminalProgress(tt.w); p != nil {
+				t.Errorf("TerminalProgress(%s) is not nil", tt.name)
 			}
 		})
 	}
