@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/resolver"
 )
 
 // ProbeTarget is one URL the connectivity probe requests, with the answer the
@@ -656,6 +657,11 @@ func classifyError(t ProbeTarget, err error, via bool) (string, string) {
 			host, issuer)
 	case errors.As(err, &dnse):
 		return DiagDNSFailure, fmt.Sprintf("%s could not be resolved (%v); check the DNS servers", dnse.Name, dnse.Err)
+	case errors.Is(err, resolver.ErrDNSFailure):
+		// Dialled through the gateway's own resolver (the upstream check).
+		return DiagDNSFailure, fmt.Sprintf("%s could not be resolved (%v); check the DNS servers (GATEWAY_DNS_SERVERS)", host, rootErr(err))
+	case errors.Is(err, resolver.ErrUpstreamUnreachable):
+		return DiagConnRefused, fmt.Sprintf("could not connect to %s (%v); check the outbound firewall", host, rootErr(err))
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) ||
 		(errors.As(err, &ne) && ne.Timeout()):
 		where := host

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/testutil"
 )
 
@@ -873,6 +874,33 @@ func TestTerminalProgressNotOnFilesOrPipes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if p := TerminalProgress(tt.w); p != nil {
 				t.Errorf("TerminalProgress(%s) is not nil", tt.name)
+			}
+		})
+	}
+}
+
+// TestProbeResolverErrors: a probe dialled through the gateway's own
+// resolver (the upstream check) names its errors like the system's.
+func TestProbeResolverErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"nxdomain", fmt.Errorf("resolve winatp-gw-weu.microsoft.com: %w: NXDOMAIN", resolver.ErrDNSFailure), DiagDNSFailure},
+		{"unreachable", fmt.Errorf("dial 192.0.2.1:443: %w: connection refused", resolver.ErrUpstreamUnreachable), DiagConnRefused},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			targets := []ProbeTarget{
+				{URL: "https://winatp-gw-weu.microsoft.com/test", Method: "GET", Expect: 200, Required: true},
+				{URL: crlMicrosoftURL, Method: "GET", Expect: 200, Required: true, CRL: true},
+			}
+			dial := func(context.Context, string, string) (net.Conn, error) { return nil, tt.err }
+			for _, r := range Probe(context.Background(), targets, ProbeOptions{DialContext: dial}) {
+				if r.OK || r.Diagnosis != tt.want {
+					t.Errorf("%s: ok=%v diagnosis %q (detail %q), want %q", r.Target.URL, r.OK, r.Diagnosis, r.Detail, tt.want)
+				}
 			}
 		})
 	}
