@@ -3,9 +3,11 @@ package main
 import (
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,20 +21,132 @@ type cliFlags struct {
 	all                       bool
 }
 
+// cmdHelp is what a subcommand's --help prints above its flags.
+type cmdHelp struct {
+	synopsis string // "gateway explain [flags] TARGET"
+	about    string // what it does, and its exit status
+}
+
 // parseInterleaved parses flags that may appear before or after positional
-// arguments ("explain host:443 --geo EU").
+// arguments ("explain host:443 --geo EU"). Everything after "--" is
+// positional.
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
 		if err := fs.Parse(args); err != nil {
 			return nil, err
 		}
-		if fs.NArg() == 0 {
+		rest := fs.Args()
+		if len(rest) == 0 {
 			return pos, nil
 		}
-		pos = append(pos, fs.Arg(0))
-		args = fs.Args()[1:]
+		// fs.Parse consumed a "--" right before rest: nothing after it is a flag.
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
 	}
+}
+
+// parseArgs parses a subcommand's arguments. -h/--help prints its usage on
+// stdout (exit 0); a flag error prints the error, naming the flag, and the
+// usage on stderr (exit 2). ok is false when the command is to end with
+// exit.
+func parseArgs(fs *flag.FlagSet, args []string, h cmdHelp, stdout, stderr io.Writer) (pos []string, exit int, ok bool) {
+	// The flag package's own messages say -geo where the user typed --geo,
+	// and it would print its own usage: both are done here instead.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	pos, err := parseInterleaved(fs, args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		printUsage(stdout, fs, h)
+		return nil, 0, false
+	case err != nil:
+		usageError(stderr, fs, h, flagErrorText(fs, err))
+		return nil, 2, false
+	}
+	return pos, 0, true
+}
+
+// usageError prints "gateway CMD: msg" and the usage on stderr.
+func usageError(stderr io.Writer, fs *flag.FlagSet, h cmdHelp, msg string) {
+	fmt.Fprintf(stderr, "gateway %s: %s\n\n", fs.Name(), msg)
+	printUsage(stderr, fs, h)
+}
+
+// printUsage prints the synopsis, the description and every flag in the
+// double-dash form the documentation uses.
+func printUsage(w io.Writer, fs *flag.FlagSet, h cmdHelp) {
+	fmt.Fprintf(w, "usage: %s\n", h.synopsis)
+	if h.about != "" {
+		fmt.Fprintf(w, "\n%s\n", strings.TrimRight(h.about, "\n"))
+	}
+	fmt.Fprintf(w, "\nflags:\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fs.VisitAll(func(f *flag.Flag) {
+		name, text := flag.UnquoteUsage(f)
+		if name != "" {
+			name = " " + name
+		}
+		if d := f.DefValue; d != "" && d != "false" && d != "0" {
+			text += " (default " + d + ")"
+		}
+		fmt.Fprintf(tw, "  --%s%s\t%s\n", f.Name, name, text)
+	})
+	fmt.Fprintf(tw, "  -h, --help\tprint this help\n")
+	tw.Flush()
+}
+
+var (
+	flagUndefined = regexp.MustCompile(`^flag provided but not defined: -+(.*)$`)
+	flagBadValue  = regexp.MustCompile(`^invalid (?:boolean )?value (".*") for (?:flag )?-+([^:]+): (.*)$`)
+	flagNoValue   = regexp.MustCompile(`^flag needs an argument: -+(.*)$`)
+)
+
+// flagErrorText rewords the flag package's errors with the flag named as
+// the documentation writes it (--geo), and says what a value should be
+// where the flag package only says "parse error".
+func flagErrorText(fs *flag.FlagSet, err error) string {
+	msg := err.Error()
+	if m := flagUndefined.FindStringSubmatch(msg); m != nil {
+		return "unknown flag --" + m[1]
+	}
+	if m := flagBadValue.FindStringSubmatch(msg); m != nil {
+		why := m[3]
+		if f := fs.Lookup(m[2]); f != nil {
+			if g, ok := f.Value.(flag.Getter); ok {
+				switch g.Get().(type) {
+				case time.Duration:
+					why = "want a duration such as 5s or 1m30s"
+				case int:
+					why = "want a whole number"
+				case bool:
+					why = "want true or false"
+				}
+			}
+		}
+		return "--" + m[2] + ": invalid value " + m[1] + ": " + why
+	}
+	if m := flagNoValue.FindStringSubmatch(msg); m != nil {
+		return "--" + m[1] + ": needs a value"
+	}
+	return msg
+}
+
+// wantsHelp reports whether args ask for help (-h, -help or --help before
+// any "--"), for the subcommands whose flags are parsed elsewhere.
+func wantsHelp(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "-h", "-help", "--help":
+			return true
+		}
+	}
+	return false
 }
 
 // cliPolicy builds the policy from the environment, with flag overrides.
@@ -42,57 +156,151 @@ func cliPolicy(f *cliFlags) (*allowlist.Policy, error) {
 }
 
 // cliConfigPolicy loads the configuration and policy, with flag overrides.
+// Errors name the flag the user typed where a flag set the value.
 func cliConfigPolicy(f *cliFlags) (*Config, *allowlist.Policy, error) {
 	environ := environMap()
+	if err := applyFlags(environ, f); err != nil {
+		return nil, nil, err
+	}
+	cfg, _, err := loadConfig(environ)
+	if err != nil {
+		return nil, nil, flagNamed(err, f)
+	}
+	p, err := cfg.buildPolicy()
+	if err != nil {
+		return nil, nil, flagNamed(err, f)
+	}
+	return cfg, p, nil
+}
+
+// applyFlags puts --cloud, --geo and --rules over the environment. The
+// values are checked here, before they become GATEWAY_* variables, so that
+// an error names the flag and not the variable it stands in for.
+func applyFlags(environ map[string]string, f *cliFlags) error {
+	cloud, cloudFrom := allowlist.Commercial, ""
+	if f.cloud != "" {
+		c, err := allowlist.ParseCloud(f.cloud)
+		if err != nil {
+			return fmt.Errorf("--cloud: %w", err)
+		}
+		cloud, cloudFrom = c, "--cloud "+c.String()
+	} else if v := environ["GATEWAY_CLOUD"]; v != "" {
+		// An invalid GATEWAY_CLOUD is loadConfig's to report, by its name.
+		if c, err := allowlist.ParseCloud(v); err == nil {
+			cloud, cloudFrom = c, "GATEWAY_CLOUD="+v
+		}
+	}
+	if f.geo != "" {
+		n := 0
+		for _, g := range strings.Split(f.geo, ",") {
+			if g = strings.TrimSpace(g); g == "" {
+				continue
+			}
+			if _, err := allowlist.ParseDataLocation(g); err != nil {
+				return fmt.Errorf("--geo: %w", err)
+			}
+			n++
+		}
+		if n == 0 {
+			return fmt.Errorf("--geo %q: no data location (e.g. --geo EU or --geo US,UK)", f.geo)
+		}
+		if cloud.Government() {
+			// Microsoft's government lists have no data locations: the
+			// cloud decides.
+			return fmt.Errorf("--geo %s cannot be combined with %s: a US Government cloud has no commercial data locations; drop --geo",
+				f.geo, cloudFrom)
+		}
+	}
 	applyCloudGeo(environ, f.cloud, f.geo)
 	if f.rules != "" {
 		environ["GATEWAY_RULES_FILE"] = f.rules
 	}
-	cfg, _, err := loadConfig(environ)
-	if err != nil {
-		return nil, nil, err
-	}
-	p, err := cfg.buildPolicy()
-	return cfg, p, err
+	return nil
 }
 
-func newFlagSet(name string, stderr io.Writer, f *cliFlags, defFormat string) *flag.FlagSet {
+// flagNamed rewords a configuration error that names a variable a flag
+// set, so that it names the flag.
+func flagNamed(err error, f *cliFlags) error {
+	msg := err.Error()
+	for _, r := range []struct{ flag, set, variable string }{
+		{"--rules", f.rules, "GATEWAY_RULES_FILE"},
+		{"--geo", f.geo, "GATEWAY_GEOGRAPHIES"},
+		{"--cloud", f.cloud, "GATEWAY_CLOUD"},
+	} {
+		if r.set != "" {
+			msg = strings.ReplaceAll(msg, r.variable, r.flag)
+		}
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return &renamedError{msg: msg, err: err}
+}
+
+// renamedError is an error reworded by flagNamed; it still wraps the
+// original.
+type renamedError struct {
+	msg string
+	err error
+}
+
+func (e *renamedError) Error() string { return e.msg }
+func (e *renamedError) Unwrap() error { return e.err }
+
+// addScopeFlags registers --cloud and --geo.
+func addScopeFlags(fs *flag.FlagSet, f *cliFlags) {
+	fs.StringVar(&f.cloud, "cloud", "", "the Microsoft `CLOUD`: commercial, gcc, gcc-high or dod (default: GATEWAY_CLOUD, else commercial)")
+	fs.StringVar(&f.geo, "geo", "", "`LIST` of data locations, e.g. EU or US,UK (default: GATEWAY_GEOGRAPHIES)")
+}
+
+// newPolicyFlagSet is a flag set with --cloud, --geo and --rules.
+func newPolicyFlagSet(name string, f *cliFlags) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&f.geo, "geo", "", "geographies (overrides GATEWAY_GEOGRAPHIES)")
-	fs.StringVar(&f.cloud, "cloud", "", "commercial, gcc, gcc-high or dod (overrides GATEWAY_CLOUD)")
-	fs.StringVar(&f.rules, "rules", "", "rules file (overrides GATEWAY_RULES_FILE)")
-	fs.StringVar(&f.format, "format", defFormat, "output format")
+	addScopeFlags(fs, f)
+	fs.StringVar(&f.rules, "rules", "", "rules `FILE` (default: GATEWAY_RULES_FILE)")
 	return fs
+}
+
+// newFlagSet is newPolicyFlagSet with --format.
+func newFlagSet(name string, f *cliFlags, defFormat, formats string) *flag.FlagSet {
+	fs := newPolicyFlagSet(name, f)
+	fs.StringVar(&f.format, "format", defFormat, "output `FORMAT`: "+formats)
+	return fs
+}
+
+var explainHelp = cmdHelp{
+	synopsis: "gateway explain [flags] TARGET",
+	about: `Show the gateway's decision for TARGET (a URL, host or host:port) with the settings in force
+(GATEWAY_* variables, overridden by the flags). Exit status: 0 allowed, 1 refused, 2 error.`,
 }
 
 func explain(args []string, stdout, stderr io.Writer) int {
 	var f cliFlags
-	fs := newFlagSet("explain", stderr, &f, "text")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
+	fs := newFlagSet("explain", &f, "text", "text or json")
+	pos, exit, ok := parseArgs(fs, args, explainHelp, stdout, stderr)
+	if !ok {
+		return exit
 	}
 	if len(pos) != 1 {
-		fmt.Fprintln(stderr, "usage: gateway explain [--cloud C] [--geo LIST] [--rules FILE] [--format text|json] URL-or-host:port")
+		usageError(stderr, fs, explainHelp, "want one TARGET")
+		return 2
+	}
+	if f.format != "text" && f.format != "json" {
+		fmt.Fprintf(stderr, "gateway explain: --format: want text or json, got %q\n", f.format)
 		return 2
 	}
 	p, err := cliPolicy(&f)
 	if err != nil {
-		fmt.Fprintf(stderr, "gateway: configuration: %v\n", err)
+		fmt.Fprintf(stderr, "gateway explain: %v\n", err)
 		return 2
 	}
 	e := p.Explain(pos[0])
-	switch f.format {
-	case "json":
+	if f.format == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		enc.Encode(e)
-	case "text":
+	} else {
 		printExplanation(stdout, e)
-	default:
-		fmt.Fprintf(stderr, "gateway explain: --format: want text or json, got %q\n", f.format)
-		return 2
 	}
 	if !e.Allowed {
 		return 1
@@ -133,24 +341,52 @@ func printExplanation(w io.Writer, e allowlist.Explanation) {
 	tw.Flush()
 }
 
+var catalogHelp = cmdHelp{
+	synopsis: "gateway catalog [flags]\n       gateway catalog import FILE... [flags]   (see gateway catalog import --help)",
+	about: `Print the effective catalog for the settings in force (GATEWAY_* variables, overridden by the
+flags): the rules of the configured cloud and geographies, or with --all every row.`,
+}
+
+// catalogImportHelp is "gateway catalog import --help"; catalog_import.go
+// parses the flags (TestCatalogImportHelpFlags keeps the two in step).
+const catalogImportHelp = `
+flags:
+  --out FILE            write the catalog there (atomically) instead of standard output
+  --diff                print what would change against the catalog in force, grouped by service
+  --check               like --diff, and exit 1 when anything would change (for a scheduled job)
+  --base FILE           the catalog to update and compare with: a catalog file, or "embedded"
+                        (default: GATEWAY_CATALOG_FILE, else the embedded catalog)
+  --version V           version of the new catalog (default: today's date, YYYY.MM.DD)
+  --published DATE      publication date of the new catalog, YYYY-MM-DD (default: today)
+  -h, --help            print this help
+`
+
 func catalog(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "import" {
+		if wantsHelp(args[1:]) {
+			fmt.Fprint(stdout, importUsage+catalogImportHelp)
+			return 0
+		}
 		return catalogImport(args[1:], stdout, stderr)
 	}
 	var f cliFlags
-	fs := newFlagSet("catalog", stderr, &f, "table")
+	fs := newFlagSet("catalog", &f, "table", "table, json or csv")
 	fs.BoolVar(&f.all, "all", false, "include rows of geographies that are not configured")
-	pos, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
+	pos, exit, ok := parseArgs(fs, args, catalogHelp, stdout, stderr)
+	if !ok {
+		return exit
 	}
 	if len(pos) != 0 {
-		fmt.Fprintln(stderr, "usage: gateway catalog [--format table|json|csv] [--all] [--cloud C] [--geo LIST] [--rules FILE]\n       gateway catalog import FILE... [--out FILE] [--diff] [--check]")
+		usageError(stderr, fs, catalogHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
+		return 2
+	}
+	if f.format != "table" && f.format != "json" && f.format != "csv" {
+		fmt.Fprintf(stderr, "gateway catalog: --format: want table, json or csv, got %q\n", f.format)
 		return 2
 	}
 	p, err := cliPolicy(&f)
 	if err != nil {
-		fmt.Fprintf(stderr, "gateway: configuration: %v\n", err)
+		fmt.Fprintf(stderr, "gateway catalog: %v\n", err)
 		return 2
 	}
 	var rules []allowlist.Rule
@@ -188,9 +424,6 @@ func catalog(args []string, stdout, stderr io.Writer) int {
 				r.PortsString(), or(strings.Join(r.Paths, "|"), "*"), yesno(r.Required), yesno(r.TLSExempt), yesno(r.Anonymous))
 		}
 		tw.Flush()
-	default:
-		fmt.Fprintf(stderr, "gateway catalog: --format: want table, json or csv, got %q\n", f.format)
-		return 2
 	}
 	return 0
 }
@@ -201,13 +434,13 @@ func printVersion(w, stderr io.Writer) int {
 	cfg, _, err := loadConfig(environMap())
 	if err != nil {
 		fmt.Fprintf(w, "gateway %s\n", buildVersion())
-		fmt.Fprintf(stderr, "gateway: configuration: %v\n", err)
+		fmt.Fprintf(stderr, "gateway version: %v\n", err)
 		return 2
 	}
 	cat, origin, err := cfg.loadCatalog()
 	if err != nil {
 		fmt.Fprintf(w, "gateway %s\n", buildVersion())
-		fmt.Fprintf(stderr, "gateway: %v\n", err)
+		fmt.Fprintf(stderr, "gateway version: %v\n", err)
 		return 2
 	}
 	fmt.Fprintf(w, "gateway %s, catalog %s (%s, published %s), cloud %s\n", buildVersion(), cat.Version, origin,
@@ -218,7 +451,7 @@ func printVersion(w, stderr io.Writer) int {
 // applyCloudGeo applies --cloud and --geo over the environment. --cloud
 // naming a government cloud sets aside GATEWAY_GEOGRAPHIES (a government
 // cloud has no data locations), unless --geo is given too, which is an
-// error loadConfig reports.
+// error applyFlags reports first.
 func applyCloudGeo(environ map[string]string, cloud, geo string) {
 	if cloud != "" {
 		environ["GATEWAY_CLOUD"] = cloud

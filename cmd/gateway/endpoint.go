@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -64,24 +65,35 @@ func advertisedAddr(listen net.Addr, requestHost string) string {
 	return listen.String()
 }
 
+var pacHelp = cmdHelp{
+	synopsis: "gateway pac [flags]",
+	about: `Print the PAC file the gateway serves at /proxy.pac and /wpad.dat: the hosts of the allowlist in
+force go to the gateway (PROXY --proxy), every other host gets --default.`,
+}
+
 // pacCmd prints the PAC file the gateway serves.
 func pacCmd(args []string, stdout, stderr io.Writer) int {
 	var f cliFlags
-	fs := newFlagSet("pac", stderr, &f, "")
-	proxyAddr := fs.String("proxy", "", "advertised gateway host:port (default GATEWAY_PUBLIC_ADDR, else GATEWAY_LISTEN)")
-	dflt := fs.String("default", "", "DIRECT or PROXY for hosts not on the allowlist (default GATEWAY_PAC_DEFAULT)")
-	if pos, err := parseInterleaved(fs, args); err != nil || len(pos) != 0 {
-		fmt.Fprintln(stderr, "usage: gateway pac [--proxy host:port] [--default DIRECT|PROXY] [--geo LIST] [--rules FILE]")
+	fs := newPolicyFlagSet("pac", &f)
+	proxyAddr := fs.String("proxy", "", "advertised gateway `HOST:PORT` (default: GATEWAY_PUBLIC_ADDR, else GATEWAY_LISTEN)")
+	dflt := fs.String("default", "", "DIRECT or PROXY for hosts not on the allowlist (default: GATEWAY_PAC_DEFAULT)")
+	pos, exit, ok := parseArgs(fs, args, pacHelp, stdout, stderr)
+	if !ok {
+		return exit
+	}
+	if len(pos) != 0 {
+		usageError(stderr, fs, pacHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
 		return 2
 	}
 	cfg, p, err := cliConfigPolicy(&f)
 	if err != nil {
-		fmt.Fprintf(stderr, "gateway: configuration: %v\n", err)
+		fmt.Fprintf(stderr, "gateway pac: %v\n", err)
 		return 2
 	}
-	addr := *proxyAddr
+	// Where each option came from, so that an error names it.
+	addr, addrFrom := *proxyAddr, "--proxy"
 	if addr == "" {
-		addr = cfg.PublicAddr
+		addr, addrFrom = cfg.PublicAddr, "GATEWAY_PUBLIC_ADDR"
 	}
 	if addr == "" {
 		host, _, _ := net.SplitHostPort(cfg.Listen)
@@ -89,13 +101,23 @@ func pacCmd(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "gateway pac: the gateway listens on all interfaces: name the address endpoints use with --proxy or GATEWAY_PUBLIC_ADDR")
 			return 2
 		}
-		addr = cfg.Listen
+		addr, addrFrom = cfg.Listen, "GATEWAY_LISTEN"
 	}
+	dfltFrom := "--default"
 	if *dflt == "" {
-		*dflt = cfg.PACDefault
+		*dflt, dfltFrom = cfg.PACDefault, "GATEWAY_PAC_DEFAULT"
 	}
 	body, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: addr, Default: *dflt})
 	if err != nil {
+		var oe *endpoint.PACOptionError
+		if errors.As(err, &oe) {
+			from := addrFrom
+			if oe.Option == endpoint.PACOptionDefault {
+				from = dfltFrom
+			}
+			fmt.Fprintf(stderr, "gateway pac: %s %q: %s\n", from, oe.Value, oe.Reason)
+			return 2
+		}
 		fmt.Fprintf(stderr, "gateway pac: %v\n", err)
 		return 2
 	}
@@ -103,23 +125,41 @@ func pacCmd(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+var clientConfigHelp = cmdHelp{
+	synopsis: "gateway client-config --proxy HOST:PORT [flags]",
+	about: `Print the script that points all three Defender components (EDR sensor, Defender Antivirus and
+the system-wide WinHTTP proxy) at the gateway, or with --undo the one that removes the settings.
+--bypass takes what WinHTTP takes: entries separated by ';' or ',' (spaces around them are
+ignored), host names, addresses, wildcards such as *.contoso.local or 10.*, and <local> (names
+without a dot). The WinHTTP proxy is machine-wide: every program on the device that uses WinHTTP
+goes through the gateway, which refuses what it does not list.`,
+}
+
 // clientConfigCmd prints the endpoint configuration kit.
 func clientConfigCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("client-config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	proxyAddr := fs.String("proxy", "", "gateway host:port the endpoints use (required)")
-	format := fs.String("format", "cmd", "cmd, ps1 or reg")
-	pacURL := fs.String("pac-url", "", "optional Defender Antivirus ProxyPacUrl")
-	bypass := fs.String("bypass", "", "optional comma-separated bypass list (ProxyBypass, netsh bypass-list)")
+	proxyAddr := fs.String("proxy", "", "gateway `HOST:PORT` the endpoints use (required)")
+	format := fs.String("format", "cmd", "output `FORMAT`: cmd, ps1 or reg")
+	pacURL := fs.String("pac-url", "", "optional Defender Antivirus ProxyPacUrl, an http:// or https:// `URL`")
+	bypass := fs.String("bypass", "", "optional bypass `LIST` (ProxyBypass and the netsh bypass-list), e.g. '<local>;*.contoso.local'")
 	offline := fs.Bool("offline", false, "fully offline devices: also set PreferStaticProxyForHttpRequest")
 	undo := fs.Bool("undo", false, "print the script that removes the settings")
-	if pos, err := parseInterleaved(fs, args); err != nil || len(pos) != 0 || *proxyAddr == "" {
-		fmt.Fprintln(stderr, "usage: gateway client-config --proxy host:port [--format cmd|ps1|reg] [--pac-url URL] [--bypass LIST] [--offline] [--undo]")
+	pos, exit, ok := parseArgs(fs, args, clientConfigHelp, stdout, stderr)
+	if !ok {
+		return exit
+	}
+	switch {
+	case len(pos) != 0:
+		usageError(stderr, fs, clientConfigHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
+		return 2
+	case *proxyAddr == "":
+		usageError(stderr, fs, clientConfigHelp, "--proxy is required")
 		return 2
 	}
 	c := endpoint.ClientConfig{Proxy: *proxyAddr, PACURL: *pacURL, Offline: *offline, Undo: *undo}
 	if *bypass != "" {
-		c.Bypass = trimList(strings.Split(*bypass, ","))
+		// Render splits the list at ';' and ','.
+		c.Bypass = []string{*bypass}
 	}
 	out, err := c.Render(*format)
 	if err != nil {
@@ -130,27 +170,41 @@ func clientConfigCmd(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+var probeHelp = cmdHelp{
+	synopsis: "gateway probe [flags]",
+	about: `Check every probe-able catalog endpoint of the cloud and data locations, as the MDE client analyzer
+does, through the gateway (--via) or direct. Exit status: 0 every required endpoint answered as
+the real service does, 1 one failed, 2 error.`,
+}
+
 // probeCmd checks every probe-able catalog endpoint like Microsoft's client
 // analyzer, through the gateway or direct.
 func probeCmd(args []string, stdout, stderr io.Writer) int {
 	var f cliFlags
-	fs := newFlagSet("probe", stderr, &f, "text")
-	via := fs.String("via", "", "probe through this gateway (http://host:port); default: direct")
-	caFile := fs.String("ca", "", "extra PEM roots to trust (e.g. the lab CA)")
-	user := fs.String("proxy-user", "", "user:password for the gateway")
-	timeout := fs.Duration("timeout", 15*time.Second, "per-URL timeout")
-	conc := fs.Int("concurrency", 8, "URLs probed at once")
-	if pos, err := parseInterleaved(fs, args); err != nil || len(pos) != 0 {
-		fmt.Fprintln(stderr, "usage: gateway probe [--via http://gateway:port] [--geo LIST] [--format text|json] [--ca FILE] [--proxy-user user:pass]")
+	fs := newFlagSet("probe", &f, "text", "text or json")
+	via := fs.String("via", "", "probe through this gateway, `URL` http://host:port (default: direct)")
+	caFile := fs.String("ca", "", "extra PEM roots to trust, e.g. the lab CA (`FILE`)")
+	user := fs.String("proxy-user", "", "`USER:PASSWORD` for the gateway")
+	timeout := fs.Duration("timeout", 15*time.Second, "per-URL timeout, a `DURATION` such as 5s")
+	conc := fs.Int("concurrency", 8, "`N` URLs probed at once")
+	pos, exit, ok := parseArgs(fs, args, probeHelp, stdout, stderr)
+	if !ok {
+		return exit
+	}
+	if len(pos) != 0 {
+		usageError(stderr, fs, probeHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
 		return 2
 	}
 	if f.format != "text" && f.format != "json" {
 		fmt.Fprintf(stderr, "gateway probe: --format: want text or json, got %q\n", f.format)
 		return 2
 	}
-	_, p, err := cliConfigPolicy(&f)
-	if err != nil {
-		fmt.Fprintf(stderr, "gateway: configuration: %v\n", err)
+	if *timeout <= 0 {
+		fmt.Fprintf(stderr, "gateway probe: --timeout: want a positive duration, got %s\n", *timeout)
+		return 2
+	}
+	if *conc <= 0 {
+		fmt.Fprintf(stderr, "gateway probe: --concurrency: want a positive number, got %d\n", *conc)
 		return 2
 	}
 	opts := endpoint.ProbeOptions{Timeout: *timeout, Concurrency: *conc}
@@ -163,8 +217,12 @@ func probeCmd(args []string, stdout, stderr io.Writer) int {
 		opts.Via = u
 	}
 	if *user != "" {
-		name, pass, _ := strings.Cut(*user, ":")
-		opts.ProxyUser = url.UserPassword(name, pass)
+		u, err := endpoint.ParseProxyUser(*user)
+		if err != nil {
+			fmt.Fprintf(stderr, "gateway probe: --proxy-user: %v\n", err)
+			return 2
+		}
+		opts.ProxyUser = u
 	}
 	if *caFile != "" {
 		pem, err := os.ReadFile(*caFile)
@@ -182,12 +240,21 @@ func probeCmd(args []string, stdout, stderr io.Writer) int {
 		}
 		opts.RootCAs = pool
 	}
+	_, p, err := cliConfigPolicy(&f)
+	if err != nil {
+		fmt.Fprintf(stderr, "gateway probe: %v\n", err)
+		return 2
+	}
 	if f.format == "text" {
-		opts.Progress = func(done, total int) { fmt.Fprintf(stderr, "\rprobing %d/%d", done, total) }
+		// Nil unless stderr is a terminal: redrawn lines would litter a
+		// file or a pipe.
+		opts.Progress = endpoint.TerminalProgress(stderr)
 	}
 	results := endpoint.Probe(context.Background(), endpoint.ProbeTargets(p), opts)
-	if f.format == "text" {
+	if opts.Progress != nil {
 		fmt.Fprintln(stderr)
+	}
+	if f.format == "text" {
 		endpoint.WriteText(stdout, results, opts.Via, endpoint.NotProbed(p))
 	} else if err := endpoint.WriteJSON(stdout, results, endpoint.NotProbed(p)); err != nil {
 		fmt.Fprintf(stderr, "gateway probe: %v\n", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/csv"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -133,7 +135,9 @@ func TestExplainCLI(t *testing.T) {
 		{"--cloud sets env geographies aside", []string{"GATEWAY_GEOGRAPHIES=EU"}, []string{"explain", "winatp-gw-usmt.microsoft.com", "--cloud", "gcc"}, 0,
 			[]string{"allowed", "cloud gcc"}},
 		{"--cloud and --geo together", nil, []string{"explain", "--cloud", "gcc", "--geo", "EU", "a.example.com"}, 2,
-			[]string{"GATEWAY_GEOGRAPHIES", "GATEWAY_CLOUD"}},
+			[]string{"--geo EU cannot be combined with --cloud gcc"}},
+		{"--geo with a government cloud in the environment", []string{"GATEWAY_CLOUD=gcc"}, []string{"explain", "--geo", "EU", "a.example.com"}, 2,
+			[]string{"--geo EU cannot be combined with GATEWAY_CLOUD=gcc"}},
 		{"cloud and geographies together", []string{"GATEWAY_CLOUD=gcc", "GATEWAY_GEOGRAPHIES=EU"}, []string{"explain", "a.example.com"}, 2,
 			[]string{"GATEWAY_GEOGRAPHIES=EU", "GATEWAY_CLOUD=gcc"}},
 		{"unknown cloud", []string{"GATEWAY_CLOUD=azure-china"}, []string{"explain", "a.example.com"}, 2,
@@ -399,6 +403,192 @@ func TestServeBinaryBadConfig(t *testing.T) {
 			_, errOut, code := runCLI(t, env, "serve")
 			if code == 0 || !strings.Contains(errOut, tt.want) || strings.Contains(errOut, "W6ph5Mm5") {
 				t.Errorf("exit %d, stderr %q: want non-zero and a message naming %s", code, errOut, tt.want)
+			}
+		})
+	}
+}
+
+// runCLIWithin is runCLI for a command that must end by itself: one still
+// running after d (a "serve --help" that started the proxy) fails the test.
+func runCLIWithin(t *testing.T, d time.Duration, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, gatewayBin, args...)
+	// Listeners on OS-chosen ports, so that a command that wrongly starts
+	// a gateway neither clashes with anything nor fails for a busy port.
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "GATEWAY_LISTEN=127.0.0.1:0", "GATEWAY_ADMIN_LISTEN=127.0.0.1:0"}, env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("gateway %s still running after %s (it should have ended at once):\n%s%s", strings.Join(args, " "), d, o.String(), e.String())
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+// subcommands are every subcommand with the first line of its usage.
+var subcommands = []struct {
+	args  []string
+	usage string
+}{
+	{[]string{"serve"}, "usage: gateway [serve]"},
+	{[]string{"explain"}, "usage: gateway explain [flags] TARGET"},
+	{[]string{"catalog"}, "usage: gateway catalog [flags]"},
+	{[]string{"catalog", "import"}, "usage: gateway catalog import FILE... [flags]"},
+	{[]string{"lab"}, "usage: gateway lab [flags]"},
+	{[]string{"healthcheck"}, "usage: gateway healthcheck [flags]"},
+	{[]string{"pac"}, "usage: gateway pac [flags]"},
+	{[]string{"client-config"}, "usage: gateway client-config --proxy HOST:PORT [flags]"},
+	{[]string{"probe"}, "usage: gateway probe [flags]"},
+	{[]string{"version"}, "usage: gateway version"},
+}
+
+func TestSubcommandHelp(t *testing.T) {
+	for _, sc := range subcommands {
+		name := strings.Join(sc.args, " ")
+		for _, h := range []string{"--help", "-h", "-help"} {
+			t.Run(name+" "+h, func(t *testing.T) {
+				out, errOut, code := runCLIWithin(t, 10*time.Second, nil, append(append([]string{}, sc.args...), h)...)
+				if code != 0 || errOut != "" {
+					t.Errorf("exit %d, stderr %q; want 0 and nothing on stderr", code, errOut)
+				}
+				if first, _, _ := strings.Cut(out, "\n"); first != sc.usage {
+					t.Errorf("first line %q, want %q", first, sc.usage)
+				}
+			})
+		}
+		// A help flag among other arguments is still a request for help,
+		// not a run (a lab or a proxy would start).
+		t.Run(name+" with other flags and --help", func(t *testing.T) {
+			args := append(append([]string{}, sc.args...), "--help")
+			if name == "explain" || name == "probe" || name == "pac" || name == "catalog" || name == "lab" {
+				args = append(append([]string{}, sc.args...), "--geo", "EU", "--help")
+			}
+			out, _, code := runCLIWithin(t, 10*time.Second, nil, args...)
+			if code != 0 || !strings.HasPrefix(out, sc.usage) {
+				t.Errorf("exit %d, stdout %.80q; want 0 and the usage", code, out)
+			}
+		})
+		t.Run(name+" unknown flag", func(t *testing.T) {
+			out, errOut, code := runCLIWithin(t, 10*time.Second, nil, append(append([]string{}, sc.args...), "--no-such-flag")...)
+			if code != 2 || out != "" {
+				t.Errorf("exit %d, stdout %q; want 2 and nothing on stdout", code, out)
+			}
+			if !strings.Contains(strings.ToLower(errOut), "usage") || !strings.Contains(errOut, "no-such-flag") {
+				t.Errorf("stderr lacks the usage or the flag:\n%s", errOut)
+			}
+		})
+	}
+	t.Run("help COMMAND", func(t *testing.T) {
+		for _, sc := range subcommands {
+			want, _, _ := runCLI(t, nil, append(append([]string{}, sc.args...), "--help")...)
+			if len(sc.args) > 1 {
+				continue // "help catalog import" is not a form
+			}
+			got, _, code := runCLI(t, nil, "help", sc.args[0])
+			if code != 0 || got != want {
+				t.Errorf("help %s: exit %d, output differs from %s --help:\n%s", sc.args[0], code, sc.args[0], got)
+			}
+		}
+		for _, args := range [][]string{{"help"}, {"help", "help"}, {"--help"}, {"-h"}} {
+			if out, _, code := runCLIWithin(t, 10*time.Second, nil, args...); code != 0 || !strings.HasPrefix(out, "Microsoft Defender egress allowlist gateway.") {
+				t.Errorf("%v: exit %d, want 0 and the overview", args, code)
+			}
+		}
+	})
+}
+
+// TestHelpListsEveryFlag keeps the hand-written help of healthcheck and
+// catalog import, whose flags are parsed in files of their own, in step
+// with those flags: the flag package lists them after an unknown flag.
+func TestHelpListsEveryFlag(t *testing.T) {
+	flagLine := regexp.MustCompile(`(?m)^  -([a-z-]+)`)
+	for _, args := range [][]string{{"healthcheck"}, {"catalog", "import"}} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			_, defaults, _ := runCLI(t, nil, append(append([]string{}, args...), "--no-such-flag")...)
+			help, _, _ := runCLI(t, nil, append(append([]string{}, args...), "--help")...)
+			names := flagLine.FindAllStringSubmatch(defaults, -1)
+			if len(names) == 0 {
+				t.Fatalf("no flags listed after an unknown flag:\n%s", defaults)
+			}
+			for _, m := range names {
+				if !regexp.MustCompile(`(?m)^  --` + m[1] + `\b`).MatchString(help) {
+					t.Errorf("--help does not describe --%s:\n%s", m[1], help)
+				}
+			}
+		})
+	}
+}
+
+// TestFlagErrors: a flag's error names the flag as typed, never the
+// GATEWAY_* variable it stands in for, an internal field name or a doubled
+// prefix.
+func TestFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	badRules := filepath.Join(dir, "rules.yaml")
+	writeFile(t, badRules, "rules:\n  - action: allow\n    host: 'a b'\n")
+	missing := filepath.Join(dir, "missing.yaml")
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		want []string // in stderr
+		not  []string // nowhere in stderr
+	}{
+		{"explain --geo", nil, []string{"explain", "--geo", "XX", "a.example.com"}, []string{"gateway explain: --geo: ", `"XX"`}, []string{"GATEWAY_GEOGRAPHIES"}},
+		{"explain --geo empty list", nil, []string{"explain", "--geo", ",", "a.example.com"}, []string{"--geo"}, []string{"GATEWAY_GEOGRAPHIES"}},
+		{"explain --cloud", nil, []string{"explain", "--cloud", "azure-china", "a.example.com"}, []string{"gateway explain: --cloud: ", "azure-china"}, []string{"GATEWAY_CLOUD"}},
+		{"explain --rules missing", nil, []string{"explain", "--rules", missing, "a.example.com"}, []string{"--rules: ", missing}, []string{"GATEWAY_RULES_FILE"}},
+		{"explain --rules bad", nil, []string{"explain", "--rules", badRules, "a.example.com"}, []string{"--rules: ", badRules}, []string{"GATEWAY_RULES_FILE"}},
+		{"rules from the environment", []string{"GATEWAY_RULES_FILE=" + missing}, []string{"explain", "a.example.com"}, []string{"GATEWAY_RULES_FILE"}, []string{"--rules"}},
+		{"catalog --geo", nil, []string{"catalog", "--geo", "Mars"}, []string{"gateway catalog: --geo: "}, []string{"GATEWAY_GEOGRAPHIES"}},
+		{"catalog --cloud", nil, []string{"catalog", "--cloud", "x"}, []string{"gateway catalog: --cloud: "}, []string{"GATEWAY_CLOUD"}},
+		{"catalog --geo GCC", nil, []string{"catalog", "--geo", "GCC"}, []string{"--geo: ", "--cloud"}, []string{"GATEWAY_GEOGRAPHIES:"}},
+		{"pac --geo", nil, []string{"pac", "--proxy", "gw:3128", "--geo", "XX"}, []string{"gateway pac: --geo: "}, []string{"GATEWAY_GEOGRAPHIES", "pac: pac:"}},
+		{"pac --cloud and --geo", nil, []string{"pac", "--proxy", "gw:3128", "--cloud", "dod", "--geo", "EU"}, []string{"--geo EU cannot be combined with --cloud dod"}, []string{"GATEWAY_"}},
+		{"pac --proxy", nil, []string{"pac", "--proxy", "gw"}, []string{`gateway pac: --proxy "gw": want host:port`}, []string{"pac: pac:", "pac: proxy"}},
+		{"pac --default", nil, []string{"pac", "--proxy", "gw:3128", "--default", "SOCKS"}, []string{`gateway pac: --default "SOCKS": want DIRECT or PROXY`}, []string{"pac: pac:"}},
+		{"pac GATEWAY_PUBLIC_ADDR", []string{"GATEWAY_PUBLIC_ADDR=gw:0"}, []string{"pac"}, []string{`gateway pac: GATEWAY_PUBLIC_ADDR "gw:0": port`}, []string{"--proxy"}},
+		{"probe --geo", nil, []string{"probe", "--geo", "XX"}, []string{"gateway probe: --geo: "}, []string{"GATEWAY_GEOGRAPHIES"}},
+		{"probe --cloud", nil, []string{"probe", "--cloud", "x"}, []string{"gateway probe: --cloud: "}, []string{"GATEWAY_CLOUD"}},
+		{"probe --proxy-user without password", nil, []string{"probe", "--proxy-user", "alice"}, []string{"gateway probe: --proxy-user: ", "user:password"}, nil},
+		{"probe --timeout", nil, []string{"probe", "--timeout", "soon"}, []string{`gateway probe: --timeout: invalid value "soon": want a duration such as 5s`}, []string{" -timeout", "for flag"}},
+		{"probe --via", nil, []string{"probe", "--via", "gw:3128"}, []string{"gateway probe: --via: "}, nil},
+		{"lab --geo", nil, []string{"lab", "--listen", "127.0.0.1:0", "--geo", "XX"}, []string{"gateway lab: --geo: "}, []string{"GATEWAY_GEOGRAPHIES"}},
+		{"lab --cloud", nil, []string{"lab", "--listen", "127.0.0.1:0", "--cloud", "x"}, []string{"gateway lab: --cloud: "}, []string{"GATEWAY_CLOUD"}},
+		{"lab --listen", nil, []string{"lab", "--listen", "nowhere"}, []string{"gateway lab: --listen: "}, []string{"GATEWAY_LISTEN"}},
+		{"lab --addr", nil, []string{"lab", "--listen", "127.0.0.1:0", "--addr", "localhost"}, []string{"gateway lab: --addr: "}, []string{"GATEWAY_ALLOW_PRIVATE_DESTINATIONS"}},
+		{"client-config --proxy", nil, []string{"client-config", "--proxy", "gw"}, []string{"gateway client-config: --proxy: "}, []string{"client-config: client-config:", "Proxy:"}},
+		{"client-config no --proxy", nil, []string{"client-config"}, []string{"gateway client-config: --proxy is required", "usage: gateway client-config"}, nil},
+		{"client-config --pac-url", nil, []string{"client-config", "--proxy", "gw:3128", "--pac-url", "ftp://pac/x"}, []string{"gateway client-config: --pac-url: "}, []string{"PACURL", "client-config: client-config:"}},
+		{"client-config --bypass", nil, []string{"client-config", "--proxy", "gw:3128", "--bypass", "<local>;bad host"}, []string{`gateway client-config: --bypass entry "bad host": `}, []string{"Bypass[", "client-config: client-config:"}},
+		{"client-config --format", nil, []string{"client-config", "--proxy", "gw:3128", "--format", "bat"}, []string{`gateway client-config: --format: want cmd, ps1 or reg, got "bat"`}, []string{"client-config: client-config:"}},
+		{"serve argument", nil, []string{"serve", "extra"}, []string{`gateway serve: unexpected argument "extra"`, "usage: gateway [serve]"}, nil},
+		{"version argument", nil, []string{"version", "extra"}, []string{`gateway version: unexpected argument "extra"`}, nil},
+		{"explain two targets", nil, []string{"explain", "a.example.com", "b.example.com"}, []string{"gateway explain: want one TARGET", "usage: gateway explain"}, nil},
+		{"flag needs a value", nil, []string{"explain", "a.example.com", "--geo"}, []string{"gateway explain: --geo: needs a value"}, []string{"-geo\n"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, code := runCLIWithin(t, 10*time.Second, tt.env, tt.args...)
+			if code != 2 {
+				t.Errorf("exit %d, want 2\nstdout: %.300s\nstderr: %s", code, out, errOut)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(errOut, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errOut)
+				}
+			}
+			for _, n := range tt.not {
+				if strings.Contains(errOut, n) {
+					t.Errorf("stderr contains %q:\n%s", n, errOut)
+				}
 			}
 		})
 	}
