@@ -22,8 +22,8 @@ LABEL org.opencontainers.image.title="defender-gateway" \
 COPY --from=build /out/gateway /gateway
 # Inside a container the gateway listens on all interfaces; GATEWAY_CLIENT_CIDRS still limits who may use it.
 ENV GATEWAY_LISTEN=0.0.0.0:3128 \
-    GATEWAY_ADMIN_LISTEN=0.0.0.0:9090
-EXPOSE 3128 9090
+    GATEWAY_ADMIN_LISTEN=0.0.0.0:3138
+EXPOSE 3128 3138
 USER 65532:65532
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 CMD ["/gateway", "healthcheck"]
 ENTRYPOINT ["/gateway"]

@@ -67,16 +67,23 @@ type Config struct {
 	Anonymous                string          `env:"ANONYMOUS" envDefault:"listed"`
 	PublicAddr               string          `env:"PUBLIC_ADDR"`
 	PACDefault               string          `env:"PAC_DEFAULT" envDefault:"DIRECT"`
-	AdminListen              string          `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:9090"`
-	AccessLog                string          `env:"ACCESS_LOG" envDefault:"stdout"`
-	AccessLogFormat          string          `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
-	DNSProbeInterval         time.Duration   `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
-	ReloadInterval           time.Duration   `env:"RELOAD_INTERVAL" envDefault:"5s"`
-	ShutdownGrace            time.Duration   `env:"SHUTDOWN_GRACE" envDefault:"30s"`
-	ShutdownDelay            time.Duration   `env:"SHUTDOWN_DELAY" envDefault:"0s"`
-	LogFormat                string          `env:"LOG_FORMAT" envDefault:"json"`
-	LogLevel                 string          `env:"LOG_LEVEL" envDefault:"info"`
-	Pprof                    bool            `env:"PPROF" envDefault:"false"`
+	// AdminListen's default port sits next to the proxy's 3128 and away from
+	// Prometheus's own 9090 and its exporters' 9100-9999 (fully allocated:
+	// https://github.com/prometheus/prometheus/wiki/Default-port-allocations),
+	// and from Squid's 3129 (intercept) and 3130 (ICP).
+	AdminListen      string        `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:3138"`
+	AccessLog        string        `env:"ACCESS_LOG" envDefault:"stdout"`
+	AccessLogFormat  string        `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
+	DNSProbeInterval time.Duration `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
+	ReloadInterval   time.Duration `env:"RELOAD_INTERVAL" envDefault:"5s"`
+	ShutdownGrace    time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
+	ShutdownDelay    time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
+	// UpstreamCheckInterval is off (0) by default: a gateway reaches out
+	// on its own only when told to.
+	UpstreamCheckInterval time.Duration `env:"UPSTREAM_CHECK_INTERVAL" envDefault:"0s"`
+	LogFormat             string        `env:"LOG_FORMAT" envDefault:"json"`
+	LogLevel              string        `env:"LOG_LEVEL" envDefault:"info"`
+	Pprof                 bool          `env:"PPROF" envDefault:"false"`
 
 	// Derived by validate.
 	clientNets    []netip.Prefix
@@ -311,6 +318,9 @@ func (c *Config) validate() error {
 			return fmt.Errorf("%s: must be a positive duration, got %s", name, d)
 		}
 	}
+	if d := c.UpstreamCheckInterval; d != 0 && d < minUpstreamCheckInterval {
+		return fmt.Errorf("GATEWAY_UPSTREAM_CHECK_INTERVAL: want 0 (off) or at least %s, got %s", minUpstreamCheckInterval, d)
+	}
 	if c.ShutdownDelay < 0 {
 		return fmt.Errorf("GATEWAY_SHUTDOWN_DELAY: must not be negative, got %s", c.ShutdownDelay)
 	}
@@ -487,3 +497,7 @@ func environMap() map[string]string {
 	}
 	return m
 }
+
+// minUpstreamCheckInterval keeps the upstream check from hammering
+// Microsoft's endpoints (each run requests every required URL).
+const minUpstreamCheckInterval = 10 * time.Second

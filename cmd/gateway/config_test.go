@@ -1,6 +1,8 @@
 package main
 
 import (
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -118,5 +120,27 @@ func TestBuildPolicyErrors(t *testing.T) {
 				t.Errorf("err = %v, want mention of %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestDefaultAdminListen keeps the admin default off the ports other
+// monitoring tools take by default, and the healthcheck's copy equal to it.
+func TestDefaultAdminListen(t *testing.T) {
+	c, _, err := loadConfig(map[string]string{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.AdminListen != defaultAdminListen {
+		t.Errorf("default GATEWAY_ADMIN_LISTEN = %q, healthcheck assumes %q", c.AdminListen, defaultAdminListen)
+	}
+	_, port, err := net.SplitHostPort(c.AdminListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _ := strconv.Atoi(port)
+	// 9090 Prometheus, 9091 Pushgateway, 9093 Alertmanager, 9100-9999
+	// exporters; 3128-3130 Squid; 9901 Envoy's admin.
+	if (n >= 9090 && n <= 9999) || (n >= 3128 && n <= 3130) {
+		t.Errorf("default admin port %d clashes with a common tool's default", n)
 	}
 }

@@ -24,7 +24,7 @@ func TestDockerfileBuild(t *testing.T) {
 		t.Fatal("Dockerfile has no `RUN CGO_ENABLED=0 go build ... -o /out/gateway ./cmd/gateway` line")
 	}
 	for _, want := range []string{"-trimpath", "CGO_ENABLED=0", "gcr.io/distroless/static", "USER 65532:65532",
-		"EXPOSE 3128 9090", `HEALTHCHECK`, `"/gateway", "healthcheck"`, "GATEWAY_LISTEN=0.0.0.0:3128", "org.opencontainers.image.source"} {
+		"EXPOSE 3128 3138", `HEALTHCHECK`, `"/gateway", "healthcheck"`, "GATEWAY_LISTEN=0.0.0.0:3128", "org.opencontainers.image.source"} {
 		if !strings.Contains(string(df), want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}

@@ -24,7 +24,7 @@ func healthcheck(args []string, stdout, stderr io.Writer) int {
 	if *url == "" {
 		addr := environMap()["GATEWAY_ADMIN_LISTEN"]
 		if addr == "" {
-			addr = "127.0.0.1:9090"
+			addr = defaultAdminListen
 		}
 		host, port, err := net.SplitHostPort(addr)
 		if err != nil || addr == "off" {
@@ -59,3 +59,8 @@ func healthcheck(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "%s", body)
 	return 0
 }
+
+// defaultAdminListen is Config.AdminListen's default, for the healthcheck,
+// which runs without loading (and failing on) the whole configuration.
+// TestDefaultAdminListen keeps it equal to the env tag.
+const defaultAdminListen = "127.0.0.1:3138"

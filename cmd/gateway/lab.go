@@ -109,6 +109,12 @@ func labCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	defer l.Close()
 	cfg.DNSServers = []string{l.DNSAddr}
+	// The lab's endpoints present lab-CA certificates: the gateway's own
+	// upstream TLS (forwarded HTTPS, the upstream check) trusts it as
+	// endpoints trust Microsoft's.
+	if cfg.UpstreamCAFile == "" {
+		cfg.UpstreamCAFile = l.CAFile
+	}
 	logger := cfg.newLogger(os.Stderr)
 	for _, k := range unknown {
 		logger.Warn("unknown setting ignored (typo?)", "variable", k)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -27,8 +28,10 @@ import (
 	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/proxy"
 	"github.com/defendergw/gateway/internal/resolver"
+	"github.com/defendergw/gateway/internal/status"
 	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/tlsbypass"
+	"github.com/defendergw/gateway/internal/upcheck"
 )
 
 func serve(stderr io.Writer) int {
@@ -65,6 +68,10 @@ type gateway struct {
 	metrics *telemetry.Metrics
 	reg     *prometheus.Registry
 	events  *telemetry.EventLog
+	board   *status.Board
+	started time.Time
+	dialer  proxy.Dialer   // the checked dialer the proxy uses (the upstream check's too)
+	roots   *x509.CertPool // trusted roots for upstream TLS
 	srv     *proxy.Server
 	limit   *proxy.ConnLimiter
 	ln      net.Listener
@@ -83,7 +90,7 @@ var errNoDNSAnswerYet = errors.New("no DNS server has answered yet")
 // lab maps the catalog's ports to its endpoints); if nil, the dialer is used
 // as is.
 func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) proxy.Dialer) (_ *gateway, err error) {
-	g := &gateway{cfg: cfg, log: logger, reg: prometheus.NewRegistry()}
+	g := &gateway{cfg: cfg, log: logger, reg: prometheus.NewRegistry(), started: time.Now()}
 	noAnswer := errNoDNSAnswerYet
 	g.dnsErr.Store(&noAnswer)
 	defer func() {
@@ -183,8 +190,22 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		NoAnonymous:           cfg.Anonymous == "none",
 		Metrics:               g.metrics,
 	}
+	// One outcome, one record: the access log and the status board read
+	// the same events.
+	var sinks eventSinks
 	if g.events != nil {
-		opts.Events = g.events
+		sinks = append(sinks, g.events)
+	}
+	if g.adminLn != nil {
+		g.board = status.New(status.Options{})
+		sinks = append(sinks, g.board)
+	}
+	switch len(sinks) {
+	case 0:
+	case 1:
+		opts.Events = sinks[0]
+	default:
+		opts.Events = sinks
 	}
 	if minter != nil {
 		opts.Inspector = minter
@@ -192,6 +213,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 	if wrapDialer != nil {
 		opts.Dialer = wrapDialer(opts.Dialer)
 	}
+	g.dialer, g.roots = opts.Dialer, upstreamTLS.RootCAs
 	ps := &pacServer{public: cfg.PublicAddr, dflt: cfg.PACDefault, listen: g.ln.Addr()}
 	opts.PAC = ps.pac
 	g.limit = &proxy.ConnLimiter{Max: cfg.MaxConns, PerClient: cfg.MaxConnsPerClient,
@@ -360,6 +382,7 @@ func (g *gateway) run(ctx context.Context) error {
 				Policy:  g.policy.Load,
 				Metrics: promhttp.HandlerFor(g.reg, promhttp.HandlerOpts{Registry: g.reg}),
 				Ready:   g.ready,
+				Status:  g.statusHandler(),
 				// Profiles only on request: GATEWAY_PPROF=true.
 				Profiling: g.cfg.Pprof,
 			}),
@@ -368,6 +391,7 @@ func (g *gateway) run(ctx context.Context) error {
 		go as.Serve(g.adminLn)
 	}
 	go g.probeDNS(ctx)
+	go upcheck.Run(ctx, g.upstreamCheck())
 	go g.watchFiles(ctx)
 	if g.authn != nil {
 		go g.authn.Watch(ctx, g.cfg.AuthReloadInterval,

@@ -546,7 +546,7 @@ func checkCommon(t *testing.T, b *built) {
 			for name, want := range map[string]struct {
 				port      int32
 				container string
-			}{"proxy": {3128, "proxy"}, "metrics": {9090, "admin"}} {
+			}{"proxy": {3128, "proxy"}, "metrics": {3138, "admin"}} {
 				p := servicePort(svc, name)
 				if p == nil {
 					t.Errorf("no service port named %s", name)
@@ -651,10 +651,10 @@ func checkCommon(t *testing.T, b *built) {
 			if r, ok := ingress["3128/TCP"]; !ok || r.From[0].IPBlock == nil {
 				t.Error("no ingress to 3128/TCP from client ipBlocks")
 			}
-			r, ok := ingress["9090/TCP"]
+			r, ok := ingress["3138/TCP"]
 			if !ok || r.From[0].NamespaceSelector == nil ||
 				r.From[0].NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] != "monitoring" {
-				t.Error("no ingress to 9090/TCP from the monitoring namespace")
+				t.Error("no ingress to 3138/TCP from the monitoring namespace")
 			}
 		}},
 	}

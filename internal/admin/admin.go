@@ -20,6 +20,9 @@ type Options struct {
 	// Ready, if non-nil, reports readiness (nil means ready); if nil, the
 	// gateway is always ready.
 	Ready func() error
+	// Status, if non-nil, serves the status page at / and its data at
+	// /status.json (status.Handler); if nil, both are 404.
+	Status http.Handler
 	// Profiling serves Go's runtime profiles under /debug/pprof/ (CPU,
 	// heap, goroutines, mutex and block contention, execution trace).
 	// Off by default: profiles reveal internals and a CPU profile or trace
@@ -29,6 +32,7 @@ type Options struct {
 
 // Handler returns the admin HTTP handler:
 //
+//	/          the status page (with Options.Status); /status.json its data
 //	/metrics   Prometheus exposition
 //	/healthz   200 while the process runs
 //	/readyz    200 when ready to take traffic, 503 with the reason otherwise
@@ -46,6 +50,10 @@ func Handler(opts Options) http.Handler {
 	}
 	if opts.Metrics != nil {
 		mux.Handle("GET /metrics", opts.Metrics)
+	}
+	if opts.Status != nil {
+		mux.Handle("GET /{$}", opts.Status)
+		mux.Handle("GET /status.json", opts.Status)
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -117,3 +117,38 @@ func TestProfiling(t *testing.T) {
 		})
 	}
 }
+
+// TestStatusRoutes mounts the status page at / and /status.json only when
+// it is given, and never lets / catch every unknown path.
+func TestStatusRoutes(t *testing.T) {
+	p := euPolicy(t)
+	status := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "status "+r.URL.Path) })
+	tests := []struct {
+		name   string
+		status http.Handler
+		path   string
+		code   int
+		body   string
+	}{
+		{"page", status, "/", 200, "status /"},
+		{"json", status, "/status.json", 200, "status /status.json"},
+		{"unknown path", status, "/nope", 404, ""},
+		{"no page", nil, "/", 404, ""},
+		{"no json", nil, "/status.json", 404, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(Handler(Options{Policy: func() *allowlist.Policy { return p }, Status: tt.status}))
+			defer srv.Close()
+			resp, err := http.Get(srv.URL + tt.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tt.code || (tt.body != "" && string(body) != tt.body) {
+				t.Errorf("GET %s = %d %q, want %d %q", tt.path, resp.StatusCode, body, tt.code, tt.body)
+			}
+		})
+	}
+}

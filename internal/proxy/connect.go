@@ -125,7 +125,7 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 		}
 	}
 	ev.remote = upstream.RemoteAddr().String()
-	s.tunnels.add(client, upstream)
+	s.tunnels.add(client, upstream, st)
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.TunnelOpened(st.mode.String())
 	}

@@ -35,6 +35,12 @@ import (
 	"github.com/defendergw/gateway/internal/upstream"
 )
 
+// EventSink receives connection events; *telemetry.EventLog is one. Log
+// must not block.
+type EventSink interface {
+	Log(telemetry.Event)
+}
+
 // Dialer reaches destinations, dialing only addresses it has checked
 // (resolver.Dialer).
 type Dialer interface {
@@ -103,7 +109,7 @@ type Options struct {
 	Metrics *telemetry.Metrics
 	// Events, if non-nil, receives one connection event per connection
 	// outcome; if nil, no events are recorded.
-	Events *telemetry.EventLog
+	Events EventSink
 	// Inspector, if non-nil, terminates allowed tunnels that are not
 	// TLS-exempt and decides each inner request with its path; if nil,
 	// every allowed tunnel is a verified raw tunnel.

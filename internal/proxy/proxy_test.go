@@ -520,3 +520,45 @@ func TestShutdownClosesTunnelsAfterGrace(t *testing.T) {
 		}
 	}
 }
+
+// TestTunnelsSummary lists open raw tunnels for the status page: the
+// count, the count by service and each tunnel's client, target and service.
+func TestTunnelsSummary(t *testing.T) {
+	w := newWorld(t, worldOptions{geos: eu})
+	var conns []net.Conn
+	for _, target := range []string{"winatp-gw-weu.microsoft.com:443", "winatp-gw-neu3.microsoft.com:443", "raw.lab.test:443"} {
+		host, _, _ := net.SplitHostPort(target)
+		c, resp := w.connect(target, clientHello(t, host)) // verified tunnels open on a matching ClientHello
+		if resp.StatusCode != 200 {
+			t.Fatalf("CONNECT %s: status %d", target, resp.StatusCode)
+		}
+		conns = append(conns, c)
+		time.Sleep(2 * time.Millisecond) // distinct opening times, for the order
+	}
+	for deadline := time.Now().Add(3 * time.Second); w.srv.Active() != 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("active tunnels = %d, want 3", w.srv.Active())
+		}
+	}
+	sum := w.srv.Tunnels(2)
+	if sum.Total != 3 || len(sum.Oldest) != 2 {
+		t.Fatalf("summary = %+v, want 3 tunnels with the 2 oldest listed", sum)
+	}
+	if got, want := sum.Oldest[0].Target, "winatp-gw-weu.microsoft.com:443"; got != want {
+		t.Errorf("oldest tunnel = %s, want %s", got, want)
+	}
+	if got := sum.Oldest[0].Client; got != conns[0].LocalAddr().String() {
+		t.Errorf("oldest tunnel's client = %s, want %s", got, conns[0].LocalAddr())
+	}
+	if sum.ByService["edr-cnc"] != 2 || sum.Newest["edr-cnc"].IsZero() {
+		t.Errorf("by service = %v (newest %v), want 2 edr-cnc tunnels", sum.ByService, sum.Newest)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	for deadline := time.Now().Add(3 * time.Second); w.srv.Tunnels(0).Total != 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("tunnels still listed after their clients closed: %+v", w.srv.Tunnels(10))
+		}
+	}
+}

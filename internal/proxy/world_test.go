@@ -259,9 +259,13 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		// As in production (GATEWAY_TUNNEL_COPY=splice).
 		o.tunnel.Splice = tlsbypass.NewPipes(32)
 	}
+	var events EventSink // a nil *EventLog in the interface would not be nil
+	if w.events != nil {
+		events = w.events
+	}
 	srv, err := New(Options{
 		Metrics:               metrics,
-		Events:                w.events,
+		Events:                events,
 		Auth:                  authn,
 		Challenge:             auth.Challenge("test realm"),
 		ClientNetworks:        o.clientNetworks,

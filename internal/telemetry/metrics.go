@@ -77,6 +77,11 @@ type Metrics struct {
 	reloadOK, reloadFailed prometheus.Counter
 
 	eventsLogged, eventsDropped prometheus.Counter
+
+	checkMu       sync.Mutex // serialises UpstreamCheck's reset-and-set
+	checkSuccess  *prometheus.GaugeVec
+	checkDuration prometheus.Gauge
+	checkLastRun  prometheus.Gauge
 }
 
 // NewRegistry returns an empty registry for NewMetrics; the caller owns it
@@ -211,6 +216,24 @@ func NewMetrics(reg prometheus.Registerer, info BuildInfo) *Metrics {
 	})
 	add(m.eventsLogged)
 	add(m.eventsDropped)
+
+	// The upstream check (GATEWAY_UPSTREAM_CHECK_INTERVAL) sets these after
+	// each run; with the check off they have no samples.
+	m.checkSuccess = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "upstream_check_success",
+		Help: "1 if every required endpoint of the service answered the gateway's last upstream check, else 0, by catalog service.",
+	}, []string{"service"})
+	m.checkDuration = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "upstream_check_duration_seconds",
+		Help: "How long the last upstream check of the required endpoints took.",
+	})
+	m.checkLastRun = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "upstream_check_last_run_timestamp_seconds",
+		Help: "When the last upstream check started, as a Unix time.",
+	})
+	add(m.checkSuccess)
+	add(m.checkDuration)
+	add(m.checkLastRun)
 
 	if reg != nil {
 		add(collectors.NewGoCollector())
@@ -421,4 +444,25 @@ func (f *fixed[T]) with(v string) T {
 		}
 	}
 	return f.vec.WithLabelValues(lv(v))
+}
+
+// UpstreamCheck records an upstream check run: ok maps each catalog service
+// checked to whether all its required endpoints answered. Services no longer
+// checked (a reload changed the geographies) lose their series.
+func (m *Metrics) UpstreamCheck(started time.Time, d time.Duration, ok map[string]bool) {
+	if m == nil {
+		return
+	}
+	m.checkMu.Lock()
+	defer m.checkMu.Unlock()
+	m.checkSuccess.Reset()
+	for svc, good := range ok {
+		v := 0.0
+		if good {
+			v = 1
+		}
+		m.checkSuccess.WithLabelValues(lv(svc)).Set(v)
+	}
+	m.checkDuration.Set(d.Seconds())
+	m.checkLastRun.Set(float64(started.Unix()))
 }
