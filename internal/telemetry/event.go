@@ -218,6 +218,14 @@ func appendJSONString(dst []byte, s string) []byte {
 // HIER_NONE/- if nothing was dialed). Fields are percent-encoded where they
 // hold spaces, control characters or non-ASCII bytes, so a line is always
 // one line of space-separated fields; empty fields are "-".
+//
+// calamaris and sarg read these lines as Squid's own. goaccess reads them
+// with --log-format='%x.%^ %~%L %h %^/%s %b %m %U %e %^' --date-format=%s
+// --time-format=%s, not with its built-in --log-format=SQUID: that one
+// ("%^ %^ %^ %v %^: %x.%^ %~%L %h %^/%s %b %m %U") expects a syslog header
+// (date, time, host, tag:) before each line and rejects Squid's own
+// access.log in the same way; adding the header would break calamaris and
+// sarg (squid_test.go runs all three).
 func AppendSquid(dst []byte, e *Event) []byte {
 	ts := e.Timestamp
 	dst = strconv.AppendInt(dst, ts.Unix(), 10)
