@@ -193,7 +193,7 @@ func (h *harness) measurements() []measurement {
 		useTLS bool
 	}{{"tcp", false}, {"tls", true}} {
 		ms = append(ms, measurement{"rate", "rate " + r.key, func(ctx context.Context, t *target) error {
-			v, bad, err := h.tunnelRate(ctx, t, r.useTLS)
+			v, cpu, bad, err := h.tunnelRate(ctx, t, r.useTLS)
 			if v == 0 {
 				return err
 			}
@@ -201,11 +201,17 @@ func (h *harness) measurements() []measurement {
 				h.note("new tunnels (%s) %s: %d failed (last: %v)", r.key, t.name, bad, err)
 			}
 			h.record("rate-"+r.key, t.name, v)
+			if !t.direct() {
+				h.record("cpu-rate-"+r.key, t.name, cpu)
+			}
 			return nil
 		}})
 	}
 	ms = append(ms, measurement{"get", "get", func(ctx context.Context, t *target) error {
-		v, bad, err := h.getRate(ctx, t)
+		if !t.forwards() {
+			return nil
+		}
+		v, cpu, bad, err := h.getRate(ctx, t)
 		if v == 0 {
 			return err
 		}
@@ -213,9 +219,15 @@ func (h *harness) measurements() []measurement {
 			h.note("GET rate %s: %d failed (last: %v)", t.name, bad, err)
 		}
 		h.record("get", t.name, v)
+		if !t.direct() {
+			h.record("cpu-get", t.name, cpu)
+		}
 		return nil
 	}})
 	ms = append(ms, measurement{"latency", "latency get", func(ctx context.Context, t *target) error {
+		if !t.forwards() {
+			return nil
+		}
 		p50, p99, err := h.getLatency(ctx, t)
 		if err != nil {
 			return err

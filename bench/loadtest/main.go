@@ -59,6 +59,10 @@ type options struct {
 }
 
 func main() {
+	if len(os.Args) == 4 && os.Args[1] == "relay-serve" {
+		runRelay(os.Args[2], os.Args[3]) // the relay target, started by the harness
+		return
+	}
 	var o options
 	var only, targets string
 	streams := "1,16"
@@ -70,7 +74,7 @@ func main() {
 	flag.IntVar(&o.idle, "idle", 5000, "idle tunnels for the idle-cost scenario")
 	flag.BoolVar(&o.idleTLS, "idle-tls", false, "idle tunnels carry a TLS session, SNI-verified (default: plain TCP tunnels)")
 	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: "+strings.Join(allScenarios, ","))
-	flag.StringVar(&targets, "targets", "gateway,squid,tinyproxy,direct", "comma-separated targets")
+	flag.StringVar(&targets, "targets", "gateway,squid,tinyproxy,relay,direct", "comma-separated targets (relay: a minimal Go CONNECT relay, the reference)")
 	flag.StringVar(&o.out, "out", "", "write the Markdown report to this file (default: standard output)")
 	flag.StringVar(&o.command, "command", "", "command line to print at the top of the report (default: this program's)")
 	flag.DurationVar(&o.timeout, "timeout", 7*time.Minute, "overall time budget; measurements not started by then are reported as skipped")
@@ -104,7 +108,7 @@ func main() {
 	}
 	for _, t := range strings.Split(targets, ",") {
 		t = strings.TrimSpace(t)
-		if !contains([]string{"gateway", "squid", "tinyproxy", "direct"}, t) {
+		if !contains([]string{"gateway", "squid", "tinyproxy", "relay", "direct"}, t) {
 			fatalf("--targets: unknown target %q", t)
 		}
 		o.targets = append(o.targets, t)

@@ -58,9 +58,12 @@ func (h *harness) groups() []group {
 		{"New tunnels", fmt.Sprintf("tunnels/s, %d concurrent clients, higher is better: CONNECT, a 64-byte request and response through the tunnel, close.", h.o.clients), "rate", []row{
 			{key: "rate-tcp", label: "plain TCP (tunnels/s)", format: "%.0f"},
 			{key: "rate-tls", label: "TLS handshake inside the tunnel (tunnels/s)", format: "%.0f"},
+			{key: "cpu-rate-tcp", label: "proxy CPU per plain TCP tunnel (CPU-µs)", format: "%.0f", directNA: true},
+			{key: "cpu-rate-tls", label: "proxy CPU per TLS tunnel (CPU-µs)", format: "%.0f", directNA: true},
 		}},
 		{"Plain HTTP", fmt.Sprintf("requests/s, absolute-form GET of a 1 KiB object, keep-alive, %d concurrent clients, higher is better.", h.o.clients), "get", []row{
 			{key: "get", label: "GET 1 KiB (req/s)", format: "%.0f"},
+			{key: "cpu-get", label: "proxy CPU per GET (CPU-µs)", format: "%.0f", directNA: true},
 		}},
 		{"Latency at a fixed rate", fmt.Sprintf("µs, %d requests/s (open loop), lower is better. GET: absolute-form GET of the 1 KiB object. Tunnel: a 64-byte round trip over one established plain tunnel. \"added\" = the target's median minus direct's.", h.o.latRate), "latency", []row{
 			{key: "lat-get-p50", label: "GET p50 (µs)", format: "%.0f"},
@@ -169,21 +172,22 @@ func (h *harness) report() string {
 			median(h.foreign), slices.Max(h.foreign), h.retried, h.o.maxForeign)
 	}
 	w("\n")
-	w("Ratio columns divide the gateway's median by Squid's and by direct's: above 1 means a larger number for the gateway (better for rates, worse for CPU, latency and memory).\n\n")
-	cols := []string{"gateway", "squid", "tinyproxy", "direct"}
+	w("relay is a minimal Go CONNECT relay (bench/loadtest/relay.go: no policy, no logs, io.Copy), the least any Go proxy's tunnel costs; it forwards no plain HTTP. ")
+	w("Ratio columns divide the gateway's median by Squid's, the relay's and direct's: above 1 means a larger number for the gateway (better for rates, worse for CPU, latency and memory).\n\n")
+	cols := []string{"gateway", "squid", "tinyproxy", "relay", "direct"}
 	for _, g := range h.groups() {
 		if !h.o.only[g.scenario] {
 			continue
 		}
 		w("## %s\n\n%s\n\n", g.title, g.note)
-		w("| scenario | gateway | squid | tinyproxy | direct | gateway/squid | gateway/direct |\n")
-		w("|---|--:|--:|--:|--:|--:|--:|\n")
+		w("| scenario | gateway | squid | tinyproxy | relay | direct | gateway/squid | gateway/relay | gateway/direct |\n")
+		w("|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, r := range g.rows {
 			w("| %s |", r.label)
 			for _, c := range cols {
 				w(" %s |", h.cell(r, c))
 			}
-			w(" %s | %s |\n", h.ratio(r, "squid"), h.ratio(r, "direct"))
+			w(" %s | %s | %s |\n", h.ratio(r, "squid"), h.ratio(r, "relay"), h.ratio(r, "direct"))
 		}
 		w("\n")
 	}

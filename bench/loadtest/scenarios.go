@@ -144,16 +144,45 @@ func (h *harness) loop(ctx context.Context, workers int, fn func(context.Context
 	return float64(ok.Load()) / el, bad.Load(), le
 }
 
-func (h *harness) tunnelRate(ctx context.Context, t *target, useTLS bool) (float64, int64, error) {
-	return h.loop(ctx, h.o.clients, func(ctx context.Context) error { return h.requestResponse(ctx, t, useTLS) })
+// tunnelRate returns new tunnels per second and the proxy's CPU per tunnel
+// (µs), read from /proc/PID/stat around the loop.
+func (h *harness) tunnelRate(ctx context.Context, t *target, useTLS bool) (rate, cpuUS float64, bad int64, err error) {
+	return h.perUnit(t, func() (float64, int64, error) {
+		return h.loop(ctx, h.o.clients, func(ctx context.Context) error { return h.requestResponse(ctx, t, useTLS) })
+	})
 }
 
-func (h *harness) getRate(ctx context.Context, t *target) (float64, int64, error) {
+// getRate returns GETs per second and the proxy's CPU per request (µs).
+func (h *harness) getRate(ctx context.Context, t *target) (rate, cpuUS float64, bad int64, err error) {
 	tr := h.transport(t, h.o.clients)
 	defer tr.CloseIdleConnections()
 	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
 	u := h.objURL()
-	return h.loop(ctx, h.o.clients, func(ctx context.Context) error { return getOnce(ctx, c, u) })
+	return h.perUnit(t, func() (float64, int64, error) {
+		return h.loop(ctx, h.o.clients, func(ctx context.Context) error { return getOnce(ctx, c, u) })
+	})
+}
+
+// perUnit runs a rate loop and divides the proxy's CPU over it by the units
+// completed: the proxy's own cost per tunnel or request, which a rate alone
+// hides behind the load generator's on a shared machine.
+func (h *harness) perUnit(t *target, loop func() (float64, int64, error)) (rate, cpuUS float64, bad int64, err error) {
+	var cpu0, cpu1 int64
+	if !t.direct() {
+		if cpu0, err = cpuTicks(t.pid); err != nil {
+			return 0, 0, 0, err
+		}
+	}
+	start := time.Now()
+	rate, bad, err = loop()
+	el := time.Since(start).Seconds()
+	if !t.direct() && rate > 0 {
+		if cpu1, err = cpuTicks(t.pid); err != nil {
+			return 0, 0, 0, err
+		}
+		cpuUS = float64(cpu1-cpu0) / clkTck * 1e6 / (rate * el)
+	}
+	return rate, cpuUS, bad, err
 }
 
 func percentiles(lat []time.Duration) (p50, p99 float64) {

@@ -33,6 +33,10 @@ type target struct {
 
 func (t *target) direct() bool { return t.name == "direct" }
 
+// forwards reports whether the target forwards plain HTTP (the relay only
+// tunnels).
+func (t *target) forwards() bool { return t.name != "relay" }
+
 func (t *target) alive() error {
 	if t.naReason != "" {
 		return errors.New(t.naReason)
@@ -154,6 +158,9 @@ func (h *harness) smoke(ctx context.Context, t *target) error {
 	if err := h.requestResponse(sctx, t, true); err != nil {
 		return fmt.Errorf("TLS tunnel: %w", err)
 	}
+	if !t.forwards() {
+		return nil
+	}
 	tr := h.transport(t, 1)
 	defer tr.CloseIdleConnections()
 	if err := getOnce(sctx, &http.Client{Transport: tr, Timeout: 5 * time.Second}, h.objURL()); err != nil {
@@ -188,6 +195,8 @@ func (h *harness) startTarget(ctx context.Context, name string) *target {
 		err = h.startSquid(ctx, t)
 	case "tinyproxy":
 		err = h.startTinyproxy(ctx, t)
+	case "relay":
+		err = h.startRelay(ctx, t)
 	}
 	if err != nil {
 		t.stop()
