@@ -17,17 +17,39 @@ import (
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
-// handleConnect picks how an allowed CONNECT (decided and resolved by
-// ServeHTTP) is carried: TLS-exempt destinations, and every destination when
-// no inspection CA is configured, are taken over by serveConnect as verified
-// raw tunnels; the rest are inspected through goproxy's MITM.
+// handleConnect hands goproxy the CONNECTs it carries: the inspected ones
+// (ServeHTTP takes every raw tunnel over itself). Anything else reaching it
+// is refused: it would be a CONNECT the front door did not decide.
 func (s *Server) handleConnect(host string, ctx *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 	st := stateFrom(ctx.Req.Context())
 	ctx.UserData = st
 	if st != nil && st.mode == tlsbypass.Inspect {
 		return s.mitm, st.target.HostPort()
 	}
-	return s.connect, host
+	return goproxy.RejectConnect, host
+}
+
+// takeOver carries an allowed raw tunnel from the front door: it takes the
+// connection from net/http (whose Hijacker returns the bytes it read past
+// the CONNECT, so a ClientHello sent in the same segment is not lost) and
+// serves it on this goroutine, with the decided state as an argument.
+func (s *Server) takeOver(w http.ResponseWriter, r *http.Request, st *reqState) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		// Only HTTP/1 connections reach the proxy port (no TLS, no h2c).
+		http.Error(w, "CONNECT needs HTTP/1.1", http.StatusHTTPVersionNotSupported)
+		return
+	}
+	client, rw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	var pending []byte
+	if n := rw.Reader.Buffered(); n > 0 {
+		b, _ := rw.Reader.Peek(n)
+		pending = append([]byte(nil), b...) // the reader's 4 KiB buffer is not kept
+	}
+	s.serveConnect(r, client, pending, st)
 }
 
 // mitmTLSConfig serves the inspection certificate for the CONNECT's host.
@@ -39,13 +61,10 @@ func (s *Server) mitmTLSConfig(_ string, ctx *goproxy.ProxyCtx) (*tls.Config, er
 	return s.opts.Inspector.TLSConfig(st.target.Host), nil
 }
 
-// serveConnect runs on the connection's own goroutine after goproxy
-// hijacked it: it answers refusals, or verifies and relays a raw tunnel.
-func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.ProxyCtx) {
-	var pending []byte
-	if hc, ok := client.(*hijackedConn); ok {
-		client, pending = hc.Conn, hc.pending
-	}
+// serveConnect runs on the connection's own goroutine: it answers a
+// failure to connect, or verifies and relays a raw tunnel. pending holds
+// what the client sent after the CONNECT request.
+func (s *Server) serveConnect(req *http.Request, client net.Conn, pending []byte, st *reqState) {
 	// Every path out of here either ends the connection (and reports it
 	// with connDone) or hands it to the relay, which reports it at the end.
 	connDone := func() {
@@ -59,13 +78,6 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, gctx *goproxy.
 	proto := fmt.Sprintf("HTTP/%d.%d", req.ProtoMajor, req.ProtoMinor)
 	if req.ProtoMajor != 1 {
 		proto = "HTTP/1.1"
-	}
-	st, _ := gctx.UserData.(*reqState)
-	if st == nil {
-		// ServeHTTP decides every CONNECT before goproxy sees it.
-		client.Close()
-		connDone()
-		return
 	}
 	ev := tunnelEvent{method: req.Method, client: clientAddr(req), st: st}
 	var upstream net.Conn

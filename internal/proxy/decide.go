@@ -98,6 +98,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.logDecision(r, st, nil)
 	s.observeDecision(protocolOf(r), st, nil)
+	if r.Method == http.MethodConnect && st.mode != tlsbypass.Inspect {
+		s.takeOver(w, r, st)
+		return
+	}
 	keeper := &hijackKeeper{ResponseWriter: w, connDone: s.opts.ConnDone, writeTimeout: s.opts.Tunnel.IdleTimeout,
 		closeAfter: mustClose(r)}
 	if r.Body != nil && r.Body != http.NoBody {

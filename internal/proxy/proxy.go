@@ -129,8 +129,8 @@ type Server struct {
 	h1      *upstream.Client // bodiless plain-HTTP requests (upstream.Handles)
 	log     *slog.Logger
 	tunnels tunnels
-	// connect takes a CONNECT over (refusal or raw tunnel); mitm inspects it.
-	connect, mitm *goproxy.ConnectAction
+	// mitm inspects a CONNECT (raw tunnels never reach goproxy).
+	mitm *goproxy.ConnectAction
 }
 
 // New builds a Server.
@@ -191,12 +191,12 @@ func New(opts Options) (*Server, error) {
 	gp.Logger = log.New(io.Discard, "", 0)
 	gp.Tr = s.tr
 	gp.KeepAcceptEncoding = true
-	// Every CONNECT is hijacked below, so goproxy never dials; should it
-	// ever try, it gets a refusal instead of following HTTPS_PROXY.
+	// Raw tunnels never reach goproxy and inspected ones end at the
+	// gateway, so goproxy never dials; should it ever try, it gets a
+	// refusal instead of following HTTPS_PROXY.
 	gp.ConnectDial = func(string, string) (net.Conn, error) { return nil, errors.New("proxy: goproxy dialer disabled") }
 	gp.ConnectDialWithReq = nil
 	gp.NonproxyHandler = http.HandlerFunc(s.serveSelf)
-	s.connect = &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: s.serveConnect}
 	s.mitm = &goproxy.ConnectAction{Action: goproxy.ConnectMitm, TLSConfig: s.mitmTLSConfig}
 	gp.OnRequest().HandleConnectFunc(s.handleConnect)
 	gp.OnRequest().DoFunc(s.handleRequest)
