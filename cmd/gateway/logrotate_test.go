@@ -129,18 +129,6 @@ func TestLogrotateRotatesAccessLog(t *testing.T) {
 		}
 		resp.Body.Close()
 	}
-	waitLine := func(path, want string) {
-		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			b, _ := os.ReadFile(path)
-			if strings.Contains(string(b), want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s lacks %q: %q", path, want, b)
-			}
-		}
-	}
 	state := filepath.Join(t.TempDir(), "status")
 	rotate := func() {
 		t.Helper()
@@ -159,11 +147,11 @@ func TestLogrotateRotatesAccessLog(t *testing.T) {
 	}
 
 	request("/first")
-	waitLine(logFile, "GET http://evil.example.com/first")
+	waitFileContains(t, logFile, "GET http://evil.example.com/first")
 	rotate()
-	waitLine(logFile+".1", "GET http://evil.example.com/first")
+	waitFileContains(t, logFile+".1", "GET http://evil.example.com/first")
 	request("/second")
-	waitLine(logFile, "GET http://evil.example.com/second")
+	waitFileContains(t, logFile, "GET http://evil.example.com/second")
 	if b, _ := os.ReadFile(logFile + ".1"); strings.Contains(string(b), "second") {
 		t.Error("a line written after the rotation went to the rotated file")
 	}
@@ -177,8 +165,8 @@ func TestLogrotateRotatesAccessLog(t *testing.T) {
 
 	rotate()
 	request("/third")
-	waitLine(logFile, "GET http://evil.example.com/third")
-	waitLine(logFile+".1", "GET http://evil.example.com/second")
+	waitFileContains(t, logFile, "GET http://evil.example.com/third")
+	waitFileContains(t, logFile+".1", "GET http://evil.example.com/second")
 	f, err := os.Open(logFile + ".2.gz")
 	if err != nil {
 		t.Fatalf("delaycompress: the previous rotation is not compressed: %v", err)

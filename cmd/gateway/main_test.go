@@ -593,3 +593,18 @@ func TestFlagErrors(t *testing.T) {
 		})
 	}
 }
+
+// waitFileContains waits until the file at path holds want (an event log
+// line the gateway writes asynchronously).
+func waitFileContains(t *testing.T, path, want string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s lacks %q: %q", path, want, b)
+		}
+	}
+}

@@ -261,19 +261,7 @@ func TestAccessLogFile(t *testing.T) {
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(mustURL(t, "http://"+g.addr))}}
 	client.Get("http://www.microsoft.com/other")
 	// logrotate: move the file away, SIGHUP, and the next event lands in a new file.
-	waitFile := func(path, want string) {
-		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			b, _ := os.ReadFile(path)
-			if strings.Contains(string(b), want) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s lacks %q: %q", path, want, b)
-			}
-		}
-	}
-	waitFile(logFile, "TCP_DENIED/403 0 GET http://www.microsoft.com/other")
+	waitFileContains(t, logFile, "TCP_DENIED/403 0 GET http://www.microsoft.com/other")
 	if err := os.Rename(logFile, logFile+".1"); err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +275,7 @@ func TestAccessLogFile(t *testing.T) {
 		}
 	}
 	client.Get("http://crl.microsoft.com/second")
-	waitFile(logFile, "GET http://crl.microsoft.com/second")
+	waitFileContains(t, logFile, "GET http://crl.microsoft.com/second")
 	if b, _ := os.ReadFile(logFile + ".1"); strings.Contains(string(b), "second") {
 		t.Errorf("event written to the rotated file")
 	}

@@ -49,8 +49,14 @@ func BenchmarkTunnelBulk(b *testing.B) {
 	}
 }
 
-// sinkTLS accepts TLS connections, reads until EOF and answers one byte.
+// sinkTLS accepts TLS connections and reads each until EOF.
 func sinkTLS(b *testing.B, cert tls.Certificate) net.Listener {
+	return serveTLS(b, cert, func(c net.Conn) { io.Copy(io.Discard, c) })
+}
+
+// serveTLS accepts TLS connections on loopback and serves each with serve,
+// closing it after.
+func serveTLS(b *testing.B, cert tls.Certificate, serve func(net.Conn)) net.Listener {
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
 	if err != nil {
 		b.Fatal(err)
@@ -63,7 +69,7 @@ func sinkTLS(b *testing.B, cert tls.Certificate) net.Listener {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(io.Discard, c)
+				serve(c)
 			}()
 		}
 	}()
@@ -96,27 +102,13 @@ func BenchmarkHTTPForward(b *testing.B) {
 // share with -cpuprofile (the client and the upstream run in-process too).
 func BenchmarkTunnelNew(b *testing.B) {
 	w := newWorld(b, worldOptions{geos: eu})
-	cert := w.ca.Leaf(b, tlsNames...)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var one [1]byte
-				if _, err := c.Read(one[:]); err == nil {
-					c.Write(one[:])
-				}
-			}()
+	ln := serveTLS(b, w.ca.Leaf(b, tlsNames...), func(c net.Conn) {
+		var one [1]byte
+		if _, err := c.Read(one[:]); err == nil {
+			c.Write(one[:])
 		}
-	}()
+	})
+	defer ln.Close()
 	w.mu.Lock()
 	w.portMap[443] = port(ln.Addr())
 	w.mu.Unlock()
