@@ -41,6 +41,10 @@ var (
 	ErrPort      = errors.New("port is not allowed for this destination")
 	ErrIPLiteral = errors.New("ip-literal destinations are not allowed")
 	ErrBadTarget = errors.New("malformed target")
+	// ErrServiceDisabled refuses a destination that only a row of a
+	// disabled catalog service would allow (Decision.Detail names the
+	// service and the setting that switched it off).
+	ErrServiceDisabled = errors.New("destination belongs to a catalog service that is disabled")
 )
 
 // Reason is the machine-readable code of a decision, sent to clients in the
@@ -56,6 +60,10 @@ const (
 	ReasonPort       Reason = "port"
 	ReasonIPLiteral  Reason = "ip-literal"
 	ReasonBadRequest Reason = "bad-request"
+	// ReasonServiceDisabled refuses a destination of a catalog service
+	// switched off by GATEWAY_DISABLED_SERVICES or the rules file's
+	// disable_services.
+	ReasonServiceDisabled Reason = "service-disabled"
 	// ReasonUnlisted marks an unlisted destination allowed to an
 	// authenticated user.
 	ReasonUnlisted Reason = "unlisted"
@@ -79,6 +87,8 @@ func ReasonOf(err error) Reason {
 		return ReasonIPLiteral
 	case errors.Is(err, ErrBadTarget):
 		return ReasonBadRequest
+	case errors.Is(err, ErrServiceDisabled):
+		return ReasonServiceDisabled
 	}
 	return ""
 }

@@ -17,16 +17,22 @@ type Options struct {
 	// applies. If empty (commercial cloud), every data location applies
 	// (Policy.AllGeographies reports it so the caller can warn).
 	Geographies []Geography
-	// DisabledServices are catalog service ids whose rows are left out.
+	// DisabledServices are catalog service ids whose rows are left out,
+	// from the GATEWAY_DISABLED_SERVICES setting.
 	DisabledServices []string
+	// RulesDisabledServices are catalog service ids whose rows are left
+	// out, from the rules file's disable_services key
+	// (RuleSet.DisabledServices). Kept apart from DisabledServices so that
+	// a refusal names the setting that switched the service off.
+	RulesDisabledServices []string
 	// Rules are the operator's rules, added to the catalog's.
 	Rules []Rule
 	// BlobScope chooses how Azure blob storage is opened (see BlobScope).
 	BlobScope BlobScope
 	// Audit allows what enforce mode refuses for allowlist reasons
-	// (not-listed, geography, port) and marks the decision as audited, like
-	// network protection's Audit mode. Address safety (ip-literal,
-	// malformed targets) is enforced in every mode.
+	// (not-listed, geography, cloud, port, service-disabled) and marks the
+	// decision as audited, like network protection's Audit mode. Address
+	// safety (ip-literal, malformed targets) is enforced in every mode.
 	Audit bool
 	// UnlistedAuthenticated lets authenticated users reach destinations no
 	// rule names (the general egress proxy case), on UnlistedPorts only and
@@ -97,6 +103,16 @@ type Policy struct {
 	audit         bool
 	unlistedAuth  bool
 	unlistedPorts []uint16
+	// disabled holds the rows of disabled services aside. disabledIx
+	// indexes those of this cloud, and withDisabled indexes them with the
+	// allow rules, so that a refusal can tell that the target would be
+	// allowed were the service enabled. They are consulted on the refusal
+	// path only, and only when disabledBy is not nil (some service is
+	// disabled).
+	disabled     []Rule
+	disabledIx   index
+	withDisabled index
+	disabledBy   map[string]DisabledBy
 }
 
 // index maps exact names and wildcard suffixes to rules. Lookups cost one map
@@ -153,6 +169,34 @@ func (ix *index) match(t Target) *Rule {
 	}
 }
 
+// DisabledBy says which setting switched a catalog service off.
+type DisabledBy uint8
+
+// Settings that disable services.
+const (
+	NotDisabled DisabledBy = iota
+	// DisabledBySetting is GATEWAY_DISABLED_SERVICES (Options.DisabledServices).
+	DisabledBySetting
+	// DisabledByRulesFile is the rules file's disable_services key
+	// (Options.RulesDisabledServices).
+	DisabledByRulesFile
+	// DisabledByBoth is both of them.
+	DisabledByBoth
+)
+
+// String names the setting as an operator writes it.
+func (b DisabledBy) String() string {
+	switch b {
+	case DisabledBySetting:
+		return "GATEWAY_DISABLED_SERVICES"
+	case DisabledByRulesFile:
+		return "disable_services in the rules file (GATEWAY_RULES_FILE)"
+	case DisabledByBoth:
+		return "GATEWAY_DISABLED_SERVICES and by disable_services in the rules file (GATEWAY_RULES_FILE)"
+	}
+	return ""
+}
+
 // NewPolicy builds the effective policy from a catalog and options.
 func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 	p := &Policy{
@@ -190,10 +234,28 @@ func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 			return nil, fmt.Errorf("disabled service %q: not a catalog service (known: %s)", s, strings.Join(known, ", "))
 		}
 	}
-	for _, s := range known {
-		if !slices.Contains(opts.DisabledServices, s) {
-			p.services = append(p.services, s)
+	for _, s := range opts.RulesDisabledServices {
+		if !slices.Contains(known, s) {
+			return nil, fmt.Errorf("disable_services in the rules file: service %q: not a catalog service (known: %s)",
+				s, strings.Join(known, ", "))
 		}
+	}
+	for _, s := range known {
+		var by DisabledBy
+		if slices.Contains(opts.DisabledServices, s) {
+			by = DisabledBySetting
+		}
+		if slices.Contains(opts.RulesDisabledServices, s) {
+			by |= DisabledByRulesFile // DisabledByBoth when both
+		}
+		if by == NotDisabled {
+			p.services = append(p.services, s)
+			continue
+		}
+		if p.disabledBy == nil {
+			p.disabledBy = map[string]DisabledBy{}
+		}
+		p.disabledBy[s] = by
 	}
 	p.blobScope, p.audit, p.unlistedAuth = opts.BlobScope, opts.Audit, opts.UnlistedAuthenticated
 	p.unlistedPorts = opts.UnlistedPorts
@@ -202,8 +264,11 @@ func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 	}
 	for i := range cat.Rules {
 		r := &cat.Rules[i]
-		if slices.Contains(opts.DisabledServices, r.ServiceID) ||
-			(opts.BlobScope == BlobListed && slices.Contains(blobWildcards, r.Host)) {
+		if opts.BlobScope == BlobListed && slices.Contains(blobWildcards, r.Host) {
+			continue // not allowed even with its service enabled
+		}
+		if p.disabledBy[r.ServiceID] != NotDisabled {
+			p.disabled = append(p.disabled, *r)
 			continue
 		}
 		p.rules = append(p.rules, *r)
@@ -231,6 +296,20 @@ func NewPolicy(cat *Catalog, opts Options) (*Policy, error) {
 			// a commercial host (us4-v20.events.data.microsoft.com under
 			// the commercial *.events.data.microsoft.com), nor the reverse.
 			p.foreign.add(r)
+		}
+	}
+	if p.disabledBy != nil {
+		p.disabledIx, p.withDisabled = newIndex(), newIndex()
+		for i := range p.rules {
+			if r := &p.rules[i]; r.Action == Allow && p.cloudServes(r.Geography) {
+				p.withDisabled.add(r)
+			}
+		}
+		for i := range p.disabled {
+			if r := &p.disabled[i]; p.cloudServes(r.Geography) {
+				p.disabledIx.add(r)
+				p.withDisabled.add(r)
+			}
 		}
 	}
 	return p, nil
@@ -280,6 +359,10 @@ func (p *Policy) BlobScope() BlobScope { return p.blobScope }
 // Services lists the enabled catalog service ids.
 func (p *Policy) Services() []string { return p.services }
 
+// DisabledBy says which setting disabled catalog service id (NotDisabled
+// if none did).
+func (p *Policy) DisabledBy(service string) DisabledBy { return p.disabledBy[service] }
+
 // Rules returns every rule the policy holds, including rows of geographies
 // that are not configured (use InGeography to tell). Callers must not modify it.
 func (p *Policy) Rules() []Rule { return p.rules }
@@ -312,6 +395,21 @@ type Decision struct {
 	// Audited is true when audit mode allowed a target that enforce mode
 	// would refuse; Reason and Rule then say why and by which rule.
 	Audited bool
+	// DisabledBy is the setting that disabled the service of Rule when
+	// Reason is ReasonServiceDisabled (Rule is then the disabled service's
+	// row that would have allowed the target).
+	DisabledBy DisabledBy
+}
+
+// Detail explains the decision beyond its reason, naming what to change,
+// or is "". For ReasonServiceDisabled it names the service and the
+// setting that disabled it. It allocates, so callers build it only when
+// they show it.
+func (d *Decision) Detail() string {
+	if d.Reason != ReasonServiceDisabled || d.Rule == nil {
+		return ""
+	}
+	return fmt.Sprintf("service %q (%s) is disabled by %s", d.Rule.ServiceID, d.Rule.ServiceName, d.DisabledBy)
 }
 
 // Service returns the service id of the decision's rule, or "".
@@ -345,7 +443,7 @@ func refuse(t Target, err error, r *Rule) Decision {
 // Decide matches a normalised target. It does no I/O and, for targets without
 // a path, does not allocate.
 func (p *Policy) Decide(t Target) Decision {
-	d := p.match(t)
+	d := p.match(t, &p.allow)
 	if d.Allowed || d.Err == ErrIPLiteral || d.Err == ErrBadTarget {
 		return d
 	}
@@ -353,6 +451,15 @@ func (p *Policy) Decide(t Target) Decision {
 		slices.Contains(p.unlistedPorts, t.Port) {
 		d.Allowed, d.Unlisted, d.Reason, d.Err = true, true, ReasonUnlisted, nil
 		return d
+	}
+	if p.disabledBy != nil && (d.Rule == nil || d.Rule.Action == Allow) && p.disabledIx.lookup(t.Host) != nil {
+		// Refused, not by a deny rule, and a disabled service's row names
+		// the host: would the target be allowed were it enabled (the most
+		// specific pattern deciding among enabled and disabled rows)?
+		if alt := p.match(t, &p.withDisabled); alt.Allowed {
+			d = refuse(t, ErrServiceDisabled, alt.Rule)
+			d.DisabledBy = p.disabledBy[alt.Rule.ServiceID]
+		}
 	}
 	if p.audit {
 		d.Allowed, d.Audited, d.Err = true, true, nil
@@ -363,18 +470,19 @@ func (p *Policy) Decide(t Target) Decision {
 	return d
 }
 
-// match is Decide in enforce mode.
-func (p *Policy) match(t Target) Decision {
+// match is Decide in enforce mode, with the allow rules of allow (p.allow:
+// the rules in force; p.withDisabled: those and the disabled services' rows).
+func (p *Policy) match(t Target, allow *index) Decision {
 	if denied := p.deny.match(t); denied != nil {
 		return refuse(t, ErrNotListed, denied)
 	}
 	var rules []*Rule
 	if t.IP.IsValid() {
 		// IP literals are allowed only by a rule that names the address.
-		if rules = p.allow.exact[t.Host]; rules == nil {
+		if rules = allow.exact[t.Host]; rules == nil {
 			return refuse(t, ErrIPLiteral, nil)
 		}
-	} else if rules = p.allow.lookup(t.Host); rules == nil {
+	} else if rules = allow.lookup(t.Host); rules == nil {
 		if other := p.foreign.lookup(t.Host); other != nil {
 			return refuse(t, ErrCloud, other[0])
 		}
@@ -450,6 +558,7 @@ type Explanation struct {
 	Allowed        bool     `json:"allowed"`
 	Reason         Reason   `json:"reason"`
 	Error          string   `json:"error,omitempty"`
+	Detail         string   `json:"detail,omitempty"`
 	Rule           *Rule    `json:"rule,omitempty"`
 	Service        string   `json:"service,omitempty"`
 	Geography      string   `json:"geography,omitempty"`
@@ -478,6 +587,10 @@ func (p *Policy) Explain(input string) Explanation {
 	e.TLSExempt, e.Anonymous, e.PathUnchecked = d.TLSExempt, d.Anonymous, d.PathUnchecked
 	if d.Err != nil {
 		e.Error = d.Err.Error()
+	}
+	if e.Detail = d.Detail(); e.Detail != "" {
+		// gateway explain prints Error as the detail line.
+		e.Error += ": " + e.Detail
 	}
 	return e
 }

@@ -308,7 +308,7 @@ func TestParseCatalogErrors(t *testing.T) {
 }
 
 func TestReasonOf(t *testing.T) {
-	for _, err := range []error{ErrNotListed, ErrGeography, ErrPort, ErrIPLiteral, ErrBadTarget} {
+	for _, err := range []error{ErrNotListed, ErrGeography, ErrCloud, ErrPort, ErrIPLiteral, ErrBadTarget, ErrServiceDisabled} {
 		if ReasonOf(errors.Join(errors.New("ctx"), err)) == "" {
 			t.Errorf("ReasonOf(%v) is empty", err)
 		}
