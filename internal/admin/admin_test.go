@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -148,6 +149,78 @@ func TestStatusRoutes(t *testing.T) {
 			resp.Body.Close()
 			if resp.StatusCode != tt.code || (tt.body != "" && string(body) != tt.body) {
 				t.Errorf("GET %s = %d %q, want %d %q", tt.path, resp.StatusCode, body, tt.code, tt.body)
+			}
+		})
+	}
+}
+
+// TestDecideServiceDisabled checks that /decide names a disabled service and
+// the setting that disabled it, in reason, error and detail.
+func TestDecideServiceDisabled(t *testing.T) {
+	cat, err := allowlist.Embedded()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const target = "http://crl.microsoft.com/pki/crl/products/x.crl"
+	tests := []struct {
+		name       string
+		opts       allowlist.Options
+		target     string
+		wantReason allowlist.Reason
+		wantDetail string
+	}{
+		{"by setting", allowlist.Options{DisabledServices: []string{"crl"}}, target, allowlist.ReasonServiceDisabled,
+			`service "crl" (CRL / certificate trust) is disabled by GATEWAY_DISABLED_SERVICES`},
+		{"by rules file", allowlist.Options{RulesDisabledServices: []string{"crl"}}, target, allowlist.ReasonServiceDisabled,
+			`service "crl" (CRL / certificate trust) is disabled by disable_services in the rules file (GATEWAY_RULES_FILE)`},
+		{"unlisted: no detail", allowlist.Options{DisabledServices: []string{"crl"}}, "unlisted.example.com:443",
+			allowlist.ReasonNotListed, ""},
+		{"enabled: allowed", allowlist.Options{}, target, allowlist.ReasonAllowed, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.opts.Geographies = []allowlist.Geography{allowlist.EU}
+			p, err := allowlist.NewPolicy(cat, tt.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := httptest.NewServer(Handler(Options{Policy: func() *allowlist.Policy { return p }}))
+			defer srv.Close()
+			resp, err := http.Get(srv.URL + "/decide?target=" + url.QueryEscape(tt.target))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if got, want := resp.StatusCode, http.StatusOK; got != want {
+				t.Fatalf("status = %d, want %d", got, want)
+			}
+			var raw map[string]any
+			var e allowlist.Explanation
+			b, _ := io.ReadAll(resp.Body)
+			if err := json.Unmarshal(b, &raw); err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(b, &e); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := raw["reason"], string(tt.wantReason); got != want {
+				t.Errorf("reason = %v, want %q", got, want)
+			}
+			if got, want := e.Allowed, tt.wantReason == allowlist.ReasonAllowed; got != want {
+				t.Errorf("allowed = %v, want %v", got, want)
+			}
+			detail, _ := raw["detail"].(string)
+			if got, want := detail, tt.wantDetail; got != want {
+				t.Errorf("detail = %q, want %q", got, want)
+			}
+			if tt.wantDetail == "" {
+				return
+			}
+			if !strings.Contains(e.Error, tt.wantDetail) {
+				t.Errorf("error = %q, want it to carry the detail", e.Error)
+			}
+			if e.Service != "crl" || e.Rule == nil || e.Rule.ServiceID != "crl" || e.Rule.Host != "crl.microsoft.com" {
+				t.Errorf("service %q rule %+v, want the disabled crl row", e.Service, e.Rule)
 			}
 		})
 	}

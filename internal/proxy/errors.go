@@ -149,6 +149,12 @@ func hint(reason, target string, d *allowlist.Decision, p *allowlist.Policy) str
 			ports = d.Rule.PortsString()
 		}
 		return fmt.Sprintf("%s is allowed only on port(s) %s.", target, ports)
+	case string(allowlist.ReasonServiceDisabled):
+		if d == nil || d.Rule == nil {
+			return fmt.Sprintf("%s belongs to a Defender service that this gateway has disabled (GATEWAY_DISABLED_SERVICES, or disable_services in the rules file).", target)
+		}
+		return fmt.Sprintf("%s is refused: %s; rule %s would allow it. Remove %s from %s if endpoints need the service.",
+			target, d.Detail(), d.Rule.ID, d.Rule.ServiceID, disabledWhere(d.DisabledBy))
 	case string(allowlist.ReasonIPLiteral):
 		return "connect by host name: IP-literal destinations are refused unless a rule in GATEWAY_RULES_FILE names the address."
 	case string(allowlist.ReasonBadRequest):
@@ -174,6 +180,18 @@ func hint(reason, target string, d *allowlist.Decision, p *allowlist.Policy) str
 	default:
 		return fmt.Sprintf("%s could not be reached.", target)
 	}
+}
+
+// disabledWhere names the setting(s) a disabled service is to be removed
+// from.
+func disabledWhere(by allowlist.DisabledBy) string {
+	switch by {
+	case allowlist.DisabledByRulesFile:
+		return "disable_services in the rules file (GATEWAY_RULES_FILE)"
+	case allowlist.DisabledByBoth:
+		return "both GATEWAY_DISABLED_SERVICES and disable_services in the rules file (GATEWAY_RULES_FILE)"
+	}
+	return "GATEWAY_DISABLED_SERVICES"
 }
 
 func geoList(p *allowlist.Policy) string {
