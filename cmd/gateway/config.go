@@ -422,15 +422,15 @@ func (c *Config) buildPolicyFrom() (*allowlist.Policy, string, error) {
 		if err != nil {
 			return nil, "", fmt.Errorf("GATEWAY_RULES_FILE: %w", err)
 		}
-		opts.Rules = rs.Rules
-		for _, s := range rs.DisabledServices {
-			if !slices.Contains(opts.DisabledServices, s) {
-				opts.DisabledServices = append(opts.DisabledServices, s)
-			}
-		}
+		// Kept apart from GATEWAY_DISABLED_SERVICES, so that a refusal
+		// names the setting that switched the service off.
+		opts.Rules, opts.RulesDisabledServices = rs.Rules, rs.DisabledServices
 	}
 	p, err := allowlist.NewPolicy(cat, opts)
-	if err != nil {
+	switch {
+	case err != nil && strings.HasPrefix(err.Error(), "disable_services in the rules file"):
+		return nil, "", fmt.Errorf("GATEWAY_RULES_FILE %s: %w", c.RulesFile, err)
+	case err != nil:
 		return nil, "", fmt.Errorf("GATEWAY_DISABLED_SERVICES: %w", err)
 	}
 	return p, origin, nil

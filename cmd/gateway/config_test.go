@@ -144,3 +144,29 @@ func TestDefaultAdminListen(t *testing.T) {
 		t.Errorf("default admin port %d clashes with a common tool's default", n)
 	}
 }
+
+// TestDisabledServiceErrorsNameTheirSetting: an unknown service id is
+// reported against the setting it came from.
+func TestDisabledServiceErrorsNameTheirSetting(t *testing.T) {
+	rules := t.TempDir() + "/rules.yaml"
+	writeFile(t, rules, "disable_services: [no-such-service]\n")
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"setting", map[string]string{"GATEWAY_DISABLED_SERVICES": "no-such-service"}, "GATEWAY_DISABLED_SERVICES: "},
+		{"rules file", map[string]string{"GATEWAY_RULES_FILE": rules}, "GATEWAY_RULES_FILE " + rules + ": "},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, _, err := loadConfig(tt.env)
+			if err == nil {
+				_, _, err = c.buildPolicyFrom()
+			}
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) || !strings.Contains(err.Error(), "no-such-service") {
+				t.Errorf("error = %v, want it to start with %q and name the service", err, tt.want)
+			}
+		})
+	}
+}

@@ -33,11 +33,12 @@ func TestExplainDisabledService(t *testing.T) {
 				`detail: destination belongs to a catalog service that is disabled: service "crl" (CRL / certificate trust) is disabled by GATEWAY_DISABLED_SERVICES`,
 				"service: crl (CRL / certificate trust)", "crl.microsoft.com, ports 80"},
 			[]string{"admin-portal", "reason: port"}},
-		// The rules file's disable_services: the setting it names depends on
-		// the configuration keeping it apart (Options.RulesDisabledServices).
+		// The rules file's disable_services is named as such, not as the
+		// environment setting.
 		{"rules file, text", []string{"GATEWAY_RULES_FILE=" + rules}, []string{"explain", target}, 1,
-			[]string{"refused", "reason: service-disabled", `service "crl" (CRL / certificate trust) is disabled by`},
-			[]string{"admin-portal", "reason: port"}},
+			[]string{"refused", "reason: service-disabled",
+				`service "crl" (CRL / certificate trust) is disabled by disable_services in the rules file (GATEWAY_RULES_FILE)`},
+			[]string{"admin-portal", "reason: port", "by GATEWAY_DISABLED_SERVICES"}},
 		{"other service's row still allows", []string{"GATEWAY_DISABLED_SERVICES=crl"}, []string{"explain", "crl.microsoft.com:443"}, 0,
 			[]string{"allowed", "admin-portal"}, []string{"service-disabled"}},
 	}

@@ -42,10 +42,12 @@ func (g *gateway) statusSnapshot() status.Snapshot {
 		Cloud: p.Cloud().String(), AllGeographies: p.AllGeographies(),
 		Mode: g.cfg.Mode, BlobScope: p.BlobScope().String(), Unlisted: g.cfg.Unlisted,
 		Authentication: g.authn != nil, Inspection: g.cfg.InspectCACert != "",
-		DisabledServices: g.cfg.DisabledServices,
-		CatalogVersion:   p.Version(), CatalogSource: g.cfg.catalogOrigin(), CatalogPublished: p.Published(),
+		CatalogVersion: p.Version(), CatalogSource: g.cfg.catalogOrigin(), CatalogPublished: p.Published(),
 		Listeners:     []status.Listener{{Name: "proxy", Addr: g.ln.Addr().String()}},
 		UpstreamCheck: "off",
+	}
+	for _, id := range p.DisabledServices() {
+		gw.DisabledServices = append(gw.DisabledServices, id+" (by "+p.DisabledBy(id).String()+")")
 	}
 	for _, geo := range p.Geographies() {
 		gw.Geographies = append(gw.Geographies, geo.String())

@@ -2,6 +2,7 @@ package allowlist
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -237,5 +238,20 @@ func BenchmarkDecideDisabled(b *testing.B) {
 				_ = p.Decide(t)
 			}
 		})
+	}
+}
+
+func TestDisabledServicesList(t *testing.T) {
+	p := mustPolicy(t, Options{Geographies: []Geography{EU}, DisabledServices: []string{"mma", "crl"},
+		RulesDisabledServices: []string{"crl", "av-maps"}})
+	got := p.DisabledServices()
+	want := []string{"av-maps", "crl", "mma"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("DisabledServices() = %v, want %v", got, want)
+	}
+	for id, by := range map[string]DisabledBy{"mma": DisabledBySetting, "av-maps": DisabledByRulesFile, "crl": DisabledByBoth} {
+		if got := p.DisabledBy(id); got != by {
+			t.Errorf("DisabledBy(%s) = %v, want %v", id, got, by)
+		}
 	}
 }

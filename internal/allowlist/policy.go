@@ -2,6 +2,7 @@ package allowlist
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -362,6 +363,12 @@ func (p *Policy) Services() []string { return p.services }
 // DisabledBy says which setting disabled catalog service id (NotDisabled
 // if none did).
 func (p *Policy) DisabledBy(service string) DisabledBy { return p.disabledBy[service] }
+
+// DisabledServices lists the service ids switched off, by either setting,
+// in name order.
+func (p *Policy) DisabledServices() []string {
+	return slices.Sorted(maps.Keys(p.disabledBy))
+}
 
 // Rules returns every rule the policy holds, including rows of geographies
 // that are not configured (use InGeography to tell). Callers must not modify it.
