@@ -42,31 +42,33 @@ type Config struct {
 	DialTimeout              time.Duration   `env:"DIAL_TIMEOUT" envDefault:"10s"`
 	ResponseHeaderTimeout    time.Duration   `env:"RESPONSE_HEADER_TIMEOUT" envDefault:"30s"`
 	IdleTimeout              time.Duration   `env:"IDLE_TIMEOUT" envDefault:"15m"`
-	HalfCloseTimeout         time.Duration   `env:"HALF_CLOSE_TIMEOUT" envDefault:"30s"`
-	ClientIdleTimeout        time.Duration   `env:"CLIENT_IDLE_TIMEOUT" envDefault:"2m"`
-	MaxHeaderBytes           int             `env:"MAX_HEADER_BYTES" envDefault:"65536"`
-	MaxConns                 int             `env:"MAX_CONNS" envDefault:"10000"`
-	MaxConnsPerClient        int             `env:"MAX_CONNS_PER_CLIENT" envDefault:"1000"`
-	BlobScope                string          `env:"BLOB_SCOPE" envDefault:"listed"`
-	ClientHelloTimeout       time.Duration   `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
-	TunnelCopy               string          `env:"TUNNEL_COPY" envDefault:"splice"`
-	TCPKeepAlive             time.Duration   `env:"TCP_KEEPALIVE" envDefault:"30s"`
-	InspectCACert            string          `env:"INSPECT_CA_CERT"`
-	InspectCAKey             string          `env:"INSPECT_CA_KEY"`
-	InspectLeafValidity      time.Duration   `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
-	InspectCacheSize         int             `env:"INSPECT_CACHE_SIZE" envDefault:"1024"`
-	UpstreamCAFile           string          `env:"UPSTREAM_CA_FILE"`
-	ClientCIDRs              []string        `env:"CLIENT_CIDRS" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
-	AuthHtpasswd             string          `env:"AUTH_HTPASSWD"`
-	AuthRealm                string          `env:"AUTH_REALM" envDefault:"Defender egress gateway"`
-	AuthReloadInterval       time.Duration   `env:"AUTH_RELOAD_INTERVAL" envDefault:"5s"`
-	AuthFailuresPerMinute    float64         `env:"AUTH_FAILURES_PER_MINUTE" envDefault:"10"`
-	Unlisted                 string          `env:"UNLISTED" envDefault:"deny"`
-	UnlistedPorts            []string        `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
-	Mode                     string          `env:"MODE" envDefault:"enforce"`
-	Anonymous                string          `env:"ANONYMOUS" envDefault:"listed"`
-	PublicAddr               string          `env:"PUBLIC_ADDR"`
-	PACDefault               string          `env:"PAC_DEFAULT" envDefault:"DIRECT"`
+	// WriteTimeout 0 keeps the old behaviour: GATEWAY_IDLE_TIMEOUT.
+	WriteTimeout          time.Duration `env:"WRITE_TIMEOUT" envDefault:"0s"`
+	HalfCloseTimeout      time.Duration `env:"HALF_CLOSE_TIMEOUT" envDefault:"30s"`
+	ClientIdleTimeout     time.Duration `env:"CLIENT_IDLE_TIMEOUT" envDefault:"2m"`
+	MaxHeaderBytes        int           `env:"MAX_HEADER_BYTES" envDefault:"65536"`
+	MaxConns              int           `env:"MAX_CONNS" envDefault:"10000"`
+	MaxConnsPerClient     int           `env:"MAX_CONNS_PER_CLIENT" envDefault:"1000"`
+	BlobScope             string        `env:"BLOB_SCOPE" envDefault:"listed"`
+	ClientHelloTimeout    time.Duration `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
+	TunnelCopy            string        `env:"TUNNEL_COPY" envDefault:"splice"`
+	TCPKeepAlive          time.Duration `env:"TCP_KEEPALIVE" envDefault:"30s"`
+	InspectCACert         string        `env:"INSPECT_CA_CERT"`
+	InspectCAKey          string        `env:"INSPECT_CA_KEY"`
+	InspectLeafValidity   time.Duration `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
+	InspectCacheSize      int           `env:"INSPECT_CACHE_SIZE" envDefault:"1024"`
+	UpstreamCAFile        string        `env:"UPSTREAM_CA_FILE"`
+	ClientCIDRs           []string      `env:"CLIENT_CIDRS" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
+	AuthHtpasswd          string        `env:"AUTH_HTPASSWD"`
+	AuthRealm             string        `env:"AUTH_REALM" envDefault:"Defender egress gateway"`
+	AuthReloadInterval    time.Duration `env:"AUTH_RELOAD_INTERVAL" envDefault:"5s"`
+	AuthFailuresPerMinute float64       `env:"AUTH_FAILURES_PER_MINUTE" envDefault:"10"`
+	Unlisted              string        `env:"UNLISTED" envDefault:"deny"`
+	UnlistedPorts         []string      `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
+	Mode                  string        `env:"MODE" envDefault:"enforce"`
+	Anonymous             string        `env:"ANONYMOUS" envDefault:"listed"`
+	PublicAddr            string        `env:"PUBLIC_ADDR"`
+	PACDefault            string        `env:"PAC_DEFAULT" envDefault:"DIRECT"`
 	// AdminListen's default port sits next to the proxy's 3128 and away from
 	// Prometheus's own 9090 and its exporters' 9100-9999 (fully allocated:
 	// https://github.com/prometheus/prometheus/wiki/Default-port-allocations),
@@ -207,6 +209,9 @@ func (c *Config) validate() error {
 		if d <= 0 {
 			return fmt.Errorf("%s: must be a positive duration, got %s", name, d)
 		}
+	}
+	if c.WriteTimeout < 0 {
+		return fmt.Errorf("GATEWAY_WRITE_TIMEOUT: must not be negative (0: as GATEWAY_IDLE_TIMEOUT), got %s", c.WriteTimeout)
 	}
 	if c.IdleTimeout < 0 {
 		return fmt.Errorf("GATEWAY_IDLE_TIMEOUT: must not be negative (0 disables it), got %s", c.IdleTimeout)

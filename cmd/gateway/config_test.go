@@ -48,6 +48,8 @@ func TestLoadConfig(t *testing.T) {
 		{"zero duration", map[string]string{"GATEWAY_DNS_TIMEOUT": "0s"}, "GATEWAY_DNS_TIMEOUT"},
 		{"negative idle", map[string]string{"GATEWAY_IDLE_TIMEOUT": "-1s"}, "GATEWAY_IDLE_TIMEOUT"},
 		{"idle off", map[string]string{"GATEWAY_IDLE_TIMEOUT": "0"}, ""},
+		{"write timeout", map[string]string{"GATEWAY_WRITE_TIMEOUT": "1m"}, ""},
+		{"negative write timeout", map[string]string{"GATEWAY_WRITE_TIMEOUT": "-1s"}, "GATEWAY_WRITE_TIMEOUT"},
 		{"bad listen", map[string]string{"GATEWAY_LISTEN": "3128"}, "GATEWAY_LISTEN"},
 		{"bad cidr", map[string]string{"GATEWAY_ALLOW_PRIVATE_DESTINATIONS": "10.0.0.0/33"}, "GATEWAY_ALLOW_PRIVATE_DESTINATIONS"},
 		{"cidr host bits", map[string]string{"GATEWAY_ALLOW_PRIVATE_DESTINATIONS": "10.1.2.3/8"}, "GATEWAY_ALLOW_PRIVATE_DESTINATIONS"},

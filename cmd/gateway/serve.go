@@ -184,6 +184,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
 		Tunnel:                tlsbypass.Options{IdleTimeout: cfg.IdleTimeout, HalfCloseTimeout: cfg.HalfCloseTimeout, Splice: splicePipes(cfg.TunnelCopy)},
 		ClientHelloTimeout:    cfg.ClientHelloTimeout,
+		WriteTimeout:          cfg.WriteTimeout,
 		UpstreamTLS:           upstreamTLS,
 		ClientNetworks:        cfg.clientNets,
 		Challenge:             auth.Challenge(cfg.AuthRealm),

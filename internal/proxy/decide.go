@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -102,7 +103,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.takeOver(w, r, st)
 		return
 	}
-	keeper := &hijackKeeper{ResponseWriter: w, connDone: s.opts.ConnDone, writeTimeout: s.opts.Tunnel.IdleTimeout,
+	keeper := &hijackKeeper{ResponseWriter: w, connDone: s.opts.ConnDone, writeTimeout: cmp.Or(s.opts.WriteTimeout, s.opts.Tunnel.IdleTimeout),
 		closeAfter: mustClose(r)}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &bodyReader{ReadCloser: r.Body}

@@ -203,33 +203,48 @@ func TestFaultsClients(t *testing.T) {
 		<-closed
 		fdsBack(t, base)
 	})
-	t.Run("client never reads the response", func(t *testing.T) {
-		w := newWorld(t, worldOptions{geos: eu, tunnel: tlsbypass.Options{IdleTimeout: 300 * time.Millisecond}})
-		bodyDone := make(chan error, 1)
-		w.upstreamOnce(t, 80, func(c net.Conn) {
-			defer c.Close()
-			bufio.NewReader(c).ReadString('\n')
-			fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", 64<<20)
-			chunk := make([]byte, 64<<10)
-			for {
-				if _, err := c.Write(chunk); err != nil {
-					bodyDone <- err
-					return
-				}
-			}
-		})
-		c, err := net.Dial("tcp", w.proxyURL.Host)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, tc := range []struct {
+		name string
+		o    worldOptions
+	}{
+		{"client never reads the response", worldOptions{geos: eu, tunnel: tlsbypass.Options{IdleTimeout: 300 * time.Millisecond}}},
+		// GATEWAY_WRITE_TIMEOUT bounds the slow reader while tunnels may
+		// idle far longer.
+		{"client never reads, write timeout of its own", worldOptions{geos: eu,
+			tunnel: tlsbypass.Options{IdleTimeout: time.Hour}, writeTimeout: 300 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { neverReads(t, tc.o) })
+	}
+}
+
+// neverReads requests a large body and never reads it: the gateway must
+// give up writing and release the upstream.
+func neverReads(t *testing.T, o worldOptions) {
+	w := newWorld(t, o)
+	bodyDone := make(chan error, 1)
+	w.upstreamOnce(t, 80, func(c net.Conn) {
 		defer c.Close()
-		c.(*net.TCPConn).SetReadBuffer(4096)
-		fmt.Fprintf(c, "GET http://crl.microsoft.com/pki/crl/products/big.crl HTTP/1.1\r\nHost: crl.microsoft.com\r\n\r\n")
-		// Never read: the gateway must give up and release the upstream.
-		select {
-		case <-bodyDone:
-		case <-time.After(5 * time.Second):
-			t.Fatal("the gateway kept the upstream busy for a client that never reads")
+		bufio.NewReader(c).ReadString('\n')
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", 64<<20)
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				bodyDone <- err
+				return
+			}
 		}
 	})
+	c, err := net.Dial("tcp", w.proxyURL.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	fmt.Fprintf(c, "GET http://crl.microsoft.com/pki/crl/products/big.crl HTTP/1.1\r\nHost: crl.microsoft.com\r\n\r\n")
+	// Never read: the gateway must give up and release the upstream.
+	select {
+	case <-bodyDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the gateway kept the upstream busy for a client that never reads")
+	}
 }

@@ -82,6 +82,11 @@ type Options struct {
 	Tunnel tlsbypass.Options
 	// ClientHelloTimeout bounds the wait for a raw tunnel's ClientHello.
 	ClientHelloTimeout time.Duration
+	// WriteTimeout bounds each write of a forwarded response to the
+	// client, so a client that stops reading (slow read) cannot hold an
+	// upstream for ever; if zero, Tunnel.IdleTimeout is used (what a
+	// tunnel may sit idle is also how long a write may wait).
+	WriteTimeout time.Duration
 	// ClientNetworks lists who may use the gateway; others get 403
 	// client-not-allowed before anything else happens. Empty means anyone.
 	ClientNetworks []netip.Prefix

@@ -51,6 +51,8 @@ type worldOptions struct {
 	geos   []allowlist.Geography
 	rules  string
 	tunnel tlsbypass.Options
+	// writeTimeout is Options.WriteTimeout.
+	writeTimeout time.Duration
 	// responseHeaderTimeout for plain HTTP; default 5s.
 	responseHeaderTimeout time.Duration
 	// inspect configures an inspection CA (world.inspectCA).
@@ -278,6 +280,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		DialTimeout:           3 * time.Second,
 		ResponseHeaderTimeout: o.responseHeaderTimeout,
 		Tunnel:                o.tunnel,
+		WriteTimeout:          o.writeTimeout,
 	})
 	if err != nil {
 		t.Fatal(err)
