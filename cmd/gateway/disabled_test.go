@@ -49,16 +49,7 @@ func TestExplainDisabledService(t *testing.T) {
 				t.Fatalf("exit %d, want %d; stdout %q stderr %q", code, tt.wantCode, out, errOut)
 			}
 			out = strings.Join(strings.Fields(out), " ") // tabwriter padding aside
-			for _, w := range tt.want {
-				if !strings.Contains(out, w) {
-					t.Errorf("output lacks %q:\n%s", w, out)
-				}
-			}
-			for _, w := range tt.notWant {
-				if strings.Contains(out, w) {
-					t.Errorf("output has %q:\n%s", w, out)
-				}
-			}
+			checkContains(t, "output", out, tt.want, tt.notWant)
 		})
 	}
 	t.Run("json", func(t *testing.T) {

@@ -580,16 +580,7 @@ func TestFlagErrors(t *testing.T) {
 			if code != 2 {
 				t.Errorf("exit %d, want 2\nstdout: %.300s\nstderr: %s", code, out, errOut)
 			}
-			for _, w := range tt.want {
-				if !strings.Contains(errOut, w) {
-					t.Errorf("stderr lacks %q:\n%s", w, errOut)
-				}
-			}
-			for _, n := range tt.not {
-				if strings.Contains(errOut, n) {
-					t.Errorf("stderr contains %q:\n%s", n, errOut)
-				}
-			}
+			checkContains(t, "stderr", errOut, tt.want, tt.not)
 		})
 	}
 }
@@ -605,6 +596,22 @@ func waitFileContains(t *testing.T, path, want string) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%s lacks %q: %q", path, want, b)
+		}
+	}
+}
+
+// checkContains reports each of want that s lacks and each of notWant it
+// holds; what names s in the messages.
+func checkContains(t *testing.T, what, s string, want, notWant []string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(s, w) {
+			t.Errorf("%s lacks %q:\n%s", what, w, s)
+		}
+	}
+	for _, n := range notWant {
+		if strings.Contains(s, n) {
+			t.Errorf("%s has %q:\n%s", what, n, s)
 		}
 	}
 }

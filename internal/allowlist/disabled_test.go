@@ -225,20 +225,8 @@ func TestPolicyDisabledServices(t *testing.T) {
 // path must cost what it costs without disabled services, and only the
 // refusal path consults the disabled rows.
 func BenchmarkDecideDisabled(b *testing.B) {
-	p := mustPolicy(b, Options{Geographies: []Geography{EU}, DisabledServices: []string{"crl"}})
-	for _, target := range []string{"winatp-gw-weu.microsoft.com:443", "crl.microsoft.com:443",
-		"unlisted.example.com:443", "crl.microsoft.com:80"} {
-		b.Run(target, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				t, err := ParseAuthority(target)
-				if err != nil {
-					b.Fatal(err)
-				}
-				_ = p.Decide(t)
-			}
-		})
-	}
+	benchDecide(b, Options{Geographies: []Geography{EU}, DisabledServices: []string{"crl"}},
+		"winatp-gw-weu.microsoft.com:443", "crl.microsoft.com:443", "unlisted.example.com:443", "crl.microsoft.com:80")
 }
 
 func TestDisabledServicesList(t *testing.T) {

@@ -316,8 +316,15 @@ func TestReasonOf(t *testing.T) {
 }
 
 func BenchmarkDecide(b *testing.B) {
-	p := mustPolicy(b, Options{Geographies: []Geography{EU}})
-	for _, target := range []string{"winatp-gw-weu.microsoft.com:443", "a.b.eu.wdcp.microsoft.com:443", "unlisted.example.com:443"} {
+	benchDecide(b, Options{Geographies: []Geography{EU}},
+		"winatp-gw-weu.microsoft.com:443", "a.b.eu.wdcp.microsoft.com:443", "unlisted.example.com:443")
+}
+
+// benchDecide decides each target (parsing it first, as the proxy does)
+// under a policy built with opts.
+func benchDecide(b *testing.B, opts Options, targets ...string) {
+	p := mustPolicy(b, opts)
+	for _, target := range targets {
 		b.Run(target, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
