@@ -12,36 +12,36 @@ import (
 	"github.com/defendergw/gateway/internal/msimport"
 )
 
-const importUsage = `usage: gateway catalog import FILE... [flags]
-  Reads Microsoft's published Defender URL lists (mde-urls-commercial.xlsx, mde-urls-gov.xlsx, or the articles'
-  markdown: standard-/streamlined-device-connectivity-urls-commercial.md, ...-gov.md,
-  configure-network-connections-microsoft-defender-antivirus.md) and writes a catalog for GATEWAY_CATALOG_FILE:
-  the catalog in force with the rows of the imported lists replaced by what the files say now.
-  Exit status: 0 done (with --check: nothing would change), 1 (--check) something would change, 2 error.
-`
+var importHelp = cmdHelp{
+	synopsis: "gateway catalog import FILE... [flags]",
+	about: `Reads Microsoft's published Defender URL lists (mde-urls-commercial.xlsx, mde-urls-gov.xlsx, or the articles'
+markdown: standard-/streamlined-device-connectivity-urls-commercial.md, ...-gov.md,
+configure-network-connections-microsoft-defender-antivirus.md) and writes a catalog for GATEWAY_CATALOG_FILE:
+the catalog in force with the rows of the imported lists replaced by what the files say now.
+Exit status: 0 done (with --check: nothing would change), 1 (--check) something would change, 2 error.`,
+}
 
 // catalogImport is "gateway catalog import".
 func catalogImport(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("catalog import", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, importUsage); fs.PrintDefaults() }
-	out := fs.String("out", "", "write the catalog to this file (default: standard output, unless --diff or --check)")
+	out := fs.String("out", "", "write the catalog to this `FILE`, atomically (default: standard output, unless --diff or --check)")
 	diff := fs.Bool("diff", false, "print what would change against the catalog in force, grouped by service")
 	check := fs.Bool("check", false, "like --diff, and exit 1 when anything would change (for a scheduled job)")
-	base := fs.String("base", "", "catalog to update and compare with: a catalog file, or \"embedded\" (default: GATEWAY_CATALOG_FILE, else the embedded catalog)")
-	version := fs.String("version", "", "version of the new catalog (default: today's date, YYYY.MM.DD)")
-	published := fs.String("published", "", "publication date of the new catalog, YYYY-MM-DD (default: today)")
-	files, err := parseInterleaved(fs, args)
-	if err != nil {
-		return 2
+	base := fs.String("base", "", "`FILE` to update and compare with: a catalog file, or \"embedded\" (default: GATEWAY_CATALOG_FILE, else the embedded catalog)")
+	version := fs.String("version", "", "version `V` of the new catalog (default: today's date, YYYY.MM.DD)")
+	published := fs.String("published", "", "publication `DATE` of the new catalog, YYYY-MM-DD (default: today)")
+	files, exit, ok := parseArgs(fs, args, importHelp, stdout, stderr)
+	if !ok {
+		return exit
 	}
 	if len(files) == 0 {
-		fs.Usage()
+		usageError(stderr, fs, importHelp, "no FILE to import")
 		return 2
 	}
 	now := time.Now().UTC()
 	pub := now.Truncate(24 * time.Hour)
 	if *published != "" {
+		var err error
 		if pub, err = time.Parse(time.DateOnly, *published); err != nil {
 			fmt.Fprintf(stderr, "gateway catalog import: --published: want YYYY-MM-DD, got %q\n", *published)
 			return 2

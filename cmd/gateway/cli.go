@@ -347,26 +347,8 @@ var catalogHelp = cmdHelp{
 flags): the rules of the configured cloud and geographies, or with --all every row.`,
 }
 
-// catalogImportHelp is "gateway catalog import --help"; catalog_import.go
-// parses the flags (TestCatalogImportHelpFlags keeps the two in step).
-const catalogImportHelp = `
-flags:
-  --out FILE            write the catalog there (atomically) instead of standard output
-  --diff                print what would change against the catalog in force, grouped by service
-  --check               like --diff, and exit 1 when anything would change (for a scheduled job)
-  --base FILE           the catalog to update and compare with: a catalog file, or "embedded"
-                        (default: GATEWAY_CATALOG_FILE, else the embedded catalog)
-  --version V           version of the new catalog (default: today's date, YYYY.MM.DD)
-  --published DATE      publication date of the new catalog, YYYY-MM-DD (default: today)
-  -h, --help            print this help
-`
-
 func catalog(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "import" {
-		if wantsHelp(args[1:]) {
-			fmt.Fprint(stdout, importUsage+catalogImportHelp)
-			return 0
-		}
 		return catalogImport(args[1:], stdout, stderr)
 	}
 	var f cliFlags

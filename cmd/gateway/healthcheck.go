@@ -9,16 +9,27 @@ import (
 	"time"
 )
 
+var healthcheckHelp = cmdHelp{
+	synopsis: "gateway healthcheck [flags]",
+	about: `Ask the local gateway's admin listener whether it is alive (/healthz) or, with --ready, ready
+(/readyz): exit 0 when it answers 200, 1 when not, 2 on error. It is the container image's
+HEALTHCHECK (the image has no shell and no curl).`,
+}
+
 // healthcheck asks the local admin listener whether the gateway is alive
 // (or, with --ready, ready). It is the container image's HEALTHCHECK: the
 // image has no shell and no curl.
 func healthcheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	url := fs.String("url", "", "URL to check (default: /healthz on GATEWAY_ADMIN_LISTEN)")
+	url := fs.String("url", "", "`URL` to check (default: /healthz on GATEWAY_ADMIN_LISTEN)")
 	ready := fs.Bool("ready", false, "check /readyz instead of /healthz")
-	timeout := fs.Duration("timeout", 2*time.Second, "give up after this long")
-	if _, err := parseInterleaved(fs, args); err != nil {
+	timeout := fs.Duration("timeout", 2*time.Second, "give up after `D`")
+	pos, exit, ok := parseArgs(fs, args, healthcheckHelp, stdout, stderr)
+	if !ok {
+		return exit
+	}
+	if len(pos) > 0 {
+		usageError(stderr, fs, healthcheckHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
 		return 2
 	}
 	if *url == "" {

@@ -86,21 +86,6 @@ no flags or arguments: it is configured from GATEWAY_* environment variables (GA
 GATEWAY_CLOUD, GATEWAY_GEOGRAPHIES, GATEWAY_ADMIN_LISTEN, ...; see README.md).
 `
 
-// healthcheckHelp is "gateway healthcheck --help"; healthcheck.go parses
-// the flags (TestHelpListsEveryFlag keeps the two in step).
-const healthcheckHelp = `usage: gateway healthcheck [flags]
-
-Ask the local gateway's admin listener whether it is alive (/healthz) or, with --ready, ready
-(/readyz): exit 0 when it answers 200, 1 when not, 2 on error. It is the container image's
-HEALTHCHECK (the image has no shell and no curl).
-
-flags:
-  --ready        check /readyz instead of /healthz
-  --timeout D    give up after D (default 2s)
-  --url URL      URL to check (default: /healthz on GATEWAY_ADMIN_LISTEN)
-  -h, --help     print this help
-`
-
 const versionHelp = `usage: gateway version
 
 Print the gateway's version, the catalog in force (GATEWAY_CATALOG_FILE, else the embedded one) and
@@ -139,11 +124,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "lab":
 		return labCmd(args, stdout, stderr)
 	case "healthcheck":
-		// healthcheck.go parses its flags; its help is answered here.
-		if wantsHelp(args) {
-			fmt.Fprint(stdout, healthcheckHelp)
-			return 0
-		}
 		return healthcheck(args, stdout, stderr)
 	case "pac":
 		return pacCmd(args, stdout, stderr)

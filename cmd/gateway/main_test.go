@@ -504,11 +504,11 @@ func TestSubcommandHelp(t *testing.T) {
 	})
 }
 
-// TestHelpListsEveryFlag keeps the hand-written help of healthcheck and
-// catalog import, whose flags are parsed in files of their own, in step
-// with those flags: the flag package lists them after an unknown flag.
+// TestHelpListsEveryFlag: healthcheck and catalog import, whose flags are
+// parsed in files of their own, describe in --help every flag the usage
+// after an unknown flag lists.
 func TestHelpListsEveryFlag(t *testing.T) {
-	flagLine := regexp.MustCompile(`(?m)^  -([a-z-]+)`)
+	flagLine := regexp.MustCompile(`(?m)^  --([a-z-]+)`)
 	for _, args := range [][]string{{"healthcheck"}, {"catalog", "import"}} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			_, defaults, _ := runCLI(t, nil, append(append([]string{}, args...), "--no-such-flag")...)
