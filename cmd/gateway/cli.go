@@ -70,6 +70,17 @@ func parseArgs(fs *flag.FlagSet, args []string, h cmdHelp, stdout, stderr io.Wri
 	return pos, 0, true
 }
 
+// parseNoArgs is parseArgs for a subcommand that takes flags only: a
+// positional argument is a usage error (exit 2).
+func parseNoArgs(fs *flag.FlagSet, args []string, h cmdHelp, stdout, stderr io.Writer) (exit int, ok bool) {
+	pos, exit, ok := parseArgs(fs, args, h, stdout, stderr)
+	if ok && len(pos) > 0 {
+		usageError(stderr, fs, h, fmt.Sprintf("unexpected argument %q", pos[0]))
+		return 2, false
+	}
+	return exit, ok
+}
+
 // usageError prints "gateway CMD: msg" and the usage on stderr.
 func usageError(stderr io.Writer, fs *flag.FlagSet, h cmdHelp, msg string) {
 	fmt.Fprintf(stderr, "gateway %s: %s\n\n", fs.Name(), msg)
@@ -354,13 +365,8 @@ func catalog(args []string, stdout, stderr io.Writer) int {
 	var f cliFlags
 	fs := newFlagSet("catalog", &f, "table", "table, json or csv")
 	fs.BoolVar(&f.all, "all", false, "include rows of geographies that are not configured")
-	pos, exit, ok := parseArgs(fs, args, catalogHelp, stdout, stderr)
-	if !ok {
+	if exit, ok := parseNoArgs(fs, args, catalogHelp, stdout, stderr); !ok {
 		return exit
-	}
-	if len(pos) != 0 {
-		usageError(stderr, fs, catalogHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
-		return 2
 	}
 	if f.format != "table" && f.format != "json" && f.format != "csv" {
 		fmt.Fprintf(stderr, "gateway catalog: --format: want table, json or csv, got %q\n", f.format)

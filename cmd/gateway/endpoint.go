@@ -77,13 +77,8 @@ func pacCmd(args []string, stdout, stderr io.Writer) int {
 	fs := newPolicyFlagSet("pac", &f)
 	proxyAddr := fs.String("proxy", "", "advertised gateway `HOST:PORT` (default: GATEWAY_PUBLIC_ADDR, else GATEWAY_LISTEN)")
 	dflt := fs.String("default", "", "DIRECT or PROXY for hosts not on the allowlist (default: GATEWAY_PAC_DEFAULT)")
-	pos, exit, ok := parseArgs(fs, args, pacHelp, stdout, stderr)
-	if !ok {
+	if exit, ok := parseNoArgs(fs, args, pacHelp, stdout, stderr); !ok {
 		return exit
-	}
-	if len(pos) != 0 {
-		usageError(stderr, fs, pacHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
-		return 2
 	}
 	cfg, p, err := cliConfigPolicy(&f)
 	if err != nil {
@@ -144,14 +139,10 @@ func clientConfigCmd(args []string, stdout, stderr io.Writer) int {
 	bypass := fs.String("bypass", "", "optional bypass `LIST` (ProxyBypass and the netsh bypass-list), e.g. '<local>;*.contoso.local'")
 	offline := fs.Bool("offline", false, "fully offline devices: also set PreferStaticProxyForHttpRequest")
 	undo := fs.Bool("undo", false, "print the script that removes the settings")
-	pos, exit, ok := parseArgs(fs, args, clientConfigHelp, stdout, stderr)
-	if !ok {
+	if exit, ok := parseNoArgs(fs, args, clientConfigHelp, stdout, stderr); !ok {
 		return exit
 	}
 	switch {
-	case len(pos) != 0:
-		usageError(stderr, fs, clientConfigHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
-		return 2
 	case *proxyAddr == "":
 		usageError(stderr, fs, clientConfigHelp, "--proxy is required")
 		return 2
@@ -187,13 +178,8 @@ func probeCmd(args []string, stdout, stderr io.Writer) int {
 	user := fs.String("proxy-user", "", "`USER:PASSWORD` for the gateway")
 	timeout := fs.Duration("timeout", 15*time.Second, "per-URL timeout, a `DURATION` such as 5s")
 	conc := fs.Int("concurrency", 8, "`N` URLs probed at once")
-	pos, exit, ok := parseArgs(fs, args, probeHelp, stdout, stderr)
-	if !ok {
+	if exit, ok := parseNoArgs(fs, args, probeHelp, stdout, stderr); !ok {
 		return exit
-	}
-	if len(pos) != 0 {
-		usageError(stderr, fs, probeHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
-		return 2
 	}
 	if f.format != "text" && f.format != "json" {
 		fmt.Fprintf(stderr, "gateway probe: --format: want text or json, got %q\n", f.format)

@@ -24,13 +24,8 @@ func healthcheck(args []string, stdout, stderr io.Writer) int {
 	url := fs.String("url", "", "`URL` to check (default: /healthz on GATEWAY_ADMIN_LISTEN)")
 	ready := fs.Bool("ready", false, "check /readyz instead of /healthz")
 	timeout := fs.Duration("timeout", 2*time.Second, "give up after `D`")
-	pos, exit, ok := parseArgs(fs, args, healthcheckHelp, stdout, stderr)
-	if !ok {
+	if exit, ok := parseNoArgs(fs, args, healthcheckHelp, stdout, stderr); !ok {
 		return exit
-	}
-	if len(pos) > 0 {
-		usageError(stderr, fs, healthcheckHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
-		return 2
 	}
 	if *url == "" {
 		addr := environMap()["GATEWAY_ADMIN_LISTEN"]

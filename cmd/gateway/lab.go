@@ -37,13 +37,8 @@ func labCmd(args []string, stdout, stderr io.Writer) int {
 	listen := fs.String("listen", "127.0.0.1:3128", "gateway listener `HOST:PORT`")
 	addr := fs.String("addr", "127.0.0.1", "`IP` address of the simulated endpoints and DNS server")
 	dir := fs.String("dir", "", "`DIR` to write the lab CA to, kept when the lab stops (default: a new temporary directory, removed)")
-	pos, exit, ok := parseArgs(fs, args, labHelp, stdout, stderr)
-	if !ok {
+	if exit, ok := parseNoArgs(fs, args, labHelp, stdout, stderr); !ok {
 		return exit
-	}
-	if len(pos) != 0 {
-		usageError(stderr, fs, labHelp, fmt.Sprintf("unexpected argument %q", pos[0]))
-		return 2
 	}
 	// Checked here, so that the error names the flag rather than the
 	// variables they become.
