@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/endpoint"
+	"github.com/defendergw/gateway/internal/proxy"
 	"github.com/defendergw/gateway/internal/status"
 	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/upcheck"
@@ -13,7 +14,7 @@ import (
 
 // eventSinks hands each connection event to every sink (the access log and
 // the status board).
-type eventSinks []interface{ Log(telemetry.Event) }
+type eventSinks []proxy.EventSink
 
 func (s eventSinks) Log(e telemetry.Event) {
 	if e.Timestamp.IsZero() {

@@ -89,16 +89,13 @@ type Problem struct {
 	Status int       `json:"status"`
 }
 
-// Refusal is one refused or failed connection, as the ring keeps it.
+// Refusal is one refused or failed connection, as the ring keeps it: the
+// problem, and who and which rule it concerned.
 type Refusal struct {
-	Time    time.Time `json:"time"`
-	Client  string    `json:"client"`
-	Target  string    `json:"target"`
-	Reason  string    `json:"reason"`
-	Rule    string    `json:"rule,omitempty"`
-	Service string    `json:"service,omitempty"`
-	Status  int       `json:"status"`
-	Kind    string    `json:"kind"` // "refused" or "failed"
+	Problem
+	Client  string `json:"client"`
+	Rule    string `json:"rule,omitempty"`
+	Service string `json:"service,omitempty"`
 }
 
 // Log records one connection event: it satisfies proxy.EventSink.
@@ -137,10 +134,9 @@ func (b *Board) Log(e telemetry.Event) {
 	if status == 0 {
 		status = e.Status
 	}
-	reason := clip(e.Fields.Reason)
-	s.lastProblem = Problem{Time: t, Kind: kind, Reason: reason, Target: target, Status: status}
-	b.ring[b.ringNext] = Refusal{Time: t, Client: clip(e.LocalIP), Target: target, Reason: reason,
-		Rule: clip(e.Fields.Rule), Service: clip(e.Fields.Service), Status: status, Kind: kind}
+	s.lastProblem = Problem{Time: t, Kind: kind, Reason: clip(e.Fields.Reason), Target: target, Status: status}
+	b.ring[b.ringNext] = Refusal{Problem: s.lastProblem, Client: clip(e.LocalIP),
+		Rule: clip(e.Fields.Rule), Service: clip(e.Fields.Service)}
 	b.ringNext = (b.ringNext + 1) % RefusalRing
 	b.ringLen = min(b.ringLen+1, RefusalRing)
 }
@@ -164,7 +160,7 @@ func (b *Board) service(id string) *serviceStats {
 		}
 	}
 	s := &serviceStats{}
-	b.services[strings.Clone(clip(id))] = s
+	b.services[clip(id)] = s
 	return s
 }
 
