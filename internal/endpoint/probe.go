@@ -12,13 +12,14 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/term"
 
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/resolver"
@@ -290,24 +291,9 @@ func TerminalProgress(w io.Writer) func(done, total int) {
 	return func(done, total int) { fmt.Fprintf(w, "\rprobing %d/%d", done, total) }
 }
 
-// isTerminal reports whether f is a terminal: a character device (the
-// standard library tells on every platform, Windows consoles included,
-// which spares a dependency on golang.org/x/term), but not the null
-// device, a character device nobody reads. Windows is not asked about NUL:
-// its file IDs tell NUL and a console apart no better than they tell two
-// consoles apart, and progress written to NUL is lost harmlessly.
-func isTerminal(f *os.File) bool {
-	fi, err := f.Stat()
-	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
-		return false
-	}
-	if runtime.GOOS != "windows" {
-		if null, err := os.Stat(os.DevNull); err == nil && os.SameFile(fi, null) {
-			return false
-		}
-	}
-	return true
-}
+// isTerminal reports whether f is a terminal (not a file, a pipe or the
+// null device).
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
 
 // ProbeResult is the outcome of one target.
 type ProbeResult struct {
