@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 // TestExplainDisabledService runs gateway explain against a disabled
@@ -61,7 +62,7 @@ func TestExplainDisabledService(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &e); err != nil {
 			t.Fatalf("%v in %s", err, out)
 		}
-		if got, want := e.Reason, allowlist.ReasonServiceDisabled; got != want {
+		if got, want := e.Reason, reason.ServiceDisabled; got != want {
 			t.Errorf("reason = %q, want %q", got, want)
 		}
 		if got, want := e.Detail, `service "crl" (CRL / certificate trust) is disabled by GATEWAY_DISABLED_SERVICES`; got != want {

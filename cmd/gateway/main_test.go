@@ -311,6 +311,7 @@ func TestServeBinary(t *testing.T) {
 		"GATEWAY_DNS_SERVERS="+dns.Addr,
 		"GATEWAY_RULES_FILE="+rules,
 		"GATEWAY_ALLOW_PRIVATE_DESTINATIONS=127.0.0.1/32",
+		"GATEWAY_LOG_LEVEL=debug", // per-request outcome lines go to the operational log only at debug
 		"HTTPS_PROXY="+canaryURL, "HTTP_PROXY="+canaryURL, "https_proxy="+canaryURL, "http_proxy="+canaryURL,
 		"ALL_PROXY="+canaryURL,
 	)
@@ -337,7 +338,7 @@ func TestServeBinary(t *testing.T) {
 	}
 	client.CloseIdleConnections()
 	log := g.log()
-	for _, want := range []string{`"msg":"decision"`, `"reason":"geography"`, `"catalog_version"`} {
+	for _, want := range []string{`"msg":"outcome","action":"ConnectionBlocked"`, `"reason":"geography"`, `"catalog_version"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %s:\n%s", want, log)
 		}

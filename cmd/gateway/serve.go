@@ -27,6 +27,7 @@ import (
 	"github.com/defendergw/gateway/internal/filestamp"
 	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/proxy"
+	"github.com/defendergw/gateway/internal/reason"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/status"
 	"github.com/defendergw/gateway/internal/telemetry"
@@ -174,7 +175,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		Dialer: &resolver.Dialer{
 			Resolver:        g.res,
 			Policy:          &resolver.Policy{AllowPrivate: cfg.allowPrivate, Self: self},
-			Timeout:         cfg.DialTimeout,
+			Timeout:         cfg.DialTimeout + cfg.DNSTimeout, // for dials without a request's deadline
 			Observe:         func(d time.Duration, err error) { g.metrics.Dial(d, dialKind(err)) },
 			KeepAlive:       kaPeriod,
 			KeepAliveConfig: kaConfig,
@@ -218,7 +219,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 	ps := &pacServer{public: cfg.PublicAddr, dflt: cfg.PACDefault, listen: g.ln.Addr()}
 	opts.PAC = ps.pac
 	g.limit = &proxy.ConnLimiter{Max: cfg.MaxConns, PerClient: cfg.MaxConnsPerClient,
-		OnRefuse: func(reason string) { g.metrics.Decision("tcp", "deny", reason, "", "") },
+		OnRefuse: func(rc reason.Code) { g.metrics.Decision("tcp", "deny", rc.Label(), "", "") },
 		OnAcceptError: func(err error, failures int) {
 			logger.Error("accepting connections fails: out of file descriptors; serving the connections held and retrying (raise the descriptor limit, e.g. LimitNOFILE, or lower GATEWAY_MAX_CONNS)",
 				"error", err.Error(), "failed_accepts", failures)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 // euPolicy is the embedded catalog for an EU gateway.
@@ -169,13 +170,13 @@ func TestDecideServiceDisabled(t *testing.T) {
 		wantReason allowlist.Reason
 		wantDetail string
 	}{
-		{"by setting", allowlist.Options{DisabledServices: []string{"crl"}}, target, allowlist.ReasonServiceDisabled,
+		{"by setting", allowlist.Options{DisabledServices: []string{"crl"}}, target, reason.ServiceDisabled,
 			`service "crl" (CRL / certificate trust) is disabled by GATEWAY_DISABLED_SERVICES`},
-		{"by rules file", allowlist.Options{RulesDisabledServices: []string{"crl"}}, target, allowlist.ReasonServiceDisabled,
+		{"by rules file", allowlist.Options{RulesDisabledServices: []string{"crl"}}, target, reason.ServiceDisabled,
 			`service "crl" (CRL / certificate trust) is disabled by disable_services in the rules file (GATEWAY_RULES_FILE)`},
 		{"unlisted: no detail", allowlist.Options{DisabledServices: []string{"crl"}}, "unlisted.example.com:443",
-			allowlist.ReasonNotListed, ""},
-		{"enabled: allowed", allowlist.Options{}, target, allowlist.ReasonAllowed, ""},
+			reason.NotListed, ""},
+		{"enabled: allowed", allowlist.Options{}, target, reason.Allowed, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -203,10 +204,10 @@ func TestDecideServiceDisabled(t *testing.T) {
 			if err := json.Unmarshal(b, &e); err != nil {
 				t.Fatal(err)
 			}
-			if got, want := raw["reason"], string(tt.wantReason); got != want {
+			if got, want := raw["reason"], tt.wantReason.String(); got != want {
 				t.Errorf("reason = %v, want %q", got, want)
 			}
-			if got, want := e.Allowed, tt.wantReason == allowlist.ReasonAllowed; got != want {
+			if got, want := e.Allowed, tt.wantReason == reason.Allowed; got != want {
 				t.Errorf("allowed = %v, want %v", got, want)
 			}
 			detail, _ := raw["detail"].(string)

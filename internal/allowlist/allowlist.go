@@ -30,6 +30,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 // Sentinel errors, one per refusal reason. Decisions carry them unwrapped (so a
@@ -48,49 +50,31 @@ var (
 )
 
 // Reason is the machine-readable code of a decision, sent to clients in the
-// X-Gateway-Reason header of refusals.
-type Reason string
+// X-Gateway-Reason header of refusals: the gateway's one reason vocabulary.
+type Reason = reason.Code
 
-// Reason codes produced by this package.
-const (
-	ReasonAllowed    Reason = "allowed"
-	ReasonNotListed  Reason = "not-listed"
-	ReasonGeography  Reason = "geography"
-	ReasonCloud      Reason = "cloud"
-	ReasonPort       Reason = "port"
-	ReasonIPLiteral  Reason = "ip-literal"
-	ReasonBadRequest Reason = "bad-request"
-	// ReasonServiceDisabled refuses a destination of a catalog service
-	// switched off by GATEWAY_DISABLED_SERVICES or the rules file's
-	// disable_services.
-	ReasonServiceDisabled Reason = "service-disabled"
-	// ReasonUnlisted marks an unlisted destination allowed to an
-	// authenticated user.
-	ReasonUnlisted Reason = "unlisted"
-)
-
-// ReasonOf maps an error from this package to its reason code, or "" if err
-// is not one of this package's sentinels.
+// ReasonOf maps an error from this package to its reason, reason.Allowed for
+// nil, or reason.None if err is not one of this package's sentinels.
 func ReasonOf(err error) Reason {
 	switch {
 	case err == nil:
-		return ReasonAllowed
+		return reason.Allowed
 	case errors.Is(err, ErrNotListed):
-		return ReasonNotListed
+		return reason.NotListed
 	case errors.Is(err, ErrGeography):
-		return ReasonGeography
+		return reason.Geography
 	case errors.Is(err, ErrCloud):
-		return ReasonCloud
+		return reason.Cloud
 	case errors.Is(err, ErrPort):
-		return ReasonPort
+		return reason.Port
 	case errors.Is(err, ErrIPLiteral):
-		return ReasonIPLiteral
+		return reason.IPLiteral
 	case errors.Is(err, ErrBadTarget):
-		return ReasonBadRequest
+		return reason.BadRequest
 	case errors.Is(err, ErrServiceDisabled):
-		return ReasonServiceDisabled
+		return reason.ServiceDisabled
 	}
-	return ""
+	return reason.None
 }
 
 // Geography is the value of the Geography column of Microsoft's URL tables:

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 // TestDecideDisabledService checks that a target only a disabled service's
@@ -38,42 +40,42 @@ rules:
 		wantDetail string // substring of Detail(); "" wants Detail() == ""
 	}{
 		{"the issue: crl by setting, not port from the portal row", bySetting,
-			"http://crl.microsoft.com/pki/crl/products/x.crl", ReasonServiceDisabled, "crl.microsoft.com", "crl",
+			"http://crl.microsoft.com/pki/crl/products/x.crl", reason.ServiceDisabled, "crl.microsoft.com", "crl",
 			DisabledBySetting, `service "crl" (CRL / certificate trust) is disabled by GATEWAY_DISABLED_SERVICES`},
 		{"crl by rules file", byFile,
-			"http://crl.microsoft.com/pki/crl/products/x.crl", ReasonServiceDisabled, "crl.microsoft.com", "crl",
+			"http://crl.microsoft.com/pki/crl/products/x.crl", reason.ServiceDisabled, "crl.microsoft.com", "crl",
 			DisabledByRulesFile, `service "crl" (CRL / certificate trust) is disabled by disable_services in the rules file (GATEWAY_RULES_FILE)`},
-		{"crl by both", byBoth, "crl.microsoft.com:80", ReasonServiceDisabled, "crl.microsoft.com", "crl",
+		{"crl by both", byBoth, "crl.microsoft.com:80", reason.ServiceDisabled, "crl.microsoft.com", "crl",
 			DisabledByBoth, "disabled by GATEWAY_DISABLED_SERVICES and by disable_services in the rules file"},
 		{"connect to a host only the disabled service lists", bySetting, "ctldl.windowsupdate.com:80",
-			ReasonServiceDisabled, "ctldl.windowsupdate.com", "crl", DisabledBySetting, `service "crl"`},
+			reason.ServiceDisabled, "ctldl.windowsupdate.com", "crl", DisabledBySetting, `service "crl"`},
 		{"path row of the disabled service", bySetting, "http://www.microsoft.com/pkiops/certs/x.crt",
-			ReasonServiceDisabled, "www.microsoft.com", "crl", DisabledBySetting, `service "crl"`},
+			reason.ServiceDisabled, "www.microsoft.com", "crl", DisabledBySetting, `service "crl"`},
 		{"disabled row's port does not fit: still port", bySetting, "crl.microsoft.com:8080",
-			ReasonPort, "crl.microsoft.com", "admin-portal", NotDisabled, ""},
+			reason.Port, "crl.microsoft.com", "admin-portal", NotDisabled, ""},
 		{"disabled row's path does not fit: the enabled row's refusal", bySetting, "http://www.microsoft.com/other",
-			ReasonPort, "www.microsoft.com", "av-update", NotDisabled, ""},
+			reason.Port, "www.microsoft.com", "av-update", NotDisabled, ""},
 		{"host no enabled row names", Options{DisabledServices: []string{"mma"}}, "ws.ods.opinsights.azure.com:443",
-			ReasonServiceDisabled, "*.ods.opinsights.azure.com", "mma", DisabledBySetting, `service "mma"`},
+			reason.ServiceDisabled, "*.ods.opinsights.azure.com", "mma", DisabledBySetting, `service "mma"`},
 		{"no row at all: still not-listed", bySetting, "unlisted.example.com:443",
-			ReasonNotListed, "", "", NotDisabled, ""},
+			reason.NotListed, "", "", NotDisabled, ""},
 		{"enabled row still allows", bySetting, "crl.microsoft.com:443",
-			ReasonAllowed, "crl.microsoft.com", "admin-portal", NotDisabled, ""},
+			reason.Allowed, "crl.microsoft.com", "admin-portal", NotDisabled, ""},
 		{"other services unaffected", bySetting, "winatp-gw-weu.microsoft.com:443",
-			ReasonAllowed, "winatp-gw-weu.microsoft.com", "edr-cnc", NotDisabled, ""},
+			reason.Allowed, "winatp-gw-weu.microsoft.com", "edr-cnc", NotDisabled, ""},
 		{"other refusals unaffected", bySetting, "winatp-gw-cus.microsoft.com:443",
-			ReasonGeography, "winatp-gw-cus.microsoft.com", "edr-cnc", NotDisabled, ""},
+			reason.Geography, "winatp-gw-cus.microsoft.com", "edr-cnc", NotDisabled, ""},
 		{"operator allow rule wins", Options{Geographies: eu, DisabledServices: []string{"crl"}, Rules: operator.Rules},
-			"http://crl.microsoft.com/pki/crl/products/x.crl", ReasonAllowed, "crl.microsoft.com", "contoso-crl", NotDisabled, ""},
+			"http://crl.microsoft.com/pki/crl/products/x.crl", reason.Allowed, "crl.microsoft.com", "contoso-crl", NotDisabled, ""},
 		{"operator deny rule still refuses as deny", Options{Geographies: eu, DisabledServices: []string{"crl"}, Rules: operator.Rules},
-			"ctldl.windowsupdate.com:80", ReasonNotListed, "ctldl.windowsupdate.com", "operator", NotDisabled, ""},
+			"ctldl.windowsupdate.com:80", reason.NotListed, "ctldl.windowsupdate.com", "operator", NotDisabled, ""},
 		{"government cloud", Options{Cloud: CloudDoD, DisabledServices: []string{"crl"}},
-			"http://crl.microsoft.com/pki/crl/products/a.crl", ReasonServiceDisabled, "crl.microsoft.com", "crl",
+			"http://crl.microsoft.com/pki/crl/products/a.crl", reason.ServiceDisabled, "crl.microsoft.com", "crl",
 			DisabledBySetting, `service "crl"`},
 		{"nothing disabled: crl allowed", Options{Geographies: eu},
-			"http://crl.microsoft.com/pki/crl/products/x.crl", ReasonAllowed, "crl.microsoft.com", "crl", NotDisabled, ""},
+			"http://crl.microsoft.com/pki/crl/products/x.crl", reason.Allowed, "crl.microsoft.com", "crl", NotDisabled, ""},
 		{"nothing disabled: port is port", Options{Geographies: eu},
-			"crl.microsoft.com:8080", ReasonPort, "crl.microsoft.com", "crl", NotDisabled, ""},
+			"crl.microsoft.com:8080", reason.Port, "crl.microsoft.com", "crl", NotDisabled, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -82,10 +84,10 @@ rules:
 			if got, want := d.Reason, tt.wantReason; got != want {
 				t.Fatalf("%s: reason = %q (err %v, rule %s), want %q", tt.target, got, d.Err, d.RuleID(), want)
 			}
-			if got, want := d.Allowed, tt.wantReason == ReasonAllowed; got != want {
+			if got, want := d.Allowed, tt.wantReason == reason.Allowed; got != want {
 				t.Errorf("allowed = %v, want %v", got, want)
 			}
-			if got, want := d.Err == ErrServiceDisabled, tt.wantReason == ReasonServiceDisabled; got != want {
+			if got, want := d.Err == ErrServiceDisabled, tt.wantReason == reason.ServiceDisabled; got != want {
 				t.Errorf("err = %v, want ErrServiceDisabled: %v", d.Err, want)
 			}
 			host := ""
@@ -123,13 +125,13 @@ func TestDisabledServiceModes(t *testing.T) {
 		wantUnlisted bool
 	}{
 		{"audit", Options{Audit: true, DisabledServices: []string{"crl"}}, "crl.microsoft.com:80",
-			true, ReasonServiceDisabled, true, false},
+			true, reason.ServiceDisabled, true, false},
 		{"unlisted-authenticated: host no enabled row names", Options{UnlistedAuthenticated: true,
-			DisabledServices: []string{"mma"}}, "ws.ods.opinsights.azure.com:443", true, ReasonUnlisted, false, true},
+			DisabledServices: []string{"mma"}}, "ws.ods.opinsights.azure.com:443", true, reason.Unlisted, false, true},
 		{"unlisted-authenticated: unlisted port", Options{UnlistedAuthenticated: true,
-			DisabledServices: []string{"mma"}}, "ws.ods.opinsights.azure.com:8443", false, ReasonNotListed, false, false},
+			DisabledServices: []string{"mma"}}, "ws.ods.opinsights.azure.com:8443", false, reason.NotListed, false, false},
 		{"unlisted-authenticated: port refusal becomes service-disabled", Options{UnlistedAuthenticated: true,
-			DisabledServices: []string{"crl"}}, "crl.microsoft.com:80", false, ReasonServiceDisabled, false, false},
+			DisabledServices: []string{"crl"}}, "crl.microsoft.com:80", false, reason.ServiceDisabled, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -160,7 +162,7 @@ func TestExplainDisabledService(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := mustPolicy(t, tt.opts).Explain("http://crl.microsoft.com/pki/crl/products/x.crl")
-			if e.Allowed || e.Reason != ReasonServiceDisabled {
+			if e.Allowed || e.Reason != reason.ServiceDisabled {
 				t.Fatalf("allowed %v reason %q, want refused service-disabled", e.Allowed, e.Reason)
 			}
 			if got, want := e.Error, tt.wantError; got != want {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 // Options shape a Policy.
@@ -403,17 +405,17 @@ type Decision struct {
 	// would refuse; Reason and Rule then say why and by which rule.
 	Audited bool
 	// DisabledBy is the setting that disabled the service of Rule when
-	// Reason is ReasonServiceDisabled (Rule is then the disabled service's
+	// Reason is reason.ServiceDisabled (Rule is then the disabled service's
 	// row that would have allowed the target).
 	DisabledBy DisabledBy
 }
 
 // Detail explains the decision beyond its reason, naming what to change,
-// or is "". For ReasonServiceDisabled it names the service and the
+// or is "". For reason.ServiceDisabled it names the service and the
 // setting that disabled it. It allocates, so callers build it only when
 // they show it.
 func (d *Decision) Detail() string {
-	if d.Reason != ReasonServiceDisabled || d.Rule == nil {
+	if d.Reason != reason.ServiceDisabled || d.Rule == nil {
 		return ""
 	}
 	return fmt.Sprintf("service %q (%s) is disabled by %s", d.Rule.ServiceID, d.Rule.ServiceName, d.DisabledBy)
@@ -456,7 +458,7 @@ func (p *Policy) Decide(t Target) Decision {
 	}
 	if p.unlistedAuth && d.Err == ErrNotListed && (d.Rule == nil || d.Rule.Action == Allow) &&
 		slices.Contains(p.unlistedPorts, t.Port) {
-		d.Allowed, d.Unlisted, d.Reason, d.Err = true, true, ReasonUnlisted, nil
+		d.Allowed, d.Unlisted, d.Reason, d.Err = true, true, reason.Unlisted, nil
 		return d
 	}
 	if p.disabledBy != nil && (d.Rule == nil || d.Rule.Action == Allow) && p.disabledIx.lookup(t.Host) != nil {
@@ -517,7 +519,7 @@ func (p *Policy) match(t Target, allow *index) Decision {
 	}
 	switch {
 	case d.Rule != nil:
-		d.Allowed, d.Reason = true, ReasonAllowed
+		d.Allowed, d.Reason = true, reason.Allowed
 		return d
 	case pathMiss != nil:
 		return refuse(t, ErrNotListed, pathMiss)

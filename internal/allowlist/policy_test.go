@@ -5,6 +5,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 func mustPolicy(t testing.TB, opts Options) *Policy {
@@ -96,40 +98,40 @@ func TestDecide(t *testing.T) {
 		wantReason  Reason
 		wantService string
 	}{
-		{"eu gateway", "winatp-gw-weu.microsoft.com:443", ReasonAllowed, "edr-cnc"},
-		{"us gateway host refused", "winatp-gw-cus.microsoft.com:443", ReasonGeography, "edr-cnc"},
-		{"streamlined eu", "edr-weu.eu.endpoint.security.microsoft.com:443", ReasonAllowed, "streamlined"},
-		{"streamlined us refused over ww wildcard", "edr-cus.us.endpoint.security.microsoft.com:443", ReasonGeography, "streamlined"},
-		{"streamlined unknown sub under ww wildcard", "new.endpoint.security.microsoft.com:443", ReasonAllowed, "streamlined"},
-		{"wildcard subdomain", "eu.wdcp.microsoft.com:443", ReasonAllowed, "av-maps"},
-		{"wildcard deep subdomain", "a.b.wdcp.microsoft.com:443", ReasonAllowed, "av-maps"},
-		{"wildcard apex", "wdcp.microsoft.com:443", ReasonNotListed, ""},
-		{"suffix confusion", "evilwdcp.microsoft.com:443", ReasonNotListed, ""},
-		{"suffix appended", "eu.wdcp.microsoft.com.evil.com:443", ReasonNotListed, ""},
-		{"case and trailing dot", "WINATP-GW-WEU.MICROSOFT.COM.:443", ReasonAllowed, "edr-cnc"},
-		{"port", "winatp-gw-weu.microsoft.com:8443", ReasonPort, "edr-cnc"},
-		{"port 80 on 443-only host", "winatp-gw-weu.microsoft.com:80", ReasonPort, "edr-cnc"},
-		{"unlisted", "example.com:443", ReasonNotListed, ""},
-		{"ip literal", "127.0.0.1:443", ReasonIPLiteral, ""},
-		{"ipv6 literal", "[::1]:443", ReasonIPLiteral, ""},
-		{"ip notation", "2130706433:443", ReasonIPLiteral, ""},
-		{"userinfo", "x@winatp-gw-weu.microsoft.com:443", ReasonBadRequest, ""},
-		{"crl path", "http://crl.microsoft.com/pki/crl/products/MicRooCerAut.crl", ReasonAllowed, "crl"},
-		{"crl path case", "http://crl.microsoft.com/PKI/CRL/Products/x.crl", ReasonAllowed, "crl"},
-		{"crl host-wide", "http://crl.microsoft.com/other", ReasonAllowed, "crl"},
-		{"www other path", "http://www.microsoft.com/other", ReasonNotListed, "crl"},
-		{"www path prefix confusion", "http://www.microsoft.com/pkiopsevil/x.crl", ReasonNotListed, "crl"},
-		{"www pki intermediate", "http://www.microsoft.com/pki/mscorp/x.crt", ReasonAllowed, "crl"},
-		{"crl path traversal", "http://www.microsoft.com/pkiops/crl/../../evil", ReasonNotListed, "crl"},
-		{"www pkiops", "http://www.microsoft.com/pkiops/certs/MicCodSigPCA.crt", ReasonAllowed, "crl"},
-		{"ctl any path", "http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/disallowedcertstl.cab", ReasonAllowed, "crl"},
-		{"crl over 443 connect", "crl.microsoft.com:443", ReasonAllowed, "admin-portal"},
-		{"adl path row over connect", "www.microsoft.com:443", ReasonAllowed, "av-update"},
-		{"ecs apex", "ecs.office.com:443", ReasonAllowed, "av-core"},
-		{"go.microsoft.com port 80", "http://go.microsoft.com/fwlink/?linkid=2120136", ReasonAllowed, "av-adl"},
-		{"blob account not listed (default scope)", "someaccount.blob.core.windows.net:443", ReasonNotListed, ""},
-		{"us blob account refused for eu", "ussus1eastprod.blob.core.windows.net:443", ReasonGeography, "sample-storage"},
-		{"eu blob account", "usseu1northprod.blob.core.windows.net:443", ReasonAllowed, "sample-storage"},
+		{"eu gateway", "winatp-gw-weu.microsoft.com:443", reason.Allowed, "edr-cnc"},
+		{"us gateway host refused", "winatp-gw-cus.microsoft.com:443", reason.Geography, "edr-cnc"},
+		{"streamlined eu", "edr-weu.eu.endpoint.security.microsoft.com:443", reason.Allowed, "streamlined"},
+		{"streamlined us refused over ww wildcard", "edr-cus.us.endpoint.security.microsoft.com:443", reason.Geography, "streamlined"},
+		{"streamlined unknown sub under ww wildcard", "new.endpoint.security.microsoft.com:443", reason.Allowed, "streamlined"},
+		{"wildcard subdomain", "eu.wdcp.microsoft.com:443", reason.Allowed, "av-maps"},
+		{"wildcard deep subdomain", "a.b.wdcp.microsoft.com:443", reason.Allowed, "av-maps"},
+		{"wildcard apex", "wdcp.microsoft.com:443", reason.NotListed, ""},
+		{"suffix confusion", "evilwdcp.microsoft.com:443", reason.NotListed, ""},
+		{"suffix appended", "eu.wdcp.microsoft.com.evil.com:443", reason.NotListed, ""},
+		{"case and trailing dot", "WINATP-GW-WEU.MICROSOFT.COM.:443", reason.Allowed, "edr-cnc"},
+		{"port", "winatp-gw-weu.microsoft.com:8443", reason.Port, "edr-cnc"},
+		{"port 80 on 443-only host", "winatp-gw-weu.microsoft.com:80", reason.Port, "edr-cnc"},
+		{"unlisted", "example.com:443", reason.NotListed, ""},
+		{"ip literal", "127.0.0.1:443", reason.IPLiteral, ""},
+		{"ipv6 literal", "[::1]:443", reason.IPLiteral, ""},
+		{"ip notation", "2130706433:443", reason.IPLiteral, ""},
+		{"userinfo", "x@winatp-gw-weu.microsoft.com:443", reason.BadRequest, ""},
+		{"crl path", "http://crl.microsoft.com/pki/crl/products/MicRooCerAut.crl", reason.Allowed, "crl"},
+		{"crl path case", "http://crl.microsoft.com/PKI/CRL/Products/x.crl", reason.Allowed, "crl"},
+		{"crl host-wide", "http://crl.microsoft.com/other", reason.Allowed, "crl"},
+		{"www other path", "http://www.microsoft.com/other", reason.NotListed, "crl"},
+		{"www path prefix confusion", "http://www.microsoft.com/pkiopsevil/x.crl", reason.NotListed, "crl"},
+		{"www pki intermediate", "http://www.microsoft.com/pki/mscorp/x.crt", reason.Allowed, "crl"},
+		{"crl path traversal", "http://www.microsoft.com/pkiops/crl/../../evil", reason.NotListed, "crl"},
+		{"www pkiops", "http://www.microsoft.com/pkiops/certs/MicCodSigPCA.crt", reason.Allowed, "crl"},
+		{"ctl any path", "http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/disallowedcertstl.cab", reason.Allowed, "crl"},
+		{"crl over 443 connect", "crl.microsoft.com:443", reason.Allowed, "admin-portal"},
+		{"adl path row over connect", "www.microsoft.com:443", reason.Allowed, "av-update"},
+		{"ecs apex", "ecs.office.com:443", reason.Allowed, "av-core"},
+		{"go.microsoft.com port 80", "http://go.microsoft.com/fwlink/?linkid=2120136", reason.Allowed, "av-adl"},
+		{"blob account not listed (default scope)", "someaccount.blob.core.windows.net:443", reason.NotListed, ""},
+		{"us blob account refused for eu", "ussus1eastprod.blob.core.windows.net:443", reason.Geography, "sample-storage"},
+		{"eu blob account", "usseu1northprod.blob.core.windows.net:443", reason.Allowed, "sample-storage"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -137,7 +139,7 @@ func TestDecide(t *testing.T) {
 			if d.Reason != tt.wantReason {
 				t.Fatalf("%s: reason = %q (err %v), want %q", tt.target, d.Reason, d.Err, tt.wantReason)
 			}
-			if d.Allowed != (tt.wantReason == ReasonAllowed) {
+			if d.Allowed != (tt.wantReason == reason.Allowed) {
 				t.Errorf("%s: allowed = %v with reason %q", tt.target, d.Allowed, d.Reason)
 			}
 			if got := d.Service(); got != tt.wantService {
@@ -160,13 +162,13 @@ func TestDecideGeographies(t *testing.T) {
 		target string
 		want   Reason
 	}{
-		{"unset allows every geography", nil, "winatp-gw-cus.microsoft.com:443", ReasonAllowed},
-		{"unset allows uae", nil, "winatp-gw-aec0a.microsoft.com:443", ReasonAllowed},
-		{"us", []Geography{US}, "winatp-gw-cus.microsoft.com:443", ReasonAllowed},
-		{"us refuses uk", []Geography{US}, "winatp-gw-uks.microsoft.com:443", ReasonGeography},
-		{"us and uk", []Geography{US, UK}, "winatp-gw-uks.microsoft.com:443", ReasonAllowed},
-		{"ww rows always", []Geography{AU}, "events.data.microsoft.com:443", ReasonAllowed},
-		{"au", []Geography{AU}, "edr-aue.au.endpoint.security.microsoft.com:443", ReasonAllowed},
+		{"unset allows every geography", nil, "winatp-gw-cus.microsoft.com:443", reason.Allowed},
+		{"unset allows uae", nil, "winatp-gw-aec0a.microsoft.com:443", reason.Allowed},
+		{"us", []Geography{US}, "winatp-gw-cus.microsoft.com:443", reason.Allowed},
+		{"us refuses uk", []Geography{US}, "winatp-gw-uks.microsoft.com:443", reason.Geography},
+		{"us and uk", []Geography{US, UK}, "winatp-gw-uks.microsoft.com:443", reason.Allowed},
+		{"ww rows always", []Geography{AU}, "events.data.microsoft.com:443", reason.Allowed},
+		{"au", []Geography{AU}, "edr-aue.au.endpoint.security.microsoft.com:443", reason.Allowed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -210,17 +212,17 @@ disable_services: [mma]
 		want   Reason
 		rule   string
 	}{
-		{"app.contoso.com:443", ReasonAllowed, "rules.yaml:3"},
-		{"app.contoso.com:80", ReasonPort, "rules.yaml:3"},
-		{"contoso.com:443", ReasonNotListed, ""},
-		{"bad.contoso.com:443", ReasonNotListed, "rules.yaml:10"},
-		{"x.wdcpalt.microsoft.com:443", ReasonNotListed, "rules.yaml:12"},
-		{"x.wdcp.microsoft.com:443", ReasonAllowed, ""},
-		{"http://plain.contoso.com/pub/a", ReasonAllowed, "rules.yaml:6"},
-		{"http://plain.contoso.com/private", ReasonNotListed, "rules.yaml:6"},
-		{"192.0.2.10:8443", ReasonAllowed, "rules.yaml:14"},
-		{"192.0.2.11:8443", ReasonIPLiteral, ""},
-		{"someaccount.blob.core.windows.net:443", ReasonAllowed, ""}, // wildcard scope: the portal and scanner rows
+		{"app.contoso.com:443", reason.Allowed, "rules.yaml:3"},
+		{"app.contoso.com:80", reason.Port, "rules.yaml:3"},
+		{"contoso.com:443", reason.NotListed, ""},
+		{"bad.contoso.com:443", reason.NotListed, "rules.yaml:10"},
+		{"x.wdcpalt.microsoft.com:443", reason.NotListed, "rules.yaml:12"},
+		{"x.wdcp.microsoft.com:443", reason.Allowed, ""},
+		{"http://plain.contoso.com/pub/a", reason.Allowed, "rules.yaml:6"},
+		{"http://plain.contoso.com/private", reason.NotListed, "rules.yaml:6"},
+		{"192.0.2.10:8443", reason.Allowed, "rules.yaml:14"},
+		{"192.0.2.11:8443", reason.IPLiteral, ""},
+		{"someaccount.blob.core.windows.net:443", reason.Allowed, ""}, // wildcard scope: the portal and scanner rows
 	}
 	for _, tt := range tests {
 		t.Run(tt.target, func(t *testing.T) {
@@ -309,8 +311,8 @@ func TestParseCatalogErrors(t *testing.T) {
 
 func TestReasonOf(t *testing.T) {
 	for _, err := range []error{ErrNotListed, ErrGeography, ErrCloud, ErrPort, ErrIPLiteral, ErrBadTarget, ErrServiceDisabled} {
-		if ReasonOf(errors.Join(errors.New("ctx"), err)) == "" {
-			t.Errorf("ReasonOf(%v) is empty", err)
+		if got := ReasonOf(errors.Join(errors.New("ctx"), err)); !got.Refusal() {
+			t.Errorf("ReasonOf(%v) = %q, want a refusal", err, got)
 		}
 	}
 }
@@ -346,12 +348,12 @@ func TestBlobScope(t *testing.T) {
 		target string
 		want   Reason
 	}{
-		{"wildcard any account", BlobWildcard, []Geography{US}, "someaccount.blob.core.windows.net:443", ReasonAllowed},
-		{"wildcard listed account", BlobWildcard, []Geography{US}, "ussus1eastprod.blob.core.windows.net:443", ReasonAllowed},
-		{"listed refuses other accounts", BlobListed, []Geography{US}, "someaccount.blob.core.windows.net:443", ReasonNotListed},
-		{"listed allows us account", BlobListed, []Geography{US}, "ussus1eastprod.blob.core.windows.net:443", ReasonAllowed},
-		{"listed allows automated ir", BlobListed, []Geography{US}, "automatedirstrprdcus.blob.core.windows.net:443", ReasonAllowed},
-		{"listed refuses eu account for us", BlobListed, []Geography{US}, "usseu1northprod.blob.core.windows.net:443", ReasonGeography},
+		{"wildcard any account", BlobWildcard, []Geography{US}, "someaccount.blob.core.windows.net:443", reason.Allowed},
+		{"wildcard listed account", BlobWildcard, []Geography{US}, "ussus1eastprod.blob.core.windows.net:443", reason.Allowed},
+		{"listed refuses other accounts", BlobListed, []Geography{US}, "someaccount.blob.core.windows.net:443", reason.NotListed},
+		{"listed allows us account", BlobListed, []Geography{US}, "ussus1eastprod.blob.core.windows.net:443", reason.Allowed},
+		{"listed allows automated ir", BlobListed, []Geography{US}, "automatedirstrprdcus.blob.core.windows.net:443", reason.Allowed},
+		{"listed refuses eu account for us", BlobListed, []Geography{US}, "usseu1northprod.blob.core.windows.net:443", reason.Geography},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -400,22 +402,22 @@ func TestClouds(t *testing.T) {
 		service string
 	}{
 		{"commercial: a gov exact row does not shadow the commercial wildcard", commercial,
-			"us4-v20.events.data.microsoft.com:443", ReasonAllowed, "av-core"},
-		{"commercial: a gov-only host", commercial, "winatp-gw-usgt.microsoft.com:443", ReasonCloud, "edr-cnc"},
-		{"commercial: geography still decides within the cloud", commercial, "winatp-gw-cus.microsoft.com:443", ReasonGeography, "edr-cnc"},
-		{"gcc: its own gateway", gcc, "winatp-gw-usmt.microsoft.com:443", ReasonAllowed, "edr-cnc"},
-		{"gcc: US Gov rows", gcc, "unitedstates4.ss.wd.microsoft.us:443", ReasonAllowed, "smartscreen"},
-		{"gcc: streamlined gov wildcard", gcc, "x.endpoint.security.microsoft.us:443", ReasonAllowed, "streamlined"},
-		{"gcc: gcc mod config", gcc, "gccmod.ecs.office.com:443", ReasonAllowed, "config-management"},
-		{"gcc-high: shared gateway", gccHigh, "winatp-gw-usgt.microsoft.com:443", ReasonAllowed, "edr-cnc"},
-		{"gcc-high: GCC-only host", gccHigh, "winatp-gw-usmt.microsoft.com:443", ReasonCloud, "edr-cnc"},
-		{"gcc-high: DoD-only host", gccHigh, "winatp-gw-usgv.microsoft.com:443", ReasonCloud, "edr-cnc"},
-		{"gcc-high: commercial-only host", gccHigh, "winatp-gw-weu.microsoft.com:443", ReasonCloud, "edr-cnc"},
-		{"gcc-high: commercial wildcard", gccHigh, "eu.wdcp.microsoft.com:443", ReasonCloud, "av-maps"},
-		{"dod: DoD gateway", dod, "winatp-gw-usgv.microsoft.com:443", ReasonAllowed, "edr-cnc"},
-		{"dod: crl path", dod, "http://crl.microsoft.com/pki/crl/products/a.crl", ReasonAllowed, "crl"},
-		{"dod: crl other path", dod, "http://crl.microsoft.com/other", ReasonNotListed, "crl"},
-		{"dod: unlisted", dod, "example.com:443", ReasonNotListed, ""},
+			"us4-v20.events.data.microsoft.com:443", reason.Allowed, "av-core"},
+		{"commercial: a gov-only host", commercial, "winatp-gw-usgt.microsoft.com:443", reason.Cloud, "edr-cnc"},
+		{"commercial: geography still decides within the cloud", commercial, "winatp-gw-cus.microsoft.com:443", reason.Geography, "edr-cnc"},
+		{"gcc: its own gateway", gcc, "winatp-gw-usmt.microsoft.com:443", reason.Allowed, "edr-cnc"},
+		{"gcc: US Gov rows", gcc, "unitedstates4.ss.wd.microsoft.us:443", reason.Allowed, "smartscreen"},
+		{"gcc: streamlined gov wildcard", gcc, "x.endpoint.security.microsoft.us:443", reason.Allowed, "streamlined"},
+		{"gcc: gcc mod config", gcc, "gccmod.ecs.office.com:443", reason.Allowed, "config-management"},
+		{"gcc-high: shared gateway", gccHigh, "winatp-gw-usgt.microsoft.com:443", reason.Allowed, "edr-cnc"},
+		{"gcc-high: GCC-only host", gccHigh, "winatp-gw-usmt.microsoft.com:443", reason.Cloud, "edr-cnc"},
+		{"gcc-high: DoD-only host", gccHigh, "winatp-gw-usgv.microsoft.com:443", reason.Cloud, "edr-cnc"},
+		{"gcc-high: commercial-only host", gccHigh, "winatp-gw-weu.microsoft.com:443", reason.Cloud, "edr-cnc"},
+		{"gcc-high: commercial wildcard", gccHigh, "eu.wdcp.microsoft.com:443", reason.Cloud, "av-maps"},
+		{"dod: DoD gateway", dod, "winatp-gw-usgv.microsoft.com:443", reason.Allowed, "edr-cnc"},
+		{"dod: crl path", dod, "http://crl.microsoft.com/pki/crl/products/a.crl", reason.Allowed, "crl"},
+		{"dod: crl other path", dod, "http://crl.microsoft.com/other", reason.NotListed, "crl"},
+		{"dod: unlisted", dod, "example.com:443", reason.NotListed, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

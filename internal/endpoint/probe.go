@@ -22,6 +22,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	gwreason "github.com/defendergw/gateway/internal/reason"
 	"github.com/defendergw/gateway/internal/resolver"
 )
 
@@ -540,6 +541,7 @@ const crlHint = "allow plain HTTP (port 80) to the CRL/CTL hosts without authent
 // of this client or of the whole service, and a failure to reach the
 // upstream, keep their own cause (see blamePort80 for the latter).
 func diagnoseStatus(t ProbeTarget, status int, reason string, via bool) (string, string) {
+	rc, _ := gwreason.Parse(reason) // an unknown code is None: advice falls back to the access log
 	who := "the proxy"
 	if via {
 		who = "the gateway"
@@ -551,31 +553,31 @@ func diagnoseStatus(t ProbeTarget, status int, reason string, via bool) (string,
 		return code, d
 	}
 	switch {
-	case status == http.StatusProxyAuthRequired || reason == "auth-required":
+	case status == http.StatusProxyAuthRequired || rc == gwreason.AuthRequired:
 		return DiagProxyAuth, fmt.Sprintf("%s answered %d (%s) to an anonymous request; the Defender sensor runs as LocalSystem and cannot authenticate: allow anonymous access to this URL",
 			who, status, orText(reason, "Proxy Authentication Required"))
-	case reason == "auth-rate-limited":
+	case rc == gwreason.AuthRateLimited:
 		return DiagAuthRateLimited, fmt.Sprintf("%s answered %d %s: too many failed authentications from this address (GATEWAY_AUTH_FAILURES_PER_MINUTE); check the --proxy-user password, wait a minute and retry",
 			who, status, reason)
-	case reason == "service-disabled":
+	case rc == gwreason.ServiceDisabled:
 		d := fmt.Sprintf("%s refused %s: %d %s: an operator switched this service off (GATEWAY_DISABLED_SERVICES, or disable_services in GATEWAY_RULES_FILE); remove it there if the devices need it",
 			who, hostOf(t.URL), status, reason)
 		if t.CRL {
 			d += "; without the CRL/CTL hosts MpCmdRun -ValidateMapsConnection fails with hr=0x80072F8F (httpcore=451)"
 		}
 		return DiagServiceDisabled, d
-	case reason == "client-not-allowed":
-		return DiagGatewayRefused, fmt.Sprintf("the gateway refused this machine: %d %s; %s", status, reason, reasonAdvice(reason))
-	case reason == "dns-failure":
+	case rc == gwreason.ClientNotAllowed:
+		return DiagGatewayRefused, fmt.Sprintf("the gateway refused this machine: %d %s; %s", status, reason, reasonAdvice(rc))
+	case rc == gwreason.DNSFailure:
 		return DiagDNSFailure, fmt.Sprintf("%s could not resolve %s (%d %s); check its DNS servers (GATEWAY_DNS_SERVERS)", who, hostOf(t.URL), status, reason)
-	case reason == "upstream-timeout" || (status == http.StatusGatewayTimeout && reason == ""):
+	case rc == gwreason.UpstreamTimeout || (status == http.StatusGatewayTimeout && reason == ""):
 		return DiagTimeout, fmt.Sprintf("%s timed out reaching %s (%d %s); check the gateway's outbound firewall", who, hostOf(t.URL), status, orText(reason, "Gateway Timeout"))
-	case reason == "upstream-unreachable" || (status == http.StatusBadGateway && reason == ""):
+	case rc == gwreason.UpstreamUnreachable || (status == http.StatusBadGateway && reason == ""):
 		return DiagConnRefused, fmt.Sprintf("%s could not connect to %s (%d %s); check the gateway's outbound firewall", who, hostOf(t.URL), status, orText(reason, "Bad Gateway"))
 	case reason != "":
 		// A refused CRL/CTL fetch is exactly what breaks
 		// ValidateMapsConnection, whatever the gateway's reason.
-		return crl(DiagGatewayRefused, fmt.Sprintf("the gateway refused %s: %d %s; %s", hostOf(t.URL), status, reason, reasonAdvice(reason)))
+		return crl(DiagGatewayRefused, fmt.Sprintf("the gateway refused %s: %d %s; %s", hostOf(t.URL), status, reason, reasonAdvice(rc)))
 	}
 	d := fmt.Sprintf("%s answered %d %s", who, status, http.StatusText(status))
 	if t.CRL {
@@ -584,29 +586,11 @@ func diagnoseStatus(t ProbeTarget, status int, reason string, via bool) (string,
 	return DiagUnexpectedStatus, d + "; allow this URL on the proxy"
 }
 
-// reasonAdvice says what to change for a gateway refusal reason.
-func reasonAdvice(reason string) string {
-	switch reason {
-	case "geography":
-		return "the URL serves a data location the gateway is not configured for: check GATEWAY_GEOGRAPHIES against the tenant's data location"
-	case "cloud":
-		return "the URL belongs to another cloud than the gateway serves (commercial or a US Government cloud): check GATEWAY_CLOUD against the tenant's cloud"
-	case "not-listed":
-		return "the URL is not on the gateway's allowlist: check GATEWAY_DISABLED_SERVICES, deny rules and GATEWAY_BLOB_SCOPE, or add an allow rule to GATEWAY_RULES_FILE"
-	case "port":
-		return "the port is not allowed for this host: check the rule's ports"
-	case "ip-literal":
-		return "IP-literal destinations are refused: use the host name"
-	case "client-not-allowed":
-		return "this machine's address is not in GATEWAY_CLIENT_CIDRS"
-	case "private-destination":
-		return "the name resolves to an internal address (lab: GATEWAY_ALLOW_PRIVATE_DESTINATIONS)"
-	case "auth-rate-limited":
-		return "too many failed authentications from this address; wait and retry"
-	case "service-disabled":
-		return "the service is switched off on the gateway: check GATEWAY_DISABLED_SERVICES"
-	case "sni-mismatch", "not-tls":
-		return "the tunnel did not carry TLS for the CONNECT host"
+// reasonAdvice says what to change for a gateway refusal reason: the
+// reason table's advice, shared with the gateway.
+func reasonAdvice(rc gwreason.Code) string {
+	if a := rc.Advice(); a != "" {
+		return a
 	}
 	return "see the gateway's access log for this request"
 }

@@ -30,6 +30,7 @@ import (
 	"golang.org/x/net/idna"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/reason"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/testutil"
 )
@@ -922,7 +923,7 @@ func TestAdversarialForeignProtocols(t *testing.T) {
 				t.Fatalf("gateway switched protocols: %q", body)
 			}
 			if tt.gone == nil {
-				checkStatus(t, resp, body, http.StatusForbidden, ReasonUpgradeRefused)
+				checkStatus(t, resp, body, http.StatusForbidden, reason.UpgradeRefused.String())
 				w.quiet(t, before, tt.name)
 				return
 			}

@@ -6,14 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"time"
 
 	"github.com/elazarl/goproxy"
 
-	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
@@ -75,20 +73,19 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, pending []byte
 	// The HTTP server may have left a header-read deadline on the
 	// connection; the relay manages deadlines from here on.
 	client.SetDeadline(time.Time{})
-	proto := fmt.Sprintf("HTTP/%d.%d", req.ProtoMajor, req.ProtoMinor)
-	if req.ProtoMajor != 1 {
-		proto = "HTTP/1.1"
+	proto := "HTTP/1.1"
+	if req.ProtoMajor == 1 && req.ProtoMinor == 0 {
+		proto = "HTTP/1.0"
 	}
-	ev := tunnelEvent{method: req.Method, client: clientAddr(req), st: st}
 	var upstream net.Conn
 	if st.decision.NoSNICheck {
 		// Nothing to verify: connect first, so a failure still gets a
 		// proper 502/504 instead of a closed tunnel.
 		var err error
 		if upstream, err = s.dialChecked(req, st); err != nil {
-			f := newRefusal(err, st.target.HostPort(), &st.decision, st.policy)
-			s.eventRefused(req, st, err, f.status)
-			f.closeWith(client, proto)
+			st.fail(err)
+			s.record(st)
+			newRefusal(st).closeWith(client, proto)
 			connDone()
 			return
 		}
@@ -102,13 +99,14 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, pending []byte
 		connDone()
 		return
 	}
+	st.status = http.StatusOK
 	if upstream == nil {
 		// Verify before contacting the destination: the tunnel must carry
 		// TLS whose ClientHello names the CONNECT host (no domain
 		// fronting). Clients send the ClientHello only after the 200, so
-		// a connection failure from here on closes the tunnel (logged).
+		// a connection failure from here on closes the tunnel (recorded).
 		hello, seen, err := tlsbypass.PeekClientHello(client, pending, s.opts.ClientHelloTimeout, 0)
-		ev.sni = hello.ServerName
+		st.sni = hello.ServerName
 		switch {
 		case err == nil:
 			err = tlsbypass.CheckSNI(hello, st.target)
@@ -118,34 +116,29 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, pending []byte
 		}
 		if err != nil {
 			client.Close()
-			ev.err = err
-			s.logTunnelRefused(ev)
-			_, reason := classify(err)
-			if s.opts.Metrics != nil {
-				s.opts.Metrics.TunnelRefused(reason)
-			}
-			s.eventTunnelRefused(req, st, reason, hello.ServerName)
+			s.tunnelRefused(st, err)
 			connDone()
 			return
 		}
 		pending = seen
 		if upstream, err = s.dialChecked(req, st); err != nil {
 			client.Close()
-			s.eventRefused(req, st, err, http.StatusOK)
+			st.fail(err)
+			st.status = http.StatusOK // the 200 was sent
+			s.record(st)
 			connDone()
 			return
 		}
 	}
-	ev.remote = upstream.RemoteAddr().String()
+	st.remote = upstream.RemoteAddr().String()
 	s.tunnels.add(client, upstream, st)
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.TunnelOpened(st.mode.String())
 	}
 	ended := func(stats tlsbypass.Stats) {
-		ev.stats = stats
 		// Report before the tunnel leaves the active set: whoever waits
-		// for it to end finds its metrics, log line and event in place.
-		s.tunnelEnded(ev)
+		// for it to end finds its metrics and record in place.
+		s.tunnelEnded(st, stats)
 		s.tunnels.remove(client)
 		connDone()
 	}
@@ -162,91 +155,40 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, pending []byte
 	// state: an idle tunnel keeps only the relay's two goroutines.
 }
 
-// eventTunnelRefused records a verified tunnel closed by its ClientHello
-// check (after the 200): denied, whatever the policy said of the host.
-func (s *Server) eventTunnelRefused(req *http.Request, st *reqState, reason, sni string) {
-	e := newEvent(telemetry.ConnectionBlocked, req, st)
-	e.Status, e.Fields.SNI, e.Fields.TLS = http.StatusOK, sni, st.mode.String()
-	e.Fields.Decision, e.Fields.Outcome, e.Fields.Reason = telemetry.DecisionDeny, telemetry.OutcomeRefused, reason
-	s.logEvent(e)
+// tunnelRefused records a verified tunnel closed by its ClientHello check
+// (after the 200): denied, whatever the policy said of the host.
+func (s *Server) tunnelRefused(st *reqState, err error) {
+	st.fail(err)
+	st.status = http.StatusOK // the 200 was sent
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.TunnelRefused(st.reason.Label())
+	}
+	s.record(st)
 }
 
-// tunnelEnded logs, counts and records a raw tunnel that has ended.
-func (s *Server) tunnelEnded(ev tunnelEvent) {
-	st := ev.st
-	if ev.stats.End == "refused" {
+// tunnelEnded counts and records a raw tunnel that has ended.
+func (s *Server) tunnelEnded(st *reqState, stats tlsbypass.Stats) {
+	st.up, st.down, st.dur = stats.ClientToUpstream, stats.UpstreamToClient, stats.Duration
+	if s.opts.Metrics != nil {
+		s.opts.Metrics.TunnelClosed(st.mode.String(), st.decision.Service(), stats.End,
+			stats.ClientToUpstream, stats.UpstreamToClient, stats.Duration)
+	}
+	if stats.End == "refused" {
 		// A later ClientHello failed the check (domain fronting in a
 		// retried hello): a refusal, not a tunnel that closed.
-		ev.err = ev.stats.Err
-		s.logTunnelRefused(ev)
-		_, reason := classify(ev.stats.Err)
-		if s.opts.Metrics != nil {
-			s.opts.Metrics.TunnelClosed(st.mode.String(), st.decision.Service(), ev.stats.End,
-				ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration)
-			s.opts.Metrics.TunnelRefused(reason)
-		}
-		s.eventTunnelRefused(&http.Request{Method: ev.method, RemoteAddr: ev.client}, st, reason, ev.sni)
+		s.tunnelRefused(st, stats.Err)
 		return
 	}
-	if s.opts.Metrics != nil {
-		s.opts.Metrics.TunnelClosed(st.mode.String(), st.decision.Service(), ev.stats.End,
-			ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration)
-	}
-	s.logTunnelClosed(ev)
-	e := newEvent(successAction(st), &http.Request{Method: ev.method, RemoteAddr: ev.client}, st)
-	e.Status, e.RemoteIP = http.StatusOK, addrOnly(ev.remote)
-	e.Fields.TLS, e.Fields.SNI = st.mode.String(), ev.sni
-	e.Fields.BytesUp, e.Fields.BytesDown, e.Fields.Duration = ev.stats.ClientToUpstream, ev.stats.UpstreamToClient, ev.stats.Duration
 	// How the tunnel ended is its outcome, not a reason: the connection
 	// succeeded, whatever ended it later.
-	e.Fields.Outcome = ev.stats.End
-	s.logEvent(e)
+	st.end, st.err = stats.End, stats.Err
+	s.record(st)
 }
 
-// dialChecked connects to the addresses handleConnect checked.
+// dialChecked connects to the addresses the front door checked, within the
+// request's deadline.
 func (s *Server) dialChecked(req *http.Request, st *reqState) (net.Conn, error) {
-	ctx, cancel := context.WithTimeout(req.Context(), s.opts.DialTimeout)
+	ctx, cancel := context.WithDeadline(req.Context(), st.deadline)
 	defer cancel()
-	c, err := s.opts.Dialer.DialChecked(ctx, st.addrs)
-	if err != nil {
-		s.log.Warn("connect failed", "client", clientAddr(req), "target", st.target.HostPort(),
-			"rule", st.decision.RuleID(), "service", st.decision.Service(), "error", err.Error())
-	}
-	return c, err
-}
-
-// tunnelEvent is what the logs say about one tunnel. The tunnel outlives
-// its handler, so it keeps only what its end reports, not the request.
-type tunnelEvent struct {
-	method string
-	client string // the client's address
-	st     *reqState
-	sni    string
-	remote string
-	stats  tlsbypass.Stats
-	err    error
-}
-
-func (e *tunnelEvent) attrs() []any {
-	return []any{"client", e.client, "target", e.st.target.HostPort(), "rule", e.st.decision.RuleID(),
-		"service", e.st.decision.Service(), "geography", e.st.decision.Geography(), "tls", e.st.mode.String(),
-		"sni", e.sni, "user", e.st.user}
-}
-
-func (s *Server) logTunnelRefused(e tunnelEvent) {
-	_, reason := classify(e.err)
-	s.log.Warn("tunnel refused", append(e.attrs(), "reason", reason, "error", e.err.Error())...)
-}
-
-func (s *Server) logTunnelClosed(e tunnelEvent) {
-	if !s.log.Enabled(context.Background(), slog.LevelInfo) {
-		return // build no attributes for a line nobody keeps
-	}
-	attrs := append(e.attrs(), "remote_ip", e.remote,
-		"bytes_up", e.stats.ClientToUpstream, "bytes_down", e.stats.UpstreamToClient,
-		"duration_s", e.stats.Duration.Seconds(), "end", e.stats.End)
-	if e.stats.Err != nil {
-		attrs = append(attrs, "error", e.stats.Err.Error())
-	}
-	s.log.Info("tunnel closed", attrs...)
+	return s.opts.Dialer.DialChecked(ctx, st.addrs)
 }

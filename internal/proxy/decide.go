@@ -6,14 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
-	"github.com/defendergw/gateway/internal/telemetry"
+	"github.com/defendergw/gateway/internal/reason"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
@@ -25,29 +25,11 @@ var ErrClientNotAllowed = errors.New("client address is not allowed to use the g
 // Proxy-Authorization inside TLS.
 var errAuthInsideTunnel = errors.New("authentication required for this path, but the tunnel was opened anonymously")
 
-// reqState is one request's decision, made once at the front door and read
-// by the goproxy handlers (from the request context) and, for inspected
-// tunnels, by every inner request (from the goproxy context).
-type reqState struct {
-	client   netip.Addr
-	policy   *allowlist.Policy
-	raw      string // request target as sent
-	target   allowlist.Target
-	decision allowlist.Decision
-	user     string
-	mode     tlsbypass.Mode
-	addrs    []netip.AddrPort // CONNECT: resolved and checked before answering
-}
-
-// targetString names the request's target: normalised if it parsed, as
-// sent otherwise.
-func (st *reqState) targetString() string {
-	if st.target.Host != "" {
-		return st.target.HostPort()
-	}
-	return st.raw
-}
-
+// stateKey carries the decided request into goproxy, for the two paths
+// goproxy serves (absolute-form HTTP and inspected tunnels): its handlers
+// receive only the request and goproxy's own context, so the request's
+// context is the one way in. Raw tunnels, most of the traffic, never take
+// it: they get the state as an argument.
 type stateKey struct{}
 
 func stateFrom(ctx context.Context) *reqState {
@@ -55,16 +37,23 @@ func stateFrom(ctx context.Context) *reqState {
 	return st
 }
 
-// ServeHTTP is the gateway's front door: client networks, target, allowlist,
-// authentication and (for CONNECT) the destination's addresses are all
-// decided here, so every refusal is an ordinary HTTP response (a 407 to a
-// CONNECT can be retried on the same connection). Only allowed requests
-// reach goproxy.
+// ServeHTTP is the gateway's front door, and the request path reads top to
+// bottom here: admit the client, serve the gateway's own pages, decide the
+// target, authenticate, resolve (CONNECT), then answer and relay (raw
+// tunnels) or forward (goproxy: absolute-form HTTP and inspected tunnels).
+// Every refusal is an ordinary HTTP response (a 407 to a CONNECT can be
+// retried on the same connection), and every request is recorded once, in
+// the record st that this function builds.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	st := &reqState{policy: s.opts.Policy(), raw: r.RequestURI}
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		st.client = ap.Addr().Unmap()
+	now := time.Now()
+	st := &reqState{proto: protoHTTP, method: r.Method, policy: s.opts.Policy(), raw: r.RequestURI}
+	if r.Method == http.MethodConnect {
+		st.proto = protoConnect
 	}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		st.clientAP, st.client = ap, ap.Addr().Unmap()
+	}
+	// Admit: client networks before anything else.
 	if !s.clientAllowed(st.client) {
 		s.refuse(w, r, st, ErrClientNotAllowed)
 		return
@@ -73,6 +62,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveSelf(w, r)
 		return
 	}
+	// Decide and authenticate.
 	if err := s.decide(r, st); err != nil {
 		s.refuse(w, r, st, err)
 		return
@@ -81,14 +71,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, st, err)
 		return
 	} else if answered {
-		s.logDecision(r, st, nil)
-		s.observeDecision(protocolOf(r), st, nil)
+		st.reason, st.status, st.end, st.url = reason.MaxForwards, http.StatusOK, endCompleted, r.URL.String()
+		s.decided(st)
+		s.record(st)
 		answerOptions(w.Header())
 		w.WriteHeader(http.StatusOK)
 		return
 	}
+	// One deadline for the gateway's own work on this request, from the
+	// settings: resolving and connecting, plus the client's ClientHello in
+	// between for a verified tunnel.
+	st.deadline = now.Add(s.opts.DialTimeout)
+	if r.Method == http.MethodConnect && st.mode != tlsbypass.Inspect && !st.decision.NoSNICheck {
+		st.deadline = st.deadline.Add(s.opts.ClientHelloTimeout)
+	}
 	if r.Method == http.MethodConnect {
-		ctx, cancel := context.WithTimeout(r.Context(), s.opts.DialTimeout)
+		// Resolve and check the destination before answering, so that a
+		// refusal or failure is still an HTTP answer.
+		ctx, cancel := context.WithDeadline(r.Context(), st.deadline)
 		addrs, err := s.opts.Dialer.Lookup(ctx, st.target.Host, st.target.Port)
 		cancel()
 		if err != nil {
@@ -97,21 +97,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		st.addrs = addrs
 	}
-	s.logDecision(r, st, nil)
-	s.observeDecision(protocolOf(r), st, nil)
+	s.decided(st)
+	// Answer and relay a raw tunnel here; goproxy forwards the rest.
 	if r.Method == http.MethodConnect && st.mode != tlsbypass.Inspect {
 		s.takeOver(w, r, st)
 		return
 	}
-	keeper := &hijackKeeper{ResponseWriter: w, connDone: s.opts.ConnDone, writeTimeout: cmp.Or(s.opts.WriteTimeout, s.opts.Tunnel.IdleTimeout),
+	keeper := &hijackKeeper{ResponseWriter: w, connDone: s.opts.ConnDone, writeTimeout: s.writeTimeout(),
 		closeAfter: mustClose(r)}
 	if r.Body != nil && r.Body != http.NoBody {
 		r.Body = &bodyReader{ReadCloser: r.Body}
 	}
 	if st.mode == tlsbypass.Inspect {
-		keeper.onHijack = s.observeInspectedTunnel(r, st)
+		keeper.onHijack = s.observeInspectedTunnel(st)
 	}
 	s.gp.ServeHTTP(keeper, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+}
+
+// writeTimeout bounds each write of a forwarded response to the client.
+func (s *Server) writeTimeout() time.Duration {
+	return cmp.Or(s.opts.WriteTimeout, s.opts.Tunnel.IdleTimeout)
 }
 
 // mustClose reports whether the connection must be closed after answering
@@ -203,7 +208,7 @@ func (s *Server) decide(r *http.Request, st *reqState) error {
 // whose Max-Forwards reached 0: what it would forward, and why it answered.
 func answerOptions(h http.Header) {
 	h.Set("Allow", allowedMethods)
-	h.Set(ReasonHeader, ReasonMaxForwards)
+	h.Set(ReasonHeader, reason.MaxForwards.String())
 	h.Set("Content-Length", "0")
 	h.Set("Cache-Control", "no-store")
 }
@@ -244,18 +249,18 @@ func maxForwards(r *http.Request) (answered bool, err error) {
 	return false, nil
 }
 
-// refuse answers a request the gateway will not serve, and logs, counts and
+// refuse answers a request the gateway will not serve, and counts and
 // records it.
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, err error) {
-	target := st.targetString()
-	f := newRefusal(err, target, &st.decision, st.policy)
-	s.logDecision(r, st, err)
-	s.observeDecision(protocolOf(r), st, err)
-	s.eventRefused(r, st, err, f.status)
+	if r.Method != http.MethodConnect && st.target.Host != "" {
+		st.url = r.URL.String()
+	}
+	s.refused(st, err)
+	f := newRefusal(st)
 	h := w.Header()
 	h.Set("Content-Type", "text/plain; charset=utf-8")
 	h.Set("Cache-Control", "no-store")
-	h.Set(ReasonHeader, f.reason)
+	h.Set(ReasonHeader, f.reason.String())
 	if f.status == http.StatusMethodNotAllowed {
 		h.Set("Allow", allowedMethods) // RFC 9110 §15.5.6
 	}
@@ -271,44 +276,4 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, er
 	}
 	w.WriteHeader(f.status)
 	w.Write([]byte(f.body))
-}
-
-func (s *Server) logDecision(r *http.Request, st *reqState, err error, extra ...slog.Attr) {
-	d := &st.decision
-	level := slog.LevelInfo
-	if d.Audited {
-		level = slog.LevelWarn
-	}
-	if !s.log.Enabled(context.Background(), level) {
-		return // build no attributes for a line nobody keeps
-	}
-	target := st.targetString()
-	attrs := []slog.Attr{
-		slog.String("client", r.RemoteAddr),
-		slog.String("method", r.Method),
-		slog.String("target", target),
-	}
-	decision, reason := verdict(st, err)
-	if err == nil && !d.Audited {
-		reason = string(d.Reason) // allowed, or unlisted: allowed to an authenticated user
-	}
-	attrs = append(attrs, slog.String("decision", decision), slog.String("reason", reason))
-	if err != nil && failure(reason) {
-		attrs = append(attrs, slog.String("outcome", telemetry.OutcomeFailed))
-	}
-	if d.Rule != nil {
-		attrs = append(attrs, slog.String("rule", d.RuleID()), slog.String("service", d.Service()),
-			slog.String("geography", d.Geography()))
-	}
-	if st.user != "" {
-		attrs = append(attrs, slog.String("user", st.user))
-	}
-	if err == nil && r.Method == http.MethodConnect {
-		attrs = append(attrs, slog.String("tls", st.mode.String()))
-	}
-	if d.PathUnchecked {
-		attrs = append(attrs, slog.Bool("path_unchecked", true))
-	}
-	attrs = append(attrs, extra...)
-	s.log.LogAttrs(context.Background(), level, "decision", attrs...)
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 // servePolicy starts a second gateway on 127.0.0.1 with w's options and
@@ -148,11 +149,11 @@ func TestClassifyServiceDisabled(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			status, reason := classify(tt.err)
+			rc, status := classify(tt.err)
 			if got, want := status, http.StatusForbidden; got != want {
 				t.Errorf("status = %d, want %d", got, want)
 			}
-			if got, want := reason, "service-disabled"; got != want {
+			if got, want := rc.String(), "service-disabled"; got != want {
 				t.Errorf("reason = %q, want %q", got, want)
 			}
 		})
@@ -166,17 +167,17 @@ func TestHintServiceDisabled(t *testing.T) {
 		d    *allowlist.Decision
 		want string
 	}{
-		{"setting", &allowlist.Decision{Reason: allowlist.ReasonServiceDisabled, Rule: rule, DisabledBy: allowlist.DisabledBySetting},
+		{"setting", &allowlist.Decision{Reason: reason.ServiceDisabled, Rule: rule, DisabledBy: allowlist.DisabledBySetting},
 			`crl.microsoft.com:80 is refused: service "crl" (CRL / certificate trust) is disabled by GATEWAY_DISABLED_SERVICES; rule catalog:21 would allow it. Remove crl from GATEWAY_DISABLED_SERVICES if endpoints need the service.`},
-		{"rules file", &allowlist.Decision{Reason: allowlist.ReasonServiceDisabled, Rule: rule, DisabledBy: allowlist.DisabledByRulesFile},
+		{"rules file", &allowlist.Decision{Reason: reason.ServiceDisabled, Rule: rule, DisabledBy: allowlist.DisabledByRulesFile},
 			`crl.microsoft.com:80 is refused: service "crl" (CRL / certificate trust) is disabled by disable_services in the rules file (GATEWAY_RULES_FILE); rule catalog:21 would allow it. Remove crl from disable_services in the rules file (GATEWAY_RULES_FILE) if endpoints need the service.`},
-		{"both", &allowlist.Decision{Reason: allowlist.ReasonServiceDisabled, Rule: rule, DisabledBy: allowlist.DisabledByBoth},
+		{"both", &allowlist.Decision{Reason: reason.ServiceDisabled, Rule: rule, DisabledBy: allowlist.DisabledByBoth},
 			`Remove crl from both GATEWAY_DISABLED_SERVICES and disable_services in the rules file (GATEWAY_RULES_FILE)`},
 		{"no decision", nil, "GATEWAY_DISABLED_SERVICES, or disable_services in the rules file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := hint("service-disabled", "crl.microsoft.com:80", tt.d, nil); !strings.Contains(got, tt.want) {
+			if got := hint(reason.ServiceDisabled, "crl.microsoft.com:80", tt.d, nil); !strings.Contains(got, tt.want) {
 				t.Errorf("hint = %q, want %q", got, tt.want)
 			}
 		})

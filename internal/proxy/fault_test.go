@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -102,7 +103,7 @@ func TestFaultsUpstream(t *testing.T) {
 			}
 			c.Close()
 		})
-		w.waitLog(t, `"end":"error"`)
+		w.waitLog(t, `"outcome":"error"`)
 		fdsBack(t, base)
 	})
 	t.Run("upstream sends enormous response headers", func(t *testing.T) {
@@ -246,5 +247,65 @@ func neverReads(t *testing.T, o worldOptions) {
 	case <-bodyDone:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the gateway kept the upstream busy for a client that never reads")
+	}
+}
+
+// TestOneDeadlinePerRequest checks that the front door computes one
+// deadline per request and that every resolve and dial of that request
+// runs under it: a verified tunnel's lookup (before the 200) and its dial
+// (after the ClientHello) share it, and a plain-HTTP request's dial gets
+// it too, instead of each step restarting a timeout of its own.
+func TestOneDeadlinePerRequest(t *testing.T) {
+	w := newWorld(t, worldOptions{geos: eu, clientHelloTimeout: 4 * time.Second})
+	const dialTimeout = 3 * time.Second // newWorld's
+	tests := []struct {
+		name    string
+		do      func(t *testing.T)
+		ops     []string
+		atLeast time.Duration // the deadline is at least this far from the request's start
+	}{
+		{"verified tunnel", func(t *testing.T) {
+			c, resp := w.connect("winatp-gw-weu.microsoft.com:443", clientHello(t, "winatp-gw-weu.microsoft.com"))
+			if resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %d", resp.StatusCode)
+			}
+			c.Close()
+		}, []string{"lookup", "dial-checked"}, dialTimeout + 4*time.Second},
+		{"plain HTTP", func(t *testing.T) {
+			client := w.client()
+			resp, err := client.Get("http://crl.microsoft.com/pki/crl/products/deadline.crl")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			client.CloseIdleConnections()
+		}, []string{"dial"}, dialTimeout},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w.dialCalls()
+			start := time.Now()
+			tt.do(t)
+			calls := w.dialCalls()
+			var ops []string
+			for _, c := range calls {
+				ops = append(ops, c.op)
+			}
+			if !slices.Equal(ops, tt.ops) {
+				t.Fatalf("dial calls %q, want %q", ops, tt.ops)
+			}
+			first := calls[0].deadline
+			if first.IsZero() {
+				t.Fatalf("%s ran without a deadline", calls[0].op)
+			}
+			for _, c := range calls[1:] {
+				if !c.deadline.Equal(first) {
+					t.Errorf("%s deadline %v, want the request's %v", c.op, c.deadline, first)
+				}
+			}
+			if got := first.Sub(start); got < tt.atLeast {
+				t.Errorf("deadline %v after the request started, want at least %v", got, tt.atLeast)
+			}
+		})
 	}
 }

@@ -1,9 +1,9 @@
 package proxy
 
 import (
+	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -14,6 +14,7 @@ import (
 	"github.com/elazarl/goproxy"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/reason"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 	"github.com/defendergw/gateway/internal/upstream"
 )
@@ -115,7 +116,9 @@ func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Re
 	}
 	if st == nil {
 		err := fmt.Errorf("request reached the forwarder undecided: %w", allowlist.ErrBadTarget)
-		return r, newRefusal(err, r.URL.Host, nil, nil).response(r)
+		st = &reqState{raw: r.URL.Host}
+		st.fail(err)
+		return r, newRefusal(st).response(r)
 	}
 	// Forward to exactly the normalised name that was decided: the
 	// absolute URI wins over any Host header (RFC 9112 §3.2.2).
@@ -140,6 +143,9 @@ func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Re
 		}
 	}
 	s.addVia(r.Header, r.ProtoMajor, r.ProtoMinor)
+	if s.opts.Events != nil {
+		st.url = r.URL.String() // as forwarded
+	}
 	ctx.UserData = st
 	ctx.RoundTripper = goproxy.RoundTripperFunc(s.roundTrip)
 	return r, nil
@@ -147,9 +153,11 @@ func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Re
 
 // decideInner decides a request inside an inspected tunnel. Only the
 // CONNECT's own origin may be addressed, only over TLS, and each path is
-// decided on its own.
+// decided on its own, in a record of its own.
 func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *http.Response) {
-	st := &reqState{client: tunnel.client, policy: tunnel.policy, raw: r.URL.Host, user: tunnel.user, mode: tunnel.mode}
+	st := &reqState{proto: protoInspected, method: r.Method, clientAP: tunnel.clientAP, client: tunnel.client,
+		policy: tunnel.policy, raw: r.URL.Host, user: tunnel.user, mode: tunnel.mode,
+		deadline: time.Now().Add(s.opts.DialTimeout)}
 	t, err := allowlist.ParseURL(r.URL)
 	if err == nil && (!strings.EqualFold(r.URL.Scheme, "https") || t.Host != tunnel.target.Host || t.Port != tunnel.target.Port) {
 		err = fmt.Errorf("request for %s inside a tunnel to %s: %w", r.URL.Host, tunnel.target.HostPort(), allowlist.ErrBadTarget)
@@ -171,20 +179,21 @@ func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *htt
 			answered, err = maxForwards(r)
 		}
 	}
-	extra := []slog.Attr{slog.String("tls", tlsbypass.Inspect.String()), slog.String("path", t.Path)}
-	s.logDecision(r, st, err, extra...)
-	s.observeDecision(protoInspected, st, err)
 	if err != nil {
-		f := newRefusal(err, st.raw, &st.decision, st.policy)
-		s.eventRefused(r, st, err, f.status)
-		return nil, f.response(r)
+		st.url = r.URL.String()
+		s.refused(st, err)
+		return nil, newRefusal(st).response(r)
 	}
 	if answered {
+		st.reason, st.status, st.end, st.url = reason.MaxForwards, http.StatusOK, endCompleted, r.URL.String()
+		s.decided(st)
+		s.record(st)
 		resp := &http.Response{StatusCode: http.StatusOK, Status: "200 OK", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 			Request: r, Header: make(http.Header, 4), Body: http.NoBody}
 		answerOptions(resp.Header)
 		return nil, resp
 	}
+	s.decided(st)
 	return st, nil
 }
 
@@ -192,19 +201,21 @@ func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *htt
 // into refusals with a reason, so goproxy never answers with its own 500.
 func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Response, error) {
 	st, _ := ctx.UserData.(*reqState)
+	if st == nil {
+		return nil, errors.New("proxy: request reached the round trip undecided")
+	}
 	start := time.Now()
-	var remote string
 	if s.opts.Events != nil {
 		// Only the connection event needs the address actually dialed.
 		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-			remote = addrOnly(info.Conn.RemoteAddr().String())
+			st.remote = info.Conn.RemoteAddr().String()
 		}}
 		r = r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
 	}
 	var resp *http.Response
 	var err error
 	if upstream.Handles(r) {
-		resp, err = s.h1.RoundTrip(r)
+		resp, err = s.h1.RoundTripBy(r, st.deadline)
 	} else {
 		resp, err = s.tr.RoundTrip(r)
 	}
@@ -226,22 +237,11 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 		err = fmt.Errorf("%w: %w", errBadBody, br.err)
 	}
 	if err != nil {
-		target := r.URL.Host
-		var d *allowlist.Decision
-		var p *allowlist.Policy
-		if st != nil {
-			target, d, p = st.target.HostPort(), &st.decision, st.policy
-		}
-		s.log.Warn("forward failed", "client", clientAddr(r), "target", target, "error", err.Error())
-		f := newRefusal(err, target, d, p)
-		if st != nil {
-			s.eventRefused(r, st, err, f.status)
-		}
-		return f.response(r), nil
+		st.fail(err)
+		s.record(st)
+		return newRefusal(st).response(r), nil
 	}
-	if st != nil {
-		s.observeForwarded(r, st, resp, remote, start)
-	}
+	s.forwarded(r, st, resp, start)
 	connNamed := removeHopByHop(resp.Header)
 	// Only the gateway speaks with X-Gateway-Reason; an upstream must not be
 	// able to make its answer look like a gateway refusal, in a header or in

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 // TestUpstreamTrailers checks that an upstream's trailers are filtered as
@@ -78,7 +80,7 @@ func TestUnaskedSwitch(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, body := one(t, w.proxyURL.Host, tt.raw, tt.method)
-			checkStatus(t, resp, body, http.StatusBadGateway, ReasonUpstreamUnreachable)
+			checkStatus(t, resp, body, http.StatusBadGateway, reason.UpstreamUnreachable.String())
 		})
 	}
 }
@@ -102,17 +104,17 @@ func TestMethodsAndUpgrades(t *testing.T) {
 		allowHeader bool
 		upgradeGone bool
 	}{
-		{"TRACE refused", req("TRACE", ""), http.MethodGet, 405, ReasonMethodNotAllowed, false, "", true, false},
-		{"TRACE refused whatever Max-Forwards says", req("TRACE", "Max-Forwards: 5\r\n"), http.MethodGet, 405, ReasonMethodNotAllowed, false, "", true, false},
+		{"TRACE refused", req("TRACE", ""), http.MethodGet, 405, reason.MethodNotAllowed.String(), false, "", true, false},
+		{"TRACE refused whatever Max-Forwards says", req("TRACE", "Max-Forwards: 5\r\n"), http.MethodGet, 405, reason.MethodNotAllowed.String(), false, "", true, false},
 		{"TRACE to an unlisted host refused the same way", "TRACE http://unlisted-http.example.com/ HTTP/1.1\r\nHost: unlisted-http.example.com\r\n\r\n",
-			http.MethodGet, 405, ReasonMethodNotAllowed, false, "", true, false},
-		{"OPTIONS Max-Forwards 0 answered by the gateway", req("OPTIONS", "Max-Forwards: 0\r\n"), http.MethodOptions, 200, ReasonMaxForwards, false, "", true, false},
+			http.MethodGet, 405, reason.MethodNotAllowed.String(), false, "", true, false},
+		{"OPTIONS Max-Forwards 0 answered by the gateway", req("OPTIONS", "Max-Forwards: 0\r\n"), http.MethodOptions, 200, reason.MaxForwards.String(), false, "", true, false},
 		{"OPTIONS Max-Forwards decremented", req("OPTIONS", "Max-Forwards: 3\r\n"), http.MethodOptions, 200, "", true, "2", false, false},
 		{"OPTIONS bad Max-Forwards", req("OPTIONS", "Max-Forwards: three\r\n"), http.MethodOptions, 400, "bad-request", false, "", false, false},
 		{"GET keeps Max-Forwards", req("GET", "Max-Forwards: 0\r\n"), http.MethodGet, 200, "", true, "0", false, false},
 		{"websocket refused", req("GET", "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"),
-			http.MethodGet, 403, ReasonUpgradeRefused, false, "", false, false},
-		{"websocket among upgrades refused", req("GET", "Connection: Upgrade\r\nUpgrade: h2c, WebSocket\r\n"), http.MethodGet, 403, ReasonUpgradeRefused, false, "", false, false},
+			http.MethodGet, 403, reason.UpgradeRefused.String(), false, "", false, false},
+		{"websocket among upgrades refused", req("GET", "Connection: Upgrade\r\nUpgrade: h2c, WebSocket\r\n"), http.MethodGet, 403, reason.UpgradeRefused.String(), false, "", false, false},
 		{"h2c upgrade dropped", req("GET", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"),
 			http.MethodGet, 200, "", true, "", false, true},
 	}
@@ -152,9 +154,9 @@ func TestMethodsInsideInspectedTunnel(t *testing.T) {
 		status    int
 		reason    string
 	}{
-		{"TRACE", "TRACE /allowed/x HTTP/1.1\r\nHost: inspected.lab.test\r\n\r\n", 405, ReasonMethodNotAllowed},
-		{"websocket", "GET /allowed/x HTTP/1.1\r\nHost: inspected.lab.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 403, ReasonUpgradeRefused},
-		{"OPTIONS Max-Forwards 0", "OPTIONS /allowed/x HTTP/1.1\r\nHost: inspected.lab.test\r\nMax-Forwards: 0\r\n\r\n", 200, ReasonMaxForwards},
+		{"TRACE", "TRACE /allowed/x HTTP/1.1\r\nHost: inspected.lab.test\r\n\r\n", 405, reason.MethodNotAllowed.String()},
+		{"websocket", "GET /allowed/x HTTP/1.1\r\nHost: inspected.lab.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", 403, reason.UpgradeRefused.String()},
+		{"OPTIONS Max-Forwards 0", "OPTIONS /allowed/x HTTP/1.1\r\nHost: inspected.lab.test\r\nMax-Forwards: 0\r\n\r\n", 200, reason.MaxForwards.String()},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			before := w.tlsConns.Load()
@@ -307,7 +309,7 @@ func TestRetriedClientHello(t *testing.T) {
 			if n := clientHellos(<-got); n != 1 {
 				t.Errorf("upstream received %d ClientHellos, want only the first", n)
 			}
-			w.waitLog(t, `"msg":"tunnel refused"`)
+			w.waitLog(t, `"msg":"outcome","action":"ConnectionBlocked"`)
 			if !strings.Contains(w.logs.String(), `"reason":"sni-mismatch"`) {
 				t.Errorf("no sni-mismatch refusal logged:\n%s", w.logs.String())
 			}
@@ -358,6 +360,6 @@ func TestHandshakeGuardKeepsTLS12AndRefusesPacking(t *testing.T) {
 		if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
 			t.Fatalf("the tunnel was not closed: %v", err)
 		}
-		w.waitLog(t, `"msg":"tunnel refused"`)
+		w.waitLog(t, `"msg":"outcome","action":"ConnectionBlocked"`)
 	})
 }

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 const (
@@ -23,12 +25,6 @@ const (
 	acceptErrorInterval = 10 * time.Second
 )
 
-// Reasons for connections refused by the ConnLimiter.
-const (
-	ReasonOverloaded      = "overloaded"        // 503: GATEWAY_MAX_CONNS reached
-	ReasonClientConnLimit = "client-conn-limit" // 429: GATEWAY_MAX_CONNS_PER_CLIENT reached
-)
-
 // ConnLimiter bounds concurrent client connections, in total and per client
 // address, from accept until the connection (or the tunnel it became) ends.
 // Connections over a limit get a complete HTTP answer and are closed at
@@ -37,8 +33,9 @@ type ConnLimiter struct {
 	// Max and PerClient are the limits; zero means no limit.
 	Max, PerClient int
 	// OnRefuse, if non-nil, is called with the reason of every refused
-	// connection; if nil, nothing is called.
-	OnRefuse func(reason string)
+	// connection (reason.Overloaded or reason.ClientConnLimit); if nil,
+	// nothing is called.
+	OnRefuse func(reason.Code)
 	// OnAcceptError, if non-nil, is called when accepting fails because the
 	// process or system is out of file descriptors (EMFILE, ENFILE, also
 	// ENOBUFS and ENOMEM), at most once per 10 s, with the error and how
@@ -66,7 +63,7 @@ func (l *ConnLimiter) Active() int {
 }
 
 // admit counts c, or says which limit it would exceed.
-func (l *ConnLimiter) admit(c net.Conn) string {
+func (l *ConnLimiter) admit(c net.Conn) reason.Code {
 	var a netip.Addr
 	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
 		a = ap.Addr().Unmap()
@@ -78,13 +75,13 @@ func (l *ConnLimiter) admit(c net.Conn) string {
 	}
 	switch {
 	case l.Max > 0 && len(l.live) >= l.Max:
-		return ReasonOverloaded
+		return reason.Overloaded
 	case l.PerClient > 0 && l.perClient[a] >= l.PerClient:
-		return ReasonClientConnLimit
+		return reason.ClientConnLimit
 	}
 	l.live[c] = a
 	l.perClient[a]++
-	return ""
+	return reason.None
 }
 
 // Release stops counting c. It is idempotent: http.Server's ConnState and
@@ -128,12 +125,12 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 			continue
 		}
 		backoff = 0
-		reason := ll.l.admit(c)
-		if reason == "" {
+		rc := ll.l.admit(c)
+		if rc == reason.None {
 			return c, nil
 		}
 		if ll.l.OnRefuse != nil {
-			ll.l.OnRefuse(reason)
+			ll.l.OnRefuse(rc)
 		}
 		if ll.l.refusing.Add(1) > maxRefusing {
 			// A flood: no descriptor stays open for it, not even to answer.
@@ -141,14 +138,10 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 			c.Close()
 			continue
 		}
-		refuseErr := ErrOverloaded
-		if reason == ReasonClientConnLimit {
-			refuseErr = ErrClientConnLimit
-		}
 		// Answered before any request is read, off the accept loop.
 		go func() {
 			defer ll.l.refusing.Add(-1)
-			refuseAtLimit(c, newRefusal(refuseErr, c.LocalAddr().String(), nil, nil))
+			refuseAtLimit(c, renderRefusal(rc, rc.Status(), c.LocalAddr().String(), nil, nil))
 		}()
 	}
 }
@@ -198,10 +191,3 @@ var (
 	ErrOverloaded      = errors.New("the gateway is at its connection limit")
 	ErrClientConnLimit = errors.New("this client address is at its connection limit")
 )
-
-func limitHint(reason string) string {
-	if reason == ReasonClientConnLimit {
-		return "this client address has too many open connections (GATEWAY_MAX_CONNS_PER_CLIENT); retry later."
-	}
-	return "the gateway is serving its maximum number of connections (GATEWAY_MAX_CONNS); retry later."
-}

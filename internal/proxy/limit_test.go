@@ -4,8 +4,12 @@ import (
 	"bufio"
 	"net"
 	"net/http"
+	"slices"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 func TestConnLimiter(t *testing.T) {
@@ -13,8 +17,11 @@ func TestConnLimiter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var refused []string
-	lim := &ConnLimiter{Max: 3, PerClient: 2, OnRefuse: func(r string) { refused = append(refused, r) }}
+	var (
+		mu      sync.Mutex
+		refused []reason.Code
+	)
+	lim := &ConnLimiter{Max: 3, PerClient: 2, OnRefuse: func(r reason.Code) { mu.Lock(); refused = append(refused, r); mu.Unlock() }}
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }),
 		ConnState: func(c net.Conn, s http.ConnState) {
@@ -53,16 +60,16 @@ func TestConnLimiter(t *testing.T) {
 	}
 	status(a2)
 	// A third connection from the same client exceeds PerClient.
-	if code, reason := status(dial("127.0.0.1")); code != 429 || reason != ReasonClientConnLimit {
-		t.Errorf("third from one client: %d %q, want 429 %s", code, reason, ReasonClientConnLimit)
+	if code, got := status(dial("127.0.0.1")); code != 429 || got != reason.ClientConnLimit.String() {
+		t.Errorf("third from one client: %d %q, want 429 %s", code, got, reason.ClientConnLimit.String())
 	}
 	b1 := dial("127.0.0.3")
 	if code, _ := status(b1); code != 200 {
 		t.Fatalf("other client: %d", code)
 	}
 	// The gateway is now full.
-	if code, reason := status(dial("127.0.0.4")); code != 503 || reason != ReasonOverloaded {
-		t.Errorf("over Max: %d %q, want 503 %s", code, reason, ReasonOverloaded)
+	if code, got := status(dial("127.0.0.4")); code != 503 || got != reason.Overloaded.String() {
+		t.Errorf("over Max: %d %q, want 503 %s", code, got, reason.Overloaded.String())
 	}
 	// Closing a connection frees its slot.
 	a1.Close()
@@ -76,7 +83,9 @@ func TestConnLimiter(t *testing.T) {
 	if code, _ := status(dial("127.0.0.4")); code != 200 {
 		t.Errorf("after a slot freed: %d, want 200", code)
 	}
-	if len(refused) != 2 {
-		t.Errorf("OnRefuse called %d times, want 2", len(refused))
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []reason.Code{reason.ClientConnLimit, reason.Overloaded}; !slices.Equal(refused, want) {
+		t.Errorf("OnRefuse called with %v, want %v", refused, want)
 	}
 }

@@ -73,7 +73,10 @@ type Options struct {
 	// Logger receives one line per decision and one per closed tunnel.
 	Logger *slog.Logger
 
-	// DialTimeout bounds name resolution plus connection set-up per request.
+	// DialTimeout is the request's one deadline for the gateway's own
+	// work, counted from the front door: name resolution plus connection
+	// set-up (a verified tunnel adds ClientHelloTimeout for the client's
+	// ClientHello in between).
 	DialTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for an upstream's response
 	// headers on plain HTTP.
@@ -184,7 +187,6 @@ func New(opts Options) (*Server, error) {
 	}
 	s.h1 = upstream.New(upstream.Options{
 		DialContext:            opts.Dialer.DialContext,
-		DialTimeout:            opts.DialTimeout,
 		ResponseHeaderTimeout:  opts.ResponseHeaderTimeout,
 		MaxResponseHeaderBytes: int(s.tr.MaxResponseHeaderBytes),
 		IdleTimeout:            s.tr.IdleConnTimeout,

@@ -3,6 +3,8 @@ package proxy
 import (
 	"bufio"
 	"encoding/json"
+	"io"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -32,7 +34,7 @@ func TestMetricsAndEvents(t *testing.T) {
 		t.Fatalf("dns failure: %d", r.StatusCode)
 	}
 	tunnel("unlisted.example.com") // audited
-	for deadline := time.Now().Add(5 * time.Second); w.srv.Active() != 0 || strings.Count(w.logs.String(), "tunnel closed") < 2; time.Sleep(10 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); w.srv.Active() != 0 || strings.Count(w.logs.String(), `"duration_s"`) < 2; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("tunnels did not close:\n%s", w.logs.String())
 		}
@@ -169,4 +171,82 @@ func scrape(t *testing.T, w *world) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// TestOneRecordPerRequest checks that each outcome is written once, to the
+// access log, and that the operational log carries no per-request line
+// unless it is at debug level.
+func TestOneRecordPerRequest(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		level     slog.Level
+		wantLines int // outcome lines in the operational log
+	}{
+		{"info", slog.LevelInfo, 0},
+		{"debug", slog.LevelDebug, 4},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			w := newWorld(t, worldOptions{geos: eu, telemetry: true, logLevel: &tt.level})
+			c, resp := w.connect("winatp-gw-weu.microsoft.com:443", clientHello(t, "winatp-gw-weu.microsoft.com"))
+			if resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %d", resp.StatusCode)
+			}
+			c.Close()
+			if _, r := w.connect("winatp-gw-cus.microsoft.com:443", nil); r.StatusCode != 403 {
+				t.Fatalf("geography: %d", r.StatusCode)
+			}
+			client := w.client()
+			for _, u := range []string{"http://crl.microsoft.com/pki/crl/products/one.crl", "http://unlisted-http.example.com/"} {
+				r, err := client.Get(u)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.Copy(io.Discard, r.Body)
+				r.Body.Close()
+			}
+			client.CloseIdleConnections()
+			for deadline := time.Now().Add(5 * time.Second); w.srv.Active() != 0; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the tunnel did not end")
+				}
+			}
+			// The forwarded response is recorded when goproxy closes its
+			// body, after the client has read it: wait for it.
+			var events []string
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				b, _ := os.ReadFile(w.eventFile)
+				if events = strings.Split(strings.TrimSpace(string(b)), "\n"); len(events) >= 4 || time.Now().After(deadline) {
+					break
+				}
+			}
+			w.events.Close()
+			b, _ := os.ReadFile(w.eventFile)
+			events = strings.Split(strings.TrimSpace(string(b)), "\n")
+			var actions []string
+			for _, line := range events {
+				var e struct{ ActionType, RemoteUrl string }
+				if err := json.Unmarshal([]byte(line), &e); err != nil {
+					t.Fatalf("event %q: %v", line, err)
+				}
+				actions = append(actions, e.ActionType+" "+e.RemoteUrl)
+			}
+			slices.Sort(actions)
+			want := []string{
+				"ConnectionBlocked http://unlisted-http.example.com/",
+				"ConnectionBlocked winatp-gw-cus.microsoft.com",
+				"ConnectionSuccess http://crl.microsoft.com/pki/crl/products/one.crl",
+				"ConnectionSuccess winatp-gw-weu.microsoft.com",
+			}
+			if !slices.Equal(actions, want) {
+				t.Errorf("events:\n got %q\nwant %q", actions, want)
+			}
+			logs := w.logs.String()
+			if got := strings.Count(logs, `"msg":"outcome"`); got != tt.wantLines {
+				t.Errorf("%d outcome lines in the operational log, want %d:\n%s", got, tt.wantLines, logs)
+			}
+			if tt.level == slog.LevelInfo && logs != "" {
+				t.Errorf("the operational log has per-request lines at info:\n%s", logs)
+			}
+		})
+	}
 }

@@ -2,7 +2,7 @@ package proxy
 
 import (
 	"bytes"
-
+	"cmp"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -69,6 +69,9 @@ type worldOptions struct {
 	// telemetry wires a metrics registry (world.reg) and an event log
 	// (world.eventFile, JSON).
 	telemetry bool
+	// logLevel of the operational log; default debug, so that tests can
+	// wait for a request's outcome line.
+	logLevel *slog.Level
 }
 
 type world struct {
@@ -88,7 +91,31 @@ type world struct {
 	eventFile string
 	logs      *syncBuffer
 	portMap   map[uint16]uint16
-	mu        sync.Mutex
+	// dials records the context deadline of every Lookup, DialChecked and
+	// DialContext the gateway made (zero: none), in order.
+	dials []dialCall
+	mu    sync.Mutex
+}
+
+type dialCall struct {
+	op       string // lookup, dial-checked, dial
+	deadline time.Time
+}
+
+func (w *world) recordDial(ctx context.Context, op string) {
+	d, _ := ctx.Deadline()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.dials = append(w.dials, dialCall{op, d})
+}
+
+// dialCalls returns the dials recorded so far and forgets them.
+func (w *world) dialCalls() []dialCall {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := w.dials
+	w.dials = nil
+	return c
 }
 
 type syncBuffer struct {
@@ -124,14 +151,17 @@ func (p portMapDialer) mapPort(port uint16) uint16 {
 }
 
 func (p portMapDialer) Lookup(ctx context.Context, host string, port uint16) ([]netip.AddrPort, error) {
+	p.w.recordDial(ctx, "lookup")
 	return p.d.Lookup(ctx, host, p.mapPort(port))
 }
 
 func (p portMapDialer) DialChecked(ctx context.Context, addrs []netip.AddrPort) (net.Conn, error) {
+	p.w.recordDial(ctx, "dial-checked")
 	return p.d.DialChecked(ctx, addrs)
 }
 
 func (p portMapDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	p.w.recordDial(ctx, "dial")
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
@@ -139,6 +169,8 @@ func (p portMapDialer) DialContext(ctx context.Context, network, addr string) (n
 	n, _ := strconv.Atoi(port)
 	return p.d.DialContext(ctx, network, net.JoinHostPort(host, strconv.Itoa(int(p.mapPort(uint16(n))))))
 }
+
+var debugLevel = slog.LevelDebug
 
 func newWorld(t testing.TB, o worldOptions) *world {
 	t.Helper()
@@ -276,7 +308,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		UpstreamTLS:           &tls.Config{RootCAs: w.ca.Pool},
 		Policy:                func() *allowlist.Policy { return policy },
 		Dialer:                portMapDialer{d: d, w: w},
-		Logger:                slog.New(slog.NewJSONHandler(w.logs, nil)),
+		Logger:                slog.New(slog.NewJSONHandler(w.logs, &slog.HandlerOptions{Level: cmp.Or(o.logLevel, &debugLevel)})),
 		DialTimeout:           3 * time.Second,
 		ResponseHeaderTimeout: o.responseHeaderTimeout,
 		Tunnel:                o.tunnel,

@@ -23,7 +23,10 @@ const (
 type Dialer struct {
 	Resolver *Resolver
 	Policy   *Policy
-	Timeout  time.Duration // overall bound for one DialContext call (resolution and all attempts); default 10s
+	// Timeout bounds one DialContext or DialChecked call (resolution and
+	// all attempts) whose context carries no deadline; default 10s. A
+	// context's deadline is kept as it is.
+	Timeout time.Duration
 	// Observe, if non-nil, is called after every DialChecked with how long
 	// connecting took and its error (nil on success); if nil, nothing is
 	// reported.
@@ -73,7 +76,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, fmt.Errorf("dial %s: invalid port %q", addr, portStr)
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, d.timeout())
+	ctx, cancel := d.bound(ctx)
 	defer cancel()
 	checked, err := d.Lookup(ctx, host, uint16(port))
 	if err != nil {
@@ -90,6 +93,16 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, fmt.Errorf("dial %s: %w: no address for network %s", addr, ErrDNSFailure, network)
 	}
 	return d.DialChecked(ctx, targets)
+}
+
+// bound gives ctx the dialer's Timeout unless it already carries a
+// deadline: a request's one deadline, set at the proxy's front door, is
+// not shortened or restarted here.
+func (d *Dialer) bound(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d.timeout())
 }
 
 func (d *Dialer) timeout() time.Duration {
@@ -144,12 +157,13 @@ func (d *Dialer) Lookup(ctx context.Context, host string, port uint16) ([]netip.
 
 // DialChecked connects to the first reachable destination of targets, which
 // must come from Lookup. It splits the remaining time between them like the
-// net package does and bounds the whole attempt by Timeout.
+// net package does and bounds the whole attempt by ctx's deadline, or by
+// Timeout if it has none.
 func (d *Dialer) DialChecked(ctx context.Context, targets []netip.AddrPort) (net.Conn, error) {
 	if len(targets) == 0 {
 		return nil, fmt.Errorf("dial: %w: no address", ErrDNSFailure)
 	}
-	ctx, cancel := context.WithTimeout(ctx, d.timeout())
+	ctx, cancel := d.bound(ctx)
 	defer cancel()
 	start := time.Now()
 	conn, err := d.dialTargets(ctx, targets)

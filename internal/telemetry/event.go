@@ -5,14 +5,17 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/defendergw/gateway/internal/reason"
 )
 
-// ActionType values, as in Defender's DeviceNetworkEvents.
+// ActionType values, as in Defender's DeviceNetworkEvents (the reason
+// table's, which maps each reason to one).
 const (
-	ConnectionSuccess = "ConnectionSuccess"
-	ConnectionFailed  = "ConnectionFailed"
-	ConnectionBlocked = "ConnectionBlocked"
-	ConnectionAudited = "ConnectionAudited"
+	ConnectionSuccess = reason.ConnectionSuccess
+	ConnectionFailed  = reason.ConnectionFailed
+	ConnectionBlocked = reason.ConnectionBlocked
+	ConnectionAudited = reason.ConnectionAudited
 )
 
 // Decisions and outcomes of AdditionalFields. The decision is what the

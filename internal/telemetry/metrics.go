@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 const namespace = "gateway"
@@ -35,7 +36,7 @@ var (
 	tunnelBuckets = []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
 
 	tlsModes       = []string{TLSBypass, TLSInspected}
-	refusalReasons = []string{"sni-mismatch", "not-tls"}
+	refusalReasons = []string{reason.SNIMismatch.Label(), reason.NotTLS.Label()}
 	codeClasses    = []string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 	dnsResults     = []string{"success", "nxdomain", "servfail", "timeout", "error", "cache_hit"}
 	dialErrorKinds = []string{"refused", "timeout", "private", "dns", "other"}

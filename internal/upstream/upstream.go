@@ -41,8 +41,6 @@ type Options struct {
 	// DialContext connects to addr ("host:port"); it is required. The
 	// gateway passes its checked dialer, which refuses internal addresses.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
-	// DialTimeout bounds one dial; zero means 10 s.
-	DialTimeout time.Duration
 	// ResponseHeaderTimeout bounds writing the request and reading the
 	// response headers; zero means no limit beyond the request's context.
 	ResponseHeaderTimeout time.Duration
@@ -67,9 +65,6 @@ type Client struct {
 
 // New returns a Client.
 func New(opts Options) *Client {
-	if opts.DialTimeout <= 0 {
-		opts.DialTimeout = 10 * time.Second
-	}
 	if opts.MaxResponseHeaderBytes <= 0 {
 		opts.MaxResponseHeaderBytes = 64 << 10
 	}
@@ -116,8 +111,17 @@ const maxInterim = 16
 
 // RoundTrip sends r and returns the response. The body must be read to EOF
 // or closed; a connection whose body was read to the end goes back to the
-// pool, one closed early is closed, never drained.
+// pool, one closed early is closed, never drained. A dial is bounded by r's
+// context (and DialContext's own bound).
 func (c *Client) RoundTrip(r *http.Request) (*http.Response, error) {
+	return c.RoundTripBy(r, time.Time{})
+}
+
+// RoundTripBy is RoundTrip with a deadline for dialing a new connection
+// (the caller's one deadline for setting the request up; zero means none
+// beyond r's context). It does not bound the response: that is
+// ResponseHeaderTimeout's, and the body's reader's.
+func (c *Client) RoundTripBy(r *http.Request, dialBy time.Time) (*http.Response, error) {
 	if !Handles(r) {
 		return nil, ErrNotHandled
 	}
@@ -128,7 +132,7 @@ func (c *Client) RoundTrip(r *http.Request) (*http.Response, error) {
 	ctx := r.Context()
 	trace := httptrace.ContextClientTrace(ctx)
 	for {
-		pc, err := c.conn(ctx, addr)
+		pc, err := c.conn(ctx, addr, dialBy)
 		if err != nil {
 			return nil, err
 		}
@@ -174,7 +178,7 @@ func isClosedConn(err error) bool {
 }
 
 // conn returns a live pooled connection to addr, or dials one.
-func (c *Client) conn(ctx context.Context, addr string) (*conn, error) {
+func (c *Client) conn(ctx context.Context, addr string, dialBy time.Time) (*conn, error) {
 	for {
 		pc := c.pool.get(addr)
 		if pc == nil {
@@ -186,7 +190,10 @@ func (c *Client) conn(ctx context.Context, addr string) (*conn, error) {
 		}
 		pc.nc.Close()
 	}
-	dctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
+	dctx, cancel := ctx, context.CancelFunc(func() {})
+	if !dialBy.IsZero() {
+		dctx, cancel = context.WithDeadline(ctx, dialBy)
+	}
 	nc, err := c.opts.DialContext(dctx, "tcp", addr)
 	cancel()
 	if err != nil {
