@@ -241,24 +241,34 @@ func hrrUpstream(t *testing.T, w *world, host string) chan []byte {
 // refused before it reaches the destination, however it is framed.
 func TestRetriedClientHello(t *testing.T) {
 	const host = "winatp-gw-weu.microsoft.com"
-	t.Run("a genuine retry goes through", func(t *testing.T) {
-		w := newWorld(t, worldOptions{geos: eu})
-		got := hrrUpstream(t, w, host)
-		c, resp := w.connect(host+":443", nil)
-		if resp.StatusCode != 200 {
-			t.Fatalf("CONNECT: %d", resp.StatusCode)
+	for _, trickle := range []bool{false, true} {
+		name := "a genuine retry goes through"
+		if trickle {
+			name += ", three bytes per segment"
 		}
-		tc := tls.Client(c, &tls.Config{ServerName: host, RootCAs: w.ca.Pool})
-		if err := tc.Handshake(); err != nil {
-			t.Fatalf("handshake through a retry: %v\n%s", err, w.logs.String())
-		}
-		if b, _ := io.ReadAll(tc); string(b) != "hello through a retry" {
-			t.Errorf("read %q", b)
-		}
-		if n := clientHellos(<-got); n != 2 {
-			t.Errorf("upstream received %d ClientHellos, want 2 (no HelloRetryRequest happened?)", n)
-		}
-	})
+		t.Run(name, func(t *testing.T) {
+			w := newWorld(t, worldOptions{geos: eu})
+			got := hrrUpstream(t, w, host)
+			c, resp := w.connect(host+":443", nil)
+			if resp.StatusCode != 200 {
+				t.Fatalf("CONNECT: %d", resp.StatusCode)
+			}
+			if trickle {
+				// Every record reaches the guard split across reads.
+				c = trickleConn{c}
+			}
+			tc := tls.Client(c, &tls.Config{ServerName: host, RootCAs: w.ca.Pool})
+			if err := tc.Handshake(); err != nil {
+				t.Fatalf("handshake through a retry: %v\n%s", err, w.logs.String())
+			}
+			if b, _ := io.ReadAll(tc); string(b) != "hello through a retry" {
+				t.Errorf("read %q", b)
+			}
+			if n := clientHellos(<-got); n != 2 {
+				t.Errorf("upstream received %d ClientHellos, want 2 (no HelloRetryRequest happened?)", n)
+			}
+		})
+	}
 	ccs := []byte{20, 3, 3, 0, 1, 1}
 	split := func(rec []byte) []byte { // one handshake record as two
 		f := rec[5:]
@@ -277,6 +287,9 @@ func TestRetriedClientHello(t *testing.T) {
 		}},
 		{"retry without SNI", true, func(t *testing.T) []byte { return append(ccs, clientHello(t, "")...) }},
 		{"second hello without a retry request", false, func(t *testing.T) []byte { return clientHello(t, "evil.example.com") }},
+		{"retry naming another host, three bytes per segment", true, func(t *testing.T) []byte {
+			return append(ccs, clientHello(t, "evil.example.com")...)
+		}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			w := newWorld(t, worldOptions{geos: eu})
@@ -301,7 +314,11 @@ func TestRetriedClientHello(t *testing.T) {
 					t.Fatalf("the upstream did not answer with a HelloRetryRequest: % x", body[:min(len(body), 40)])
 				}
 			}
-			c.Write(tt.second(t))
+			if strings.Contains(tt.name, "three bytes per segment") {
+				trickleConn{c}.Write(tt.second(t))
+			} else {
+				c.Write(tt.second(t))
+			}
 			c.SetReadDeadline(time.Now().Add(5 * time.Second))
 			if _, err := io.Copy(io.Discard, c); err != nil && !isReset(err) {
 				t.Fatalf("the tunnel was not closed: %v", err)
@@ -362,4 +379,22 @@ func TestHandshakeGuardKeepsTLS12AndRefusesPacking(t *testing.T) {
 		}
 		w.waitLog(t, `"msg":"outcome","action":"ConnectionBlocked"`)
 	})
+}
+
+// trickleConn writes three bytes per write, each its own segment (Go
+// sets TCP_NODELAY), so the gateway reads records split across reads.
+type trickleConn struct{ net.Conn }
+
+func (c trickleConn) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		k := min(3, len(p))
+		m, err := c.Conn.Write(p[:k])
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[k:]
+	}
+	return n, nil
 }

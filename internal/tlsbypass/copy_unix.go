@@ -246,3 +246,43 @@ func (f *filler) release() {
 		f.bp = nil
 	}
 }
+
+// readAvailable reads what src has, with one read(2) when it has something:
+// the pooled buffer is taken only once the socket is readable (filler), so
+// a guarded direction waiting for the peer's next flight holds nothing. It
+// returns the buffer and the bytes read (0 and a nil error: EOF), within
+// the relay's idle limit.
+func (r *relay) readAvailable(src net.Conn) (*[]byte, int, error) {
+	sc, ok := src.(syscall.Conn)
+	if !ok {
+		return r.readAvailableConn(src)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, 0, err
+	}
+	var f filler
+	src.SetReadDeadline(r.readDeadline())
+	for {
+		if err := raw.Read(f.fill); err != nil {
+			f.release()
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, 0, err
+			}
+			if err := r.readTimedOut(src); err != nil {
+				return nil, 0, err
+			}
+			continue
+		}
+		if f.err != nil {
+			f.release()
+			return nil, 0, &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(),
+				Err: os.NewSyscallError("read", f.err)}
+		}
+		if f.n == 0 {
+			f.release()
+			return nil, 0, nil
+		}
+		return f.bp, f.n, nil
+	}
+}

@@ -54,76 +54,131 @@ var helloRetryRandom = []byte{
 // the check, or the client's handshake records were not TLS.
 var errRetryRefused = errors.New("tlsbypass: handshake guard refused the tunnel")
 
-// readFull reads exactly len(p) bytes from src within the relay's idle
-// limit, renewing the deadline while bytes move the other way. Bytes the
-// client sent behind its first ClientHello (r.ahead) come first.
-func (r *relay) readFull(src net.Conn, p []byte) error {
-	got := 0
-	if src == r.client && len(r.ahead) > 0 {
-		got = copy(p, r.ahead)
-		if r.ahead = r.ahead[got:]; len(r.ahead) == 0 {
-			r.ahead = nil
-		}
-	}
-	for got < len(p) {
+// readAvailableConn is readAvailable for connections without a file
+// descriptor: one Read into a pooled buffer, held while it waits.
+func (r *relay) readAvailableConn(src net.Conn) (*[]byte, int, error) {
+	bp := bufPool.Get().(*[]byte)
+	for {
 		src.SetReadDeadline(r.readDeadline())
-		n, err := src.Read(p[got:])
-		got += n
-		if err == nil {
-			continue
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		n, err := src.Read(*bp)
+		switch {
+		case n > 0:
+			return bp, n, nil
+		case err == io.EOF:
+			bufPool.Put(bp)
+			return nil, 0, nil
+		case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
 			if e := r.expired(); e != nil {
-				return e
+				bufPool.Put(bp)
+				return nil, 0, e
 			}
-			continue
+		case err != nil:
+			bufPool.Put(bp)
+			return nil, 0, err
 		}
-		if got > 0 && got < len(p) && err == io.EOF {
-			return io.ErrUnexpectedEOF
-		}
-		return err
 	}
-	return nil
 }
 
-// readRecord reads one TLS record from src: the header while holding
-// nothing (the wait between records is the handshake's round trip), then the
-// fragment into a pooled buffer, which the caller returns with putRecord.
-func (r *relay) readRecord(src net.Conn) ([]byte, *[]byte, error) {
-	var hdr [tlsHeaderLen]byte
-	if err := r.readFull(src, hdr[:]); err != nil {
-		return nil, nil, err
+// recordReader yields whole TLS records from one direction of a guarded
+// tunnel. Each read takes what the socket has (a handshake flight is
+// usually several records in one segment), so a flight costs one read(2),
+// not two per record; records come out of that buffer in place. Only a
+// record split across reads is copied, into carry.
+type recordReader struct {
+	r     *relay
+	src   net.Conn
+	buf   []byte  // bytes read and not yet consumed
+	bp    *[]byte // the pooled buffer buf lies in; nil if buf is carry or ahead
+	carry []byte  // a partial record, kept across a read
+}
+
+// release returns the pooled buffer; buf must not be used after it.
+func (rr *recordReader) release() {
+	if rr.bp != nil {
+		bufPool.Put(rr.bp)
+		rr.bp = nil
 	}
+	rr.buf = nil
+}
+
+// record returns the next whole record of buf, valid until the next fill;
+// ok is false when buf holds no whole record.
+func (rr *recordReader) record() (rec []byte, ok bool, err error) {
+	if len(rr.buf) < tlsHeaderLen {
+		return nil, false, nil
+	}
+	hdr := rr.buf[:tlsHeaderLen]
 	typ, n := hdr[0], int(hdr[3])<<8|int(hdr[4])
 	if typ < recordChangeCipherSpec || typ > recordApplicationData || hdr[1] != tlsMajor || n > maxRecord {
-		return nil, nil, fmt.Errorf("%w: %w: record header % x", errRetryRefused, ErrNotTLS, hdr)
+		return nil, false, fmt.Errorf("%w: %w: record header % x", errRetryRefused, ErrNotTLS, hdr)
 	}
-	bp := bufPool.Get().(*[]byte) // 32 KiB, more than a record
-	rec := (*bp)[:tlsHeaderLen+n]
-	copy(rec, hdr[:])
-	if err := r.readFull(src, rec[tlsHeaderLen:]); err != nil {
+	if len(rr.buf) < tlsHeaderLen+n {
+		return nil, false, nil
+	}
+	rec, rr.buf = rr.buf[:tlsHeaderLen+n], rr.buf[tlsHeaderLen+n:]
+	return rec, true, nil
+}
+
+// fill reads more: what is left of buf (part of a record) is kept in carry
+// and the new bytes join it. It returns io.EOF at a clean end between
+// records, io.ErrUnexpectedEOF inside one.
+func (rr *recordReader) fill() error {
+	partial := len(rr.buf) > 0
+	if partial {
+		rr.carry = append(rr.carry[:0], rr.buf...)
+	}
+	rr.release()
+	bp, n, err := rr.r.readAvailable(rr.src)
+	switch {
+	case err != nil:
+		return err
+	case n == 0 && partial:
+		return io.ErrUnexpectedEOF
+	case n == 0:
+		return io.EOF
+	case partial:
+		rr.carry = append(rr.carry, (*bp)[:n]...)
 		bufPool.Put(bp)
-		return nil, nil, err
+		rr.buf = rr.carry
+	default:
+		rr.bp, rr.buf = bp, (*bp)[:n]
 	}
-	return rec, bp, nil
+	return nil
 }
 
 // guardClient relays the client's records to upstream until its handshake is
 // encrypted, checking every ClientHello on the way with check. It returns
 // the bytes relayed, and an error that ends the tunnel (wrapping
 // errRetryRefused when the guard refused it), or io.EOF when the client
-// finished cleanly.
+// finished cleanly. What one read brought is forwarded with one write.
 func (r *relay) guardClient(dst, src net.Conn, check func(Hello) error) (int64, error) {
 	g := clientGuard{r: r, dst: dst, check: check}
+	rr := recordReader{r: r, src: src, buf: r.ahead}
+	r.ahead = nil // bytes behind the first ClientHello come first
+	defer rr.release()
 	for {
-		rec, bp, err := r.readRecord(src)
+		rec, ok, err := rr.record()
 		if err != nil {
 			return g.relayed, err
 		}
+		if !ok {
+			if err := g.flush(); err != nil {
+				return g.relayed, err
+			}
+			if err := rr.fill(); err != nil {
+				return g.relayed, err
+			}
+			continue
+		}
 		done, err := g.record(rec)
-		bufPool.Put(bp)
-		if done || err != nil {
+		if err != nil {
 			return g.relayed, err
+		}
+		if done {
+			// The rest of this read is past the handshake: encrypted
+			// records, relayed as they are.
+			g.out = append(g.out, rr.buf...)
+			return g.relayed, g.flush()
 		}
 	}
 }
@@ -137,27 +192,34 @@ type clientGuard struct {
 	messages []byte   // handshake bytes not yet a whole message
 	held     [][]byte // records of a ClientHello not yet whole: forwarded once it is checked
 	afterCCS bool     // a ChangeCipherSpec without a HelloRetryRequest: encryption follows
+	out      []byte   // checked records not yet written upstream
 }
 
-// forward writes the held records, then rec, to upstream.
+// forward queues the held records, then rec, for upstream.
 func (g *clientGuard) forward(rec []byte) error {
 	for _, h := range g.held {
-		n, err := g.r.write(g.dst, h)
-		g.relayed += int64(n)
-		if err != nil {
-			return err
-		}
+		g.out = append(g.out, h...)
 	}
 	g.held = nil
-	n, err := g.r.write(g.dst, rec)
+	g.out = append(g.out, rec...)
+	return nil
+}
+
+// flush writes the queued records upstream, in one write.
+func (g *clientGuard) flush() error {
+	if len(g.out) == 0 {
+		return nil
+	}
+	n, err := g.r.write(g.dst, g.out)
 	g.relayed += int64(n)
+	g.out = g.out[:0]
 	return err
 }
 
 // record handles one client record; done reports that the handshake is
 // encrypted from here on.
 func (g *clientGuard) record(rec []byte) (done bool, err error) {
-	if g.relayed+int64(len(rec)) > guardMax {
+	if g.relayed+int64(len(g.out)+len(rec)) > guardMax {
 		return false, fmt.Errorf("%w: %w: over %d bytes of handshake before encryption", errRetryRefused, ErrNotTLS, guardMax)
 	}
 	fragment := rec[tlsHeaderLen:]
@@ -236,28 +298,31 @@ func checkHelloMessage(msg []byte, check func(Hello) error) error {
 // guardServer relays the upstream's first record to the client, noting
 // whether it is a HelloRetryRequest, after which the client may send a
 // second ClientHello in the clear. Bytes that are no TLS record go through
-// as they are: the client's own TLS stack refuses them.
+// as they are: the client's own TLS stack refuses them. Whatever came with
+// the first record (the rest of the server's flight) goes in the same
+// write.
 func (r *relay) guardServer(dst, src net.Conn) (int64, error) {
-	var hdr [tlsHeaderLen]byte
-	if err := r.readFull(src, hdr[:]); err != nil {
-		return 0, err
+	rr := recordReader{r: r, src: src}
+	defer rr.release()
+	for {
+		if len(rr.buf) >= tlsHeaderLen {
+			hdr := rr.buf[:tlsHeaderLen]
+			n := int(hdr[3])<<8 | int(hdr[4])
+			if hdr[0] != recordHandshake || hdr[1] != tlsMajor || n > maxRecord {
+				break // not a TLS handshake record: the client decides
+			}
+			if len(rr.buf) >= tlsHeaderLen+n {
+				if f := rr.buf[tlsHeaderLen : tlsHeaderLen+n]; len(f) >= 4+2+32 && f[0] == handshakeServerHello && bytes.Equal(f[6:38], helloRetryRandom) {
+					r.hrr.Store(true) // before the client can see it
+				}
+				break
+			}
+		}
+		if err := rr.fill(); err != nil {
+			return 0, err // io.EOF before anything, or a cut record
+		}
 	}
-	n := int(hdr[3])<<8 | int(hdr[4])
-	if hdr[0] != recordHandshake || hdr[1] != tlsMajor || n > maxRecord {
-		w, err := r.write(dst, hdr[:])
-		return int64(w), err
-	}
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	rec := (*bp)[:tlsHeaderLen+n]
-	copy(rec, hdr[:])
-	if err := r.readFull(src, rec[tlsHeaderLen:]); err != nil {
-		return 0, err
-	}
-	if f := rec[tlsHeaderLen:]; len(f) >= 4+2+32 && f[0] == handshakeServerHello && bytes.Equal(f[6:38], helloRetryRandom) {
-		r.hrr.Store(true) // before the client can see it
-	}
-	w, err := r.write(dst, rec)
+	w, err := r.write(dst, rr.buf)
 	return int64(w), err
 }
 

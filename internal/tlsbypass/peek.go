@@ -104,8 +104,11 @@ type helloConn struct {
 	hello  Hello
 }
 
-// readHeader makes buf hold the 5-byte record header, reading only what is
-// missing and rejecting a non-handshake record as soon as its first bytes show.
+// readHeader makes buf hold at least the 5-byte record header, rejecting a
+// non-handshake record as soon as its first bytes show. Each read takes
+// what the socket has, up to buf's capacity: a ClientHello usually arrives
+// whole in one segment, and reading it with one read(2) instead of a 5-byte
+// header read and then the rest saves a system call per tunnel.
 func (h *helloConn) readHeader() error {
 	for {
 		if len(h.buf) > 0 && h.buf[0] != tlsHandshake {
@@ -118,11 +121,11 @@ func (h *helloConn) readHeader() error {
 			return nil
 		}
 		have := len(h.buf)
-		want := min(tlsHeaderLen, h.max)
-		if have >= want {
+		if have >= min(tlsHeaderLen, h.max) {
 			h.tooBig = true
 			return errHelloTooBig
 		}
+		want := min(max(cap(h.buf), tlsHeaderLen), h.max)
 		h.buf = h.buf[:want]
 		n, err := h.client.Read(h.buf[have:want])
 		h.buf = h.buf[:have+n]
