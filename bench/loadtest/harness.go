@@ -287,7 +287,7 @@ var keysOf = map[string][]string{
 	"rate tcp": {"rate-tcp"}, "rate tls": {"rate-tls"}, "get": {"get"},
 	"latency get":    {"lat-get-p50", "lat-get-p99"},
 	"latency tunnel": {"lat-tun-p50", "lat-tun-p99"},
-	"idle":           {"idle-rss", "idle-fd", "idle-gor", "idle-stack", "idle-heap", "idle-rss-total", "idle-gor-total"},
+	"idle":           {"idle-rss", "idle-fd", "idle-gor", "idle-stack", "idle-heap", "idle-rss-total", "idle-gor-total", "idle-newtls"},
 }
 
 func rotate(list []*target, k int) []*target {
@@ -394,6 +394,9 @@ func (h *harness) run(ctx context.Context) {
 					h.record("idle-stack", name, r.stackPer)
 					h.record("idle-heap", name, r.heapPer)
 					h.record("idle-gor-total", name, r.gorAfter)
+				}
+				if h.o.idleRate {
+					h.record("idle-newtls", name, r.newTLSCPU)
 				}
 				h.commit()
 				sleepCtx(ctx, 500*time.Millisecond)

@@ -43,6 +43,7 @@ type options struct {
 	duration   time.Duration
 	idle       int
 	idleTLS    bool // idle tunnels carry a TLS session (SNI verified), as Defender's do
+	idleRate   bool // measure new TLS tunnels while the idle ones are held
 	only       map[string]bool
 	targets    []string
 	out        string
@@ -73,6 +74,7 @@ func main() {
 	flag.DurationVar(&o.duration, "duration", 2*time.Second, "length of one measurement")
 	flag.IntVar(&o.idle, "idle", 5000, "idle tunnels for the idle-cost scenario")
 	flag.BoolVar(&o.idleTLS, "idle-tls", false, "idle tunnels carry a TLS session, SNI-verified (default: plain TCP tunnels)")
+	flag.BoolVar(&o.idleRate, "idle-rate", false, "while the idle tunnels are held, measure the proxy's CPU per new TLS tunnel (the growth check)")
 	flag.StringVar(&only, "only", "", "comma-separated scenarios to run: "+strings.Join(allScenarios, ","))
 	flag.StringVar(&targets, "targets", "gateway,squid,tinyproxy,relay,direct", "comma-separated targets (relay: a minimal Go CONNECT relay, the reference)")
 	flag.StringVar(&o.out, "out", "", "write the Markdown report to this file (default: standard output)")

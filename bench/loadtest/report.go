@@ -83,6 +83,7 @@ func (h *harness) groups() []group {
 			{key: "idle-heap", label: "of which Go heap per tunnel (KiB)", format: "%.1f", directNA: true, gatewayOK: true},
 			{key: "idle-rss-total", label: fmt.Sprintf("RSS with %d idle tunnels (MiB)", h.o.idle), format: "%.1f", directNA: true},
 			{key: "idle-gor-total", label: fmt.Sprintf("goroutines with %d idle tunnels", h.o.idle), format: "%.0f", directNA: true, gatewayOK: true},
+			{key: "idle-newtls", label: fmt.Sprintf("proxy CPU per new TLS tunnel with %d idle tunnels held (CPU-µs; --idle-rate)", h.o.idle), format: "%.0f", directNA: true},
 		}},
 	}
 }

@@ -310,6 +310,10 @@ type idleResult struct {
 	stackPer, heapPer     float64 // KiB of Go stack and heap per tunnel (gateway)
 	rssAfterMiB           float64
 	gorAfter              float64
+	// newTLSCPU is the proxy's CPU per new TLS tunnel (µs) measured while
+	// the n idle tunnels are held (--idle-rate): what a new tunnel costs
+	// at that size.
+	newTLSCPU float64
 }
 
 // idleCost opens n tunnels (one 64-byte round trip each, then idle) and reads
@@ -415,6 +419,13 @@ func (h *harness) idleCost(ctx context.Context, t *target, n int) (r idleResult,
 		r.stackPer = (stack1 - stack0) / 1024 / float64(n)
 		r.heapPer = (heap1 - heap0) / 1024 / float64(n)
 		r.gorAfter = float64(gor1)
+	}
+	if h.o.idleRate {
+		// New tunnels while the idle ones are held: the growth check
+		// (a new tunnel must not cost more because many are open).
+		if _, r.newTLSCPU, _, err = h.tunnelRate(ctx, t, true); err != nil {
+			return r, fmt.Errorf("new tunnels with %d idle: %w", n, err)
+		}
 	}
 	return r, nil
 }
