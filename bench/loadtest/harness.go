@@ -180,7 +180,12 @@ func (h *harness) measurements() []measurement {
 				return err
 			}
 			h.record("bulk-"+b.key, t.name, r.gbps)
+			h.record("gencpu-"+b.key, t.name, r.genCPUPerGB)
+			h.record("genrd-"+b.key, t.name, r.genReadsPerMB)
+			h.record("genwr-"+b.key, t.name, r.genWritesPerMB)
 			if !t.direct() {
+				h.record("pxrd-"+b.key, t.name, r.proxyReadsPerMB)
+				h.record("pxwr-"+b.key, t.name, r.proxyWritesMB)
 				h.record("cpu-"+b.key, t.name, r.cpuPerGB)
 				h.record("bulkfd-"+b.key, t.name, float64(r.fds))
 				h.record("bulkrss-"+b.key, t.name, float64(r.rssKiB)/1024)
@@ -278,7 +283,7 @@ func (h *harness) bulkCases() []bulkCase {
 // keysOf returns the result rows a measurement fills (for error reporting).
 func (h *harness) keysOf(name string) []string {
 	if k, ok := strings.CutPrefix(name, "bulk "); ok {
-		return []string{"bulk-" + k, "cpu-" + k, "bulkfd-" + k, "bulkrss-" + k}
+		return []string{"bulk-" + k, "cpu-" + k, "bulkfd-" + k, "bulkrss-" + k, "gencpu-" + k, "genrd-" + k, "genwr-" + k, "pxrd-" + k, "pxwr-" + k}
 	}
 	return keysOf[name]
 }

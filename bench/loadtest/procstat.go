@@ -52,6 +52,30 @@ func rssKiB(pid int) (int64, error) {
 	return 0, errors.New("no VmRSS")
 }
 
+// ioCounts returns a process's read and write system calls so far
+// (/proc/PID/io syscr and syscw).
+func ioCounts(pid int) ([2]int64, error) {
+	var c [2]int64
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		return c, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ": ")
+		if !ok {
+			continue
+		}
+		n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		switch k {
+		case "syscr":
+			c[0] = n
+		case "syscw":
+			c[1] = n
+		}
+	}
+	return c, nil
+}
+
 func fdCount(pid int) (int, error) {
 	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	return len(ents), err

@@ -105,6 +105,13 @@ func (h *harness) bulkRows() []row {
 	for _, c := range cs {
 		rows = append(rows, row{key: "bulkrss-" + c.key, label: "proxy RSS, " + c.label + " (MiB)", format: "%.1f", directNA: true})
 	}
+	for _, c := range cs {
+		rows = append(rows, row{key: "gencpu-" + c.key, label: "load generator CPU, " + c.label + " (CPU-s/GB)", format: "%.2f"},
+			row{key: "genrd-" + c.key, label: "load generator read(2) per MB, " + c.label, format: "%.1f"},
+			row{key: "genwr-" + c.key, label: "load generator write(2) per MB, " + c.label, format: "%.1f"},
+			row{key: "pxrd-" + c.key, label: "proxy read(2) per MB, " + c.label + " (splice not counted)", format: "%.1f", directNA: true},
+			row{key: "pxwr-" + c.key, label: "proxy write(2) per MB, " + c.label, format: "%.1f", directNA: true})
+	}
 	return rows
 }
 

@@ -130,7 +130,8 @@ func (s *Server) serveConnect(req *http.Request, client net.Conn, pending []byte
 			return
 		}
 	}
-	st.remote = upstream.RemoteAddr().String()
+	st.remote = remoteAddr(upstream)
+	st.addrs = nil // dialed: an idle tunnel keeps nothing it no longer needs
 	s.tunnels.add(client, upstream, st)
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.TunnelOpened(st.mode.String())

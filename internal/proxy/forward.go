@@ -208,7 +208,7 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 	if s.opts.Events != nil {
 		// Only the connection event needs the address actually dialed.
 		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
-			st.remote = info.Conn.RemoteAddr().String()
+			st.remote = remoteAddr(info.Conn)
 		}}
 		r = r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -65,7 +66,7 @@ type reqState struct {
 	err    error       // the refusal or failure, for the debug log
 	end    string      // endRefused, endFailed, endCompleted, or the relay's End
 	url    string      // plain HTTP: the URL as forwarded (events only)
-	remote string      // the upstream address dialed ("" if none)
+	remote netip.Addr  // the upstream address dialed (invalid if none)
 	sni    string
 	up     int64 // bytes client to upstream
 	down   int64 // bytes upstream to client
@@ -187,7 +188,9 @@ func (st *reqState) event() telemetry.Event {
 	default:
 		e.RemoteURL, e.RemotePort = st.target.Host, int(st.target.Port)
 	}
-	e.RemoteIP = addrOnly(st.remote)
+	if st.remote.IsValid() {
+		e.RemoteIP = st.remote.String()
+	}
 	d := &st.decision
 	f := &e.Fields
 	f.Decision, f.Reason, f.Outcome = st.verdict(), st.eventReason(), st.end
@@ -260,12 +263,12 @@ func (s *Server) observeAuth(err error) {
 	}
 }
 
-// addrOnly returns the address part of "ip:port" ("" if it is not one).
-func addrOnly(s string) string {
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap.Addr().String()
+// remoteAddr is the address c is connected to (invalid if c is not TCP).
+func remoteAddr(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
 	}
-	return ""
+	return netip.Addr{}
 }
 
 // countingBody counts the bytes of a forwarded response body and records
