@@ -161,17 +161,22 @@ func (s *Server) refused(st *reqState, err error) {
 // every event sink) and, at debug level, the same fields in the
 // operational log. It is called once per request or tunnel.
 func (s *Server) record(st *reqState) {
-	debug := s.log.Enabled(context.Background(), slog.LevelDebug)
-	if s.opts.Events == nil && !debug {
+	if !s.recording() {
 		return
 	}
 	e := st.event()
 	if s.opts.Events != nil {
 		s.opts.Events.Log(e)
 	}
-	if debug {
-		s.log.LogAttrs(context.Background(), slog.LevelDebug, "outcome", debugAttrs(&e, st.err)...)
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.LogAttrs(context.Background(), slog.LevelDebug, "outcome", debugAttrs(&e, st.clientAP, st.err)...)
 	}
+}
+
+// recording reports whether anyone reads the records: an event sink, or
+// the operational log at debug level.
+func (s *Server) recording() bool {
+	return s.opts.Events != nil || s.log.Enabled(context.Background(), slog.LevelDebug)
 }
 
 // event builds the access-log event from the record.
@@ -212,11 +217,10 @@ func (st *reqState) event() telemetry.Event {
 
 // debugAttrs is the debug line of an outcome: the event's fields, and the
 // error that ended it.
-func debugAttrs(e *telemetry.Event, err error) []slog.Attr {
+func debugAttrs(e *telemetry.Event, client netip.AddrPort, err error) []slog.Attr {
 	f := &e.Fields
 	attrs := make([]slog.Attr, 0, 20)
-	attrs = append(attrs, slog.String("action", e.ActionType),
-		slog.String("client", netip.AddrPortFrom(mustAddr(e.LocalIP), uint16(e.LocalPort)).String()),
+	attrs = append(attrs, slog.String("action", e.ActionType), slog.String("client", client.String()),
 		slog.String("method", e.Method), slog.String("target", e.RemoteURL), slog.Int("status", e.Status),
 		slog.String("decision", f.Decision))
 	if f.Reason != "" {
@@ -238,11 +242,6 @@ func debugAttrs(e *telemetry.Event, err error) []slog.Attr {
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
 	return attrs
-}
-
-func mustAddr(s string) netip.Addr {
-	a, _ := netip.ParseAddr(s)
-	return a
 }
 
 // observeAuth counts an authentication outcome.
@@ -299,7 +298,7 @@ func (s *Server) forwarded(r *http.Request, st *reqState, resp *http.Response, s
 	if s.opts.Metrics != nil {
 		s.opts.Metrics.Forwarded(resp.StatusCode)
 	}
-	if resp.Body == nil {
+	if resp.Body == nil || !s.recording() {
 		s.record(st)
 		return
 	}
