@@ -190,9 +190,15 @@ func TestMetricsScrape(t *testing.T) {
 	}
 	client.Get("https://winatp-gw-cus.microsoft.com/")
 	client.CloseIdleConnections()
-	time.Sleep(100 * time.Millisecond)
-
-	_, scrape := httpGet(t, "http://"+g.admin+"/metrics")
+	// The tunnel's series appear when it has ended: wait for them rather
+	// than for a fixed time.
+	var scrape string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		_, scrape = httpGet(t, "http://"+g.admin+"/metrics")
+		if strings.Contains(scrape, "# TYPE gateway_tunnel_duration_seconds ") || time.Now().After(deadline) {
+			break
+		}
+	}
 	exported := map[string]bool{}
 	for _, l := range strings.Split(scrape, "\n") {
 		if name, ok := strings.CutPrefix(l, "# TYPE "); ok {

@@ -150,6 +150,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	var failures []string
 	var appAllowedAfterChange atomic.Bool
 	var changed atomic.Bool
+	var completed atomic.Int64 // requests answered, whatever the answer
 	var wg sync.WaitGroup
 	for _, host := range []string{"app.lab.test", "keep.lab.test"} {
 		wg.Add(1)
@@ -158,6 +159,7 @@ func TestReloadUnderLoad(t *testing.T) {
 			for !stop.Load() {
 				startedAfterChange := changed.Load()
 				code, reason, err := rw.get(host)
+				completed.Add(1)
 				switch {
 				case err != nil:
 					mu.Lock()
@@ -176,11 +178,21 @@ func TestReloadUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	time.Sleep(200 * time.Millisecond)
+	// Traffic flows before the change, and goes on after it: counted, not
+	// timed.
+	awaitRequests := func(n int64) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); completed.Load() < n; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d requests answered, want %d", completed.Load(), n)
+			}
+		}
+	}
+	awaitRequests(20)
 	rw.writeRules(t, "keep.lab.test")
 	rw.waitFor(t, "app.lab.test", 403)
 	changed.Store(true)
-	time.Sleep(300 * time.Millisecond)
+	awaitRequests(completed.Load() + 40)
 	stop.Store(true)
 	wg.Wait()
 	if len(failures) > 0 {
