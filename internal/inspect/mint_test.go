@@ -15,27 +15,13 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/defendergw/gateway/internal/testutil/fakeclock"
 )
 
-// clock is a settable MinterOptions.Now.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Now()} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
+// newClock starts the tests' clock now (certificates are checked against
+// the real time too).
+func newClock() *fakeclock.Clock { return fakeclock.New(time.Now()) }
 
 func newMinter(t testing.TB, ca *x509.Certificate, key crypto.Signer, opts MinterOptions) *Minter {
 	t.Helper()

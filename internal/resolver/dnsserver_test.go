@@ -1,8 +1,6 @@
 package resolver
 
 import (
-	"github.com/defendergw/gateway/internal/lab"
-
 	"context"
 	"net"
 	"strings"
@@ -12,6 +10,9 @@ import (
 
 	"github.com/miekg/dns"
 	"go.uber.org/goleak"
+
+	"github.com/defendergw/gateway/internal/lab"
+	"github.com/defendergw/gateway/internal/testutil/fakeclock"
 )
 
 func TestMain(m *testing.M) {
@@ -237,24 +238,9 @@ func newBlackhole(t testing.TB) string {
 	return pc.LocalAddr().String()
 }
 
-// fakeClock is a manually advanced clock for Options.Now.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
+// newFakeClock starts the tests' clock at a fixed instant.
+func newFakeClock() *fakeclock.Clock {
+	return fakeclock.New(time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC))
 }
 
 // newTestResolver builds a Resolver and makes the test wait for its background

@@ -7,31 +7,18 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/defendergw/gateway/internal/proxy"
 	"github.com/defendergw/gateway/internal/telemetry"
+	"github.com/defendergw/gateway/internal/testutil/fakeclock"
 	"github.com/defendergw/gateway/internal/upcheck"
 )
 
-// clock is a settable time source.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func newBoard() (*Board, *clock) {
-	c := &clock{t: time.Date(2026, 12, 2, 10, 0, 30, 0, time.UTC)}
-	return New(Options{Now: c.now}), c
+func newBoard() (*Board, *fakeclock.Clock) {
+	c := fakeclock.New(time.Date(2026, 12, 2, 10, 0, 30, 0, time.UTC))
+	return New(Options{Now: c.Now}), c
 }
 
 func ev(action, service, url string, port int, reason string) telemetry.Event {
@@ -98,13 +85,13 @@ func TestBoardCounts(t *testing.T) {
 	if got := row(t, tr, "crl").LastProblem.Target; got != "crl.microsoft.com:80" {
 		t.Errorf("failed plain-HTTP target = %q, want the host alone (no path or query)", got)
 	}
-	if got := row(t, tr, "edr-cnc").Health(c.now()); got != "problem" {
+	if got := row(t, tr, "edr-cnc").Health(c.Now()); got != "problem" {
 		t.Errorf("health after a refusal = %q, want problem", got)
 	}
 
 	// Fifteen minutes on, the counts have left the window; the last
 	// success and problem stay.
-	c.add(Window)
+	c.Advance(Window)
 	r := row(t, b.Traffic(nil), "edr-cnc")
 	if r.Requests != 0 || r.Refusals != 0 {
 		t.Errorf("after the window: requests %d refusals %d, want 0", r.Requests, r.Refusals)
@@ -112,7 +99,7 @@ func TestBoardCounts(t *testing.T) {
 	if r.LastSuccess == nil || r.LastProblem == nil {
 		t.Errorf("after the window the last success and problem were lost: %+v", r)
 	}
-	if got := r.Health(c.now()); got != "idle" {
+	if got := r.Health(c.Now()); got != "idle" {
 		t.Errorf("health after the window = %q, want idle", got)
 	}
 	if len(b.Traffic(nil).TopRefused) != 0 {
@@ -172,15 +159,15 @@ func TestBoardAllocs(t *testing.T) {
 
 func TestComposeTunnels(t *testing.T) {
 	b, c := newBoard()
-	opened := c.now().Add(-time.Hour)
+	opened := c.Now().Add(-time.Hour)
 	tun := proxy.TunnelSummary{Total: 1, ByService: map[string]int{"edr-cnc": 1},
 		Newest: map[string]time.Time{"edr-cnc": opened}}
-	s := Compose(c.now(), Gateway{CatalogPublished: c.now().Add(-72 * time.Hour)}, b.Traffic([]string{"edr-cnc"}), tun)
+	s := Compose(c.Now(), Gateway{CatalogPublished: c.Now().Add(-72 * time.Hour)}, b.Traffic([]string{"edr-cnc"}), tun)
 	r := s.Services[0]
 	if r.OpenTunnels != 1 || r.LastSuccess == nil || !r.LastSuccess.Equal(opened) {
 		t.Errorf("row = %+v, want 1 open tunnel and last success %s", r, opened)
 	}
-	if got := r.Health(c.now()); got != "ok" {
+	if got := r.Health(c.Now()); got != "ok" {
 		t.Errorf("health with an open tunnel = %q, want ok", got)
 	}
 	if s.Gateway.CatalogAgeDays != 3 {
@@ -192,12 +179,12 @@ func TestHandler(t *testing.T) {
 	b, c := newBoard()
 	b.Log(ev(telemetry.ConnectionBlocked, "", "<script>alert(1)</script>.example.com", 443, "not-listed"))
 	b.Log(ev(telemetry.ConnectionSuccess, "edr-cnc", "edr-weu.endpoint.security.microsoft.com", 443, ""))
-	b.SetCheck(upcheck.Report{Started: c.now(), Duration: time.Second, Services: []upcheck.ServiceResult{
+	b.SetCheck(upcheck.Report{Started: c.Now(), Duration: time.Second, Services: []upcheck.ServiceResult{
 		{Service: "edr-cnc", OK: true, URLs: 2},
 		{Service: "crl", OK: false, URLs: 1, Failed: []upcheck.Failed{{URL: "http://crl.microsoft.com/", Diagnosis: "dns-failure"}}},
 	}})
 	snap := func() Snapshot {
-		return Compose(c.now(), Gateway{Cloud: "commercial", Geographies: []string{"WW", "EU"}, UpstreamCheck: "every 5m0s"},
+		return Compose(c.Now(), Gateway{Cloud: "commercial", Geographies: []string{"WW", "EU"}, UpstreamCheck: "every 5m0s"},
 			b.Traffic([]string{"edr-cnc", "crl"}), proxy.TunnelSummary{})
 	}
 	srv := httptest.NewServer(Handler(snap))
