@@ -189,7 +189,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		UpstreamTLS:           upstreamTLS,
 		ClientNetworks:        cfg.clientNets,
 		Challenge:             auth.Challenge(cfg.AuthRealm),
-		NoAnonymous:           cfg.Anonymous == "none",
+		AuthenticateAnonymous: cfg.Anonymous == "none",
 		Metrics:               g.metrics,
 	}
 	// One outcome, one record: the access log and the status board read

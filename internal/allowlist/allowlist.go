@@ -300,7 +300,9 @@ type Rule struct {
 	TLSExempt   bool      `json:"tls_exempt"`
 	Anonymous   bool      `json:"anonymous"`
 	// NoSNICheck switches off ClientHello verification of raw tunnels for
-	// clients known not to send SNI (rules file: verify_sni: false).
+	// clients known not to send SNI (rules file: verify_sni: false). It is
+	// the one negative flag kept: its zero value must be the safe one
+	// (verify), for rules built in code as for rules read from a file.
 	NoSNICheck bool   `json:"no_sni_check,omitempty"`
 	Source     string `json:"source,omitempty"`
 	Comment    string `json:"comment,omitempty"`

@@ -17,10 +17,6 @@ import (
 	"github.com/defendergw/gateway/internal/allowlist"
 )
 
-// PACContentType is the media type of proxy auto-config files (WPAD and the
-// browsers' "automatic proxy configuration URL" expect it).
-const PACContentType = "application/x-ns-proxy-autoconfig"
-
 // PAC default routes for hosts the allowlist does not send to the gateway.
 const (
 	PACDirect = "DIRECT"

@@ -185,7 +185,7 @@ func (s *Server) decide(r *http.Request, st *reqState) error {
 	if !st.decision.Allowed {
 		return st.decision.Err
 	}
-	if s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted || s.opts.NoAnonymous) {
+	if s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted || s.opts.AuthenticateAnonymous) {
 		// System-context Defender traffic (anonymous rows) is never
 		// challenged, with or without credentials: "make sure anonymous
 		// traffic is permitted in your proxy or firewall for the

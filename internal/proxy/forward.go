@@ -171,7 +171,7 @@ func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *htt
 			err = errMethodNotAllowed
 		case !st.decision.Allowed:
 			err = st.decision.Err
-		case s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted || s.opts.NoAnonymous) && st.user == "":
+		case s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted || s.opts.AuthenticateAnonymous) && st.user == "":
 			err = errAuthInsideTunnel
 		case wantsWebSocket(r.Header):
 			err = errUpgradeRefused

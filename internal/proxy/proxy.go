@@ -99,10 +99,11 @@ type Options struct {
 	Auth Authenticator
 	// Challenge is the Proxy-Authenticate value sent with 407.
 	Challenge string
-	// NoAnonymous makes Auth apply to anonymous rows too. It reproduces a
-	// proxy that breaks Defender's system-context traffic, for labs and the
-	// connectivity probe; never use it in production.
-	NoAnonymous bool
+	// AuthenticateAnonymous makes Auth apply to anonymous rows too
+	// (GATEWAY_ANONYMOUS=none). It reproduces a proxy that breaks
+	// Defender's system-context traffic, for labs and the connectivity
+	// probe; never use it in production.
+	AuthenticateAnonymous bool
 	// ConnDone, if non-nil, is called with a hijacked client connection
 	// (a tunnel, or a CONNECT refused after hijacking) once it has ended,
 	// for connection accounting; if nil, nothing is called. Connections
@@ -230,6 +231,8 @@ func (s *Server) serveSelf(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "PAC file unavailable", http.StatusInternalServerError)
 			return
 		}
+		// The media type WPAD and the browsers' "automatic proxy
+		// configuration URL" expect.
 		w.Header().Set("Content-Type", "application/x-ns-proxy-autoconfig")
 		w.Header().Set("Cache-Control", "max-age=300")
 		w.Header().Set("Content-Length", strconv.Itoa(len(body)))

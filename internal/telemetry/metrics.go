@@ -19,12 +19,8 @@ const namespace = "gateway"
 // none stands in for an empty label value.
 const none = "none"
 
-// Label values used by the gateway. Callers may pass others; these are the
-// ones whose series are created up front.
+// Direction labels of gateway_tunnel_bytes_total.
 const (
-	TLSBypass    = "bypass"
-	TLSInspected = "inspected"
-
 	DirectionUp   = "client_to_upstream"
 	DirectionDown = "upstream_to_client"
 )
@@ -35,7 +31,9 @@ var (
 	// tunnelBuckets span a millisecond to a day.
 	tunnelBuckets = []float64{0.001, 0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 14400, 86400}
 
-	tlsModes       = []string{TLSBypass, TLSInspected}
+	// tlsModes are the tls label values whose series are created up front:
+	// tlsbypass.Mode's names (callers may pass others).
+	tlsModes       = []string{"bypass", "inspected"}
 	refusalReasons = []string{reason.SNIMismatch.Label(), reason.NotTLS.Label()}
 	codeClasses    = []string{"1xx", "2xx", "3xx", "4xx", "5xx"}
 	dnsResults     = []string{"success", "nxdomain", "servfail", "timeout", "error", "cache_hit"}
@@ -84,10 +82,6 @@ type Metrics struct {
 	checkDuration prometheus.Gauge
 	checkLastRun  prometheus.Gauge
 }
-
-// NewRegistry returns an empty registry for NewMetrics; the caller owns it
-// and serves it (promhttp.HandlerFor).
-func NewRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
 
 // NewMetrics creates every gateway collector and registers it, together with
 // the Go runtime and process collectors, on reg. It panics if a collector is

@@ -17,7 +17,7 @@ import (
 
 func newTestMetrics(t testing.TB) (*Metrics, *prometheus.Registry) {
 	t.Helper()
-	reg := NewRegistry()
+	reg := prometheus.NewRegistry()
 	return NewMetrics(reg, BuildInfo{Version: "1.2.3", CatalogVersion: "2025-01"}), reg
 }
 
