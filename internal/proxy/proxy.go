@@ -30,6 +30,7 @@ import (
 	"github.com/elazarl/goproxy"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/bufpool"
 	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 	"github.com/defendergw/gateway/internal/upstream"
@@ -289,16 +290,14 @@ func (h *hijackKeeper) Write(p []byte) (int, error) {
 	return h.ResponseWriter.Write(p)
 }
 
-// copyBufs serves ReadFrom: goproxy copies every forwarded body with
-// io.Copy, which would allocate 32 KiB per response, since this wrapper
-// hides the server's own ReaderFrom.
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
 // ReadFrom copies a forwarded body through Write (keeping the per-write
 // deadline) with a pooled buffer.
 func (h *hijackKeeper) ReadFrom(src io.Reader) (int64, error) {
-	bp := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(bp)
+	// goproxy copies every forwarded body with io.Copy, which would
+	// allocate 32 KiB per response, since this wrapper hides the server's
+	// own ReaderFrom.
+	bp := bufpool.Get()
+	defer bufpool.Put(bp)
 	return io.CopyBuffer(struct{ io.Writer }{h}, src, *bp)
 }
 

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/defendergw/gateway/internal/bufpool"
 )
 
 // copy moves bytes from src to dst until src ends. It returns nil on EOF,
@@ -224,7 +226,7 @@ type filler struct {
 
 func (f *filler) fill(fd uintptr) bool {
 	if f.bp == nil {
-		f.bp = bufPool.Get().(*[]byte)
+		f.bp = bufpool.Get()
 	}
 	for {
 		n, err := syscall.Read(int(fd), *f.bp)
@@ -242,7 +244,7 @@ func (f *filler) fill(fd uintptr) bool {
 
 func (f *filler) release() {
 	if f.bp != nil {
-		bufPool.Put(f.bp)
+		bufpool.Put(f.bp)
 		f.bp = nil
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"time"
+
+	"github.com/defendergw/gateway/internal/bufpool"
 )
 
 // The handshake guard checks what a verified tunnel's client sends after its
@@ -57,7 +59,7 @@ var errRetryRefused = errors.New("tlsbypass: handshake guard refused the tunnel"
 // readAvailableConn is readAvailable for connections without a file
 // descriptor: one Read into a pooled buffer, held while it waits.
 func (r *relay) readAvailableConn(src net.Conn) (*[]byte, int, error) {
-	bp := bufPool.Get().(*[]byte)
+	bp := bufpool.Get()
 	for {
 		src.SetReadDeadline(r.readDeadline())
 		n, err := src.Read(*bp)
@@ -65,15 +67,15 @@ func (r *relay) readAvailableConn(src net.Conn) (*[]byte, int, error) {
 		case n > 0:
 			return bp, n, nil
 		case err == io.EOF:
-			bufPool.Put(bp)
+			bufpool.Put(bp)
 			return nil, 0, nil
 		case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
 			if e := r.expired(); e != nil {
-				bufPool.Put(bp)
+				bufpool.Put(bp)
 				return nil, 0, e
 			}
 		case err != nil:
-			bufPool.Put(bp)
+			bufpool.Put(bp)
 			return nil, 0, err
 		}
 	}
@@ -95,7 +97,7 @@ type recordReader struct {
 // release returns the pooled buffer; buf must not be used after it.
 func (rr *recordReader) release() {
 	if rr.bp != nil {
-		bufPool.Put(rr.bp)
+		bufpool.Put(rr.bp)
 		rr.bp = nil
 	}
 	rr.buf = nil
@@ -138,7 +140,7 @@ func (rr *recordReader) fill() error {
 		return io.EOF
 	case partial:
 		rr.carry = append(rr.carry, (*bp)[:n]...)
-		bufPool.Put(bp)
+		bufpool.Put(bp)
 		rr.buf = rr.carry
 	default:
 		rr.bp, rr.buf = bp, (*bp)[:n]

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/defendergw/gateway/internal/bufpool"
 )
 
 // splicer moves one direction's bulk bytes with splice(2): kernel to kernel
@@ -54,7 +56,7 @@ func newSplicer(dst, src net.Conn) *splicer {
 
 // spliceMin is the smallest queue worth a pipe: more than one pooled
 // buffer's worth. Smaller amounts cost the same two system calls either way.
-const spliceMin = bufSize
+const spliceMin = bufpool.Size
 
 // splice moves the bytes queued on the source when there are at least
 // spliceMin of them and a pipe is free (Options.Splice bounds them). It

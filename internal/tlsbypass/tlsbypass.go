@@ -18,9 +18,10 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/defendergw/gateway/internal/bufpool"
 )
 
 // Options tune a relay.
@@ -85,10 +86,6 @@ var (
 	errIdle      = errors.New("tunnel idle timeout")
 	errHalfClose = errors.New("half-close linger expired")
 )
-
-const bufSize = 32 << 10
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
 // Relay copies bytes both ways between client and upstream until both
 // directions have finished, then closes both connections and returns what
@@ -340,8 +337,8 @@ func (r *relay) closeWrite(dst net.Conn) {
 // copyConn is copy for connections without a file descriptor: a pooled
 // buffer, held while a read waits.
 func (r *relay) copyConn(dst, src net.Conn) (n int64, err error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	bp := bufpool.Get()
+	defer bufpool.Put(bp)
 	src.SetReadDeadline(r.readDeadline())
 	for {
 		nr, rerr := src.Read(*bp)

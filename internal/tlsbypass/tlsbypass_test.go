@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/defendergw/gateway/internal/bufpool"
 )
 
 // TestMain fails the package if any goroutine (a relay direction, a test
@@ -789,7 +791,7 @@ func BenchmarkDirectCopy(b *testing.B) {
 	}{
 		{"io.Copy", func(dst, src *net.TCPConn) { io.Copy(dst, src) }},
 		{"userspace-32KiB", func(dst, src *net.TCPConn) {
-			io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, bufSize))
+			io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, make([]byte, bufpool.Size))
 		}},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
