@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+
+	"github.com/defendergw/gateway/internal/allowlist"
 )
 
 const (
@@ -282,76 +284,26 @@ func (m *Minter) mint(key string, ip netip.Addr) (*tls.Certificate, time.Time, e
 }
 
 // normalizeHost returns the cache key and certificate name for host: the
-// canonical IP string (and the address) for IP literals, or the lower-cased
-// DNS name without a trailing dot. Wildcards and malformed names are
-// rejected: a leaf names exactly one host.
+// canonical IP string (and the address) for IP literals, or the name as the
+// allowlist normalises a request's host (lower case, no trailing dot,
+// punycode, every label checked), so that the certificate names exactly
+// what was decided. Wildcards and malformed names are rejected: a leaf
+// names exactly one host.
 func normalizeHost(host string) (string, netip.Addr, error) {
 	h := host
-	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
-		h = h[1 : len(h)-1]
+	if strings.IndexByte(h, ':') >= 0 && !strings.HasPrefix(h, "[") {
+		h = "[" + h + "]" // an IPv6 literal as a decided target holds it
 	}
-	if looksLikeIP(h) {
-		ip, err := netip.ParseAddr(h)
-		if err == nil {
-			if ip.Zone() != "" {
-				return "", netip.Addr{}, fmt.Errorf("inspect: invalid host %q: IPv6 zone not allowed", host)
-			}
-			ip = ip.Unmap()
-			return ip.String(), ip, nil
-		}
-		if strings.Contains(h, ":") {
-			return "", netip.Addr{}, fmt.Errorf("inspect: invalid host %q: %w", host, err)
-		}
-		// All digits and dots but not an IPv4 address: fall through to the
-		// DNS checks, which reject it unless it is a valid name.
-	}
-	h = strings.ToLower(strings.TrimSuffix(h, "."))
-	if err := checkDNSName(h); err != nil {
+	name, ip, err := allowlist.NormalizeHost(h)
+	if err != nil {
 		return "", netip.Addr{}, fmt.Errorf("inspect: invalid host %q: %w", host, err)
 	}
-	return h, netip.Addr{}, nil
-}
-
-func looksLikeIP(h string) bool {
-	if strings.IndexByte(h, ':') >= 0 {
-		return true
+	if ip.IsValid() {
+		ip = ip.Unmap()
+		return ip.String(), ip, nil
 	}
-	for i := 0; i < len(h); i++ {
-		if c := h[i]; c != '.' && (c < '0' || c > '9') {
-			return false
-		}
+	if strings.IndexByte(name, '*') >= 0 {
+		return "", netip.Addr{}, fmt.Errorf("inspect: invalid host %q: wildcard", host)
 	}
-	return h != ""
-}
-
-func checkDNSName(h string) error {
-	if h == "" {
-		return errors.New("empty")
-	}
-	if len(h) > 253 {
-		return errors.New("longer than 253 bytes")
-	}
-	for label := range strings.SplitSeq(h, ".") {
-		if label == "" {
-			return errors.New("empty label")
-		}
-		if len(label) > 63 {
-			return errors.New("label longer than 63 bytes")
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			switch {
-			case c >= 'a' && c <= 'z', c >= '0' && c <= '9', c == '_':
-			case c == '-':
-				if i == 0 || i == len(label)-1 {
-					return errors.New("label starts or ends with '-'")
-				}
-			case c == '*':
-				return errors.New("wildcards are not allowed")
-			default:
-				return fmt.Errorf("invalid character %q", c)
-			}
-		}
-	}
-	return nil
+	return name, netip.Addr{}, nil
 }

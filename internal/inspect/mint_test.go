@@ -134,10 +134,31 @@ func TestCertificateVerifies(t *testing.T) {
 func TestCertificateInvalidHost(t *testing.T) {
 	ca, key := newCA(t, caSpec{})
 	m := newMinter(t, ca, key, MinterOptions{})
-	for _, host := range []string{"", ".", "*.example.com", "a..b", "-a.example.com", "a b.example.com", "fe80::1%eth0", "1:2:3", strings.Repeat("a", 64) + ".com", "bücher.example"} {
+	for _, host := range []string{"", ".", "*.example.com", "a..b", "-a.example.com", "a b.example.com", "fe80::1%eth0", "1:2:3", strings.Repeat("a", 64) + ".com"} {
 		t.Run(host, func(t *testing.T) {
 			if c, err := m.Certificate(host); err == nil {
 				t.Errorf("Certificate(%q): got leaf %v, want an error", host, c.Leaf.Subject)
+			}
+		})
+	}
+}
+
+// TestCertificateNormalisesLikeTheAllowlist: the leaf names the host as the
+// allowlist decided it (punycode, lower case, no trailing dot).
+func TestCertificateNormalisesLikeTheAllowlist(t *testing.T) {
+	ca, key := newCA(t, caSpec{})
+	m := newMinter(t, ca, key, MinterOptions{})
+	for _, tt := range []struct{ host, want string }{
+		{"bücher.example", "xn--bcher-kva.example"},
+		{"WINATP-GW-WEU.Microsoft.com.", "winatp-gw-weu.microsoft.com"},
+	} {
+		t.Run(tt.host, func(t *testing.T) {
+			c, err := m.Certificate(tt.host)
+			if err != nil {
+				t.Fatalf("Certificate(%q): %v", tt.host, err)
+			}
+			if got := c.Leaf.DNSNames; len(got) != 1 || got[0] != tt.want {
+				t.Errorf("DNSNames = %q, want [%q]", got, tt.want)
 			}
 		})
 	}
