@@ -8,6 +8,8 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 ARG VERSION=dev
+# The gateway's own module only: go.work also names ./deploy (manifest and PAC checks), which the binary does not need.
+ENV GOWORK=off
 # The catalog is embedded in the binary (go:embed); CI builds with exactly these flags (cmd/gateway TestDockerfileBuild).
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/gateway ./cmd/gateway
 

@@ -1,4 +1,4 @@
-package endpoint
+package pactest_test
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"github.com/dop251/goja"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/endpoint"
 )
 
 // pacHelpers are the standard PAC helper functions the browsers predefine,
@@ -175,7 +176,7 @@ func TestPACFindProxyForURL(t *testing.T) {
 	}
 	for _, def := range []string{"DIRECT", "PROXY"} {
 		t.Run(def, func(t *testing.T) {
-			pac, err := PAC(p, PACOptions{Proxy: pacTestProxy, Default: def})
+			pac, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy, Default: def})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -223,7 +224,7 @@ func TestPACMatchesPolicy(t *testing.T) {
 	for _, pc := range policies {
 		t.Run(pc.name, func(t *testing.T) {
 			p := pacTestPolicy(t, pc.rules, pc.opts)
-			pac, err := PAC(p, PACOptions{Proxy: pacTestProxy})
+			pac, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -266,7 +267,7 @@ func TestPACMatchesPolicy(t *testing.T) {
 func TestPACOutput(t *testing.T) {
 	p := pacTestPolicy(t, pacOperatorRules, allowlist.Options{Geographies: []allowlist.Geography{allowlist.EU}})
 	cat, _ := allowlist.Embedded()
-	pac, err := PAC(p, PACOptions{Proxy: pacTestProxy})
+	pac, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -292,7 +293,7 @@ func TestPACOutput(t *testing.T) {
 	})
 	t.Run("deterministic", func(t *testing.T) {
 		for range 20 {
-			again, err := PAC(p, PACOptions{Proxy: pacTestProxy})
+			again, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -336,7 +337,7 @@ func TestPACProxyAddress(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.proxy, func(t *testing.T) {
-			pac, err := PAC(p, PACOptions{Proxy: c.proxy, Default: "proxy"})
+			pac, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: c.proxy, Default: "proxy"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -354,50 +355,50 @@ func TestPACErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// option is the PACOptionError.Option wanted; "" means another error.
+	// option is the endpoint.PACOptionError.Option wanted; "" means another error.
 	cases := []struct {
 		name   string
 		p      *allowlist.Policy
-		opts   PACOptions
+		opts   endpoint.PACOptions
 		option string
 	}{
-		{"nil policy", nil, PACOptions{Proxy: pacTestProxy}, ""},
-		{"empty proxy", p, PACOptions{}, PACOptionProxy},
-		{"blank proxy", p, PACOptions{Proxy: "  "}, PACOptionProxy},
-		{"proxy without port", p, PACOptions{Proxy: "gw.corp.example"}, PACOptionProxy},
-		{"proxy port zero", p, PACOptions{Proxy: "gw.corp.example:0"}, PACOptionProxy},
-		{"proxy port too large", p, PACOptions{Proxy: "gw.corp.example:65536"}, PACOptionProxy},
-		{"proxy port not numeric", p, PACOptions{Proxy: "gw.corp.example:http"}, PACOptionProxy},
-		{"proxy host with quote", p, PACOptions{Proxy: `gw"x:3128`}, PACOptionProxy},
-		{"proxy host with space", p, PACOptions{Proxy: "gw x:3128"}, PACOptionProxy},
-		{"proxy zoned address", p, PACOptions{Proxy: "[fe80::1%eth0]:3128"}, PACOptionProxy},
-		{"bad default", p, PACOptions{Proxy: pacTestProxy, Default: "SOCKS"}, PACOptionDefault},
-		{"default with address", p, PACOptions{Proxy: pacTestProxy, Default: "PROXY other:3128"}, PACOptionDefault},
-		{"unnormalised rule host", bad, PACOptions{Proxy: pacTestProxy}, ""},
+		{"nil policy", nil, endpoint.PACOptions{Proxy: pacTestProxy}, ""},
+		{"empty proxy", p, endpoint.PACOptions{}, endpoint.PACOptionProxy},
+		{"blank proxy", p, endpoint.PACOptions{Proxy: "  "}, endpoint.PACOptionProxy},
+		{"proxy without port", p, endpoint.PACOptions{Proxy: "gw.corp.example"}, endpoint.PACOptionProxy},
+		{"proxy port zero", p, endpoint.PACOptions{Proxy: "gw.corp.example:0"}, endpoint.PACOptionProxy},
+		{"proxy port too large", p, endpoint.PACOptions{Proxy: "gw.corp.example:65536"}, endpoint.PACOptionProxy},
+		{"proxy port not numeric", p, endpoint.PACOptions{Proxy: "gw.corp.example:http"}, endpoint.PACOptionProxy},
+		{"proxy host with quote", p, endpoint.PACOptions{Proxy: `gw"x:3128`}, endpoint.PACOptionProxy},
+		{"proxy host with space", p, endpoint.PACOptions{Proxy: "gw x:3128"}, endpoint.PACOptionProxy},
+		{"proxy zoned address", p, endpoint.PACOptions{Proxy: "[fe80::1%eth0]:3128"}, endpoint.PACOptionProxy},
+		{"bad default", p, endpoint.PACOptions{Proxy: pacTestProxy, Default: "SOCKS"}, endpoint.PACOptionDefault},
+		{"default with address", p, endpoint.PACOptions{Proxy: pacTestProxy, Default: "PROXY other:3128"}, endpoint.PACOptionDefault},
+		{"unnormalised rule host", bad, endpoint.PACOptions{Proxy: pacTestProxy}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := PAC(c.p, c.opts)
+			got, err := endpoint.PAC(c.p, c.opts)
 			if err == nil {
-				t.Fatalf("PAC() = %d bytes, nil error; want an error", len(got))
+				t.Fatalf("endpoint.PAC() = %d bytes, nil error; want an error", len(got))
 			}
 			if got != nil {
-				t.Errorf("PAC() returned output with error %v", err)
+				t.Errorf("endpoint.PAC() returned output with error %v", err)
 			}
 			// The caller (gateway pac) adds its own prefix.
 			if strings.HasPrefix(err.Error(), "pac:") {
 				t.Errorf("error %q carries a pac: prefix", err)
 			}
-			var oe *PACOptionError
+			var oe *endpoint.PACOptionError
 			switch {
 			case c.option == "" && errors.As(err, &oe):
-				t.Errorf("error %v is a PACOptionError for %s, want another error", err, oe.Option)
+				t.Errorf("error %v is a endpoint.PACOptionError for %s, want another error", err, oe.Option)
 			case c.option != "" && !errors.As(err, &oe):
-				t.Errorf("error %T %v, want a *PACOptionError", err, err)
+				t.Errorf("error %T %v, want a *endpoint.PACOptionError", err, err)
 			case c.option != "" && (oe.Option != c.option || oe.Reason == ""):
-				t.Errorf("PACOptionError option %q reason %q, want option %q with a reason", oe.Option, oe.Reason, c.option)
-			case c.option == PACOptionProxy && oe.Value != c.opts.Proxy, c.option == PACOptionDefault && oe.Value != c.opts.Default:
-				t.Errorf("PACOptionError value %q, want the value given", oe.Value)
+				t.Errorf("endpoint.PACOptionError option %q reason %q, want option %q with a reason", oe.Option, oe.Reason, c.option)
+			case c.option == endpoint.PACOptionProxy && oe.Value != c.opts.Proxy, c.option == endpoint.PACOptionDefault && oe.Value != c.opts.Default:
+				t.Errorf("endpoint.PACOptionError value %q, want the value given", oe.Value)
 			}
 		})
 	}
@@ -407,7 +408,7 @@ func BenchmarkPAC(b *testing.B) {
 	p := pacTestPolicy(b, pacOperatorRules, allowlist.Options{Geographies: []allowlist.Geography{allowlist.EU}})
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := PAC(p, PACOptions{Proxy: pacTestProxy}); err != nil {
+		if _, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy}); err != nil {
 			b.Fatal(err)
 		}
 	}
