@@ -273,16 +273,25 @@ func (a Action) String() string {
 // MarshalText implements encoding.TextMarshaler.
 func (a Action) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
 
+// ParseAction parses "allow" or "deny", in any case and with surrounding
+// space (as written in a rules file): the one parser of an action.
+func ParseAction(s string) (Action, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "allow":
+		return Allow, nil
+	case "deny":
+		return Deny, nil
+	}
+	return Allow, fmt.Errorf("want allow or deny, got %q", s)
+}
+
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (a *Action) UnmarshalText(b []byte) error {
-	switch string(b) {
-	case "allow":
-		*a = Allow
-	case "deny":
-		*a = Deny
-	default:
-		return fmt.Errorf("action %q: want allow or deny", b)
+	act, err := ParseAction(string(b))
+	if err != nil {
+		return fmt.Errorf("action: %w", err)
 	}
+	*a = act
 	return nil
 }
 

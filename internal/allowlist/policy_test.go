@@ -443,3 +443,24 @@ func TestClouds(t *testing.T) {
 		t.Errorf("operator rule in a DoD gateway: %+v", d)
 	}
 }
+
+func TestParseAction(t *testing.T) {
+	for _, tt := range []struct {
+		in      string
+		want    Action
+		wantErr bool
+	}{
+		{"allow", Allow, false},
+		{" Deny ", Deny, false},
+		{"DENY", Deny, false},
+		{"", Allow, true},
+		{"permit", Allow, true},
+	} {
+		t.Run(tt.in, func(t *testing.T) {
+			got, err := ParseAction(tt.in)
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("ParseAction(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}

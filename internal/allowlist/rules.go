@@ -101,19 +101,14 @@ func ruleLines(data []byte) []int {
 func (y *ruleYAML) rule() (Rule, error) {
 	r := Rule{ServiceID: "operator", ServiceName: "operator rule", Anonymous: y.Anonymous,
 		TLSExempt: y.TLSExempt, Comment: y.Comment}
-	switch strings.ToLower(strings.TrimSpace(y.Action)) {
-	case "allow":
-		r.Action = Allow
-	case "deny":
-		r.Action = Deny
-	default:
-		return r, fmt.Errorf("action: want allow or deny, got %q", y.Action)
+	var err error
+	if r.Action, err = ParseAction(y.Action); err != nil {
+		return r, fmt.Errorf("action: %w", err)
 	}
 	r.NoSNICheck = y.VerifySNI != nil && !*y.VerifySNI
 	if y.Host == "" {
 		return r, errors.New("host: required")
 	}
-	var err error
 	if r.Host, err = NormalizePattern(y.Host); err != nil {
 		return r, err
 	}
