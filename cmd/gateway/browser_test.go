@@ -23,7 +23,8 @@ func TestBrowserPAC(t *testing.T) {
 		}
 		t.Skip("chromium not installed")
 	}
-	l := startLab(t, "GATEWAY_GEOGRAPHIES=EU")
+	// At debug the operational log carries each request's outcome line.
+	l := startLab(t, "GATEWAY_GEOGRAPHIES=EU", "GATEWAY_LOG_LEVEL=debug")
 
 	// An unlisted destination, reachable directly on loopback.
 	var direct atomic.Int64
@@ -61,7 +62,7 @@ func TestBrowserPAC(t *testing.T) {
 	if !strings.Contains(page, "Defender lab endpoint crl.microsoft.com/pki/crl/products/browser-check") {
 		t.Errorf("catalog host through the PAC: page %q", page)
 	}
-	if !strings.Contains(l.stderr.String(), `"target":"crl.microsoft.com:80"`) {
+	if !strings.Contains(l.stderr.String(), `"target":"http://crl.microsoft.com/pki/crl/products/browser-check"`) {
 		t.Errorf("the gateway's log does not show the catalog request:\n%s", l.stderr.String())
 	}
 
