@@ -20,10 +20,17 @@ type Dialer interface {
 // listeners stay refused.
 type PortMap struct {
 	Dialer
+	// Ports maps a port the gateway decided on to the endpoint's.
 	Ports map[uint16]uint16
+	// Map, if non-nil, maps ports instead of Ports (for tests that change
+	// the mapping while the gateway runs); if nil, Ports is read.
+	Map func(port uint16) uint16
 }
 
 func (p PortMap) mapped(port uint16) uint16 {
+	if p.Map != nil {
+		return p.Map(port)
+	}
 	if m, ok := p.Ports[port]; ok {
 		return m
 	}

@@ -30,6 +30,7 @@ import (
 	"golang.org/x/net/idna"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/lab"
 	"github.com/defendergw/gateway/internal/reason"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/testutil"
@@ -598,7 +599,7 @@ func newUncachedGateway(t *testing.T, w *advWorld) (addr string, srv *Server) {
 	}}
 	srv, err = New(Options{
 		Policy:                func() *allowlist.Policy { return policy },
-		Dialer:                portMapDialer{d: d, w: w.world},
+		Dialer:                worldDialer{PortMap: lab.PortMap{Dialer: d, Map: w.world.mapPort}, w: w.world},
 		Logger:                slog.New(slog.NewJSONHandler(w.logs, nil)),
 		DialTimeout:           3 * time.Second,
 		ResponseHeaderTimeout: 5 * time.Second,

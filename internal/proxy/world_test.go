@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,6 +26,7 @@ import (
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/auth"
 	"github.com/defendergw/gateway/internal/inspect"
+	"github.com/defendergw/gateway/internal/lab"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/testutil"
@@ -135,39 +135,36 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// portMapDialer sends the checked address to the upstream's real port.
-type portMapDialer struct {
-	d *resolver.Dialer
+// worldDialer is the lab's port map (the checked address goes to the
+// upstream's real port) recording each call's deadline.
+type worldDialer struct {
+	lab.PortMap
 	w *world
 }
 
-func (p portMapDialer) mapPort(port uint16) uint16 {
-	p.w.mu.Lock()
-	defer p.w.mu.Unlock()
-	if m, ok := p.w.portMap[port]; ok {
+// mapPort maps a decided port to the upstream's, as the test set it.
+func (w *world) mapPort(port uint16) uint16 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if m, ok := w.portMap[port]; ok {
 		return m
 	}
 	return port
 }
 
-func (p portMapDialer) Lookup(ctx context.Context, host string, port uint16) ([]netip.AddrPort, error) {
-	p.w.recordDial(ctx, "lookup")
-	return p.d.Lookup(ctx, host, p.mapPort(port))
+func (d worldDialer) Lookup(ctx context.Context, host string, port uint16) ([]netip.AddrPort, error) {
+	d.w.recordDial(ctx, "lookup")
+	return d.PortMap.Lookup(ctx, host, port)
 }
 
-func (p portMapDialer) DialChecked(ctx context.Context, addrs []netip.AddrPort) (net.Conn, error) {
-	p.w.recordDial(ctx, "dial-checked")
-	return p.d.DialChecked(ctx, addrs)
+func (d worldDialer) DialChecked(ctx context.Context, addrs []netip.AddrPort) (net.Conn, error) {
+	d.w.recordDial(ctx, "dial-checked")
+	return d.PortMap.DialChecked(ctx, addrs)
 }
 
-func (p portMapDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	p.w.recordDial(ctx, "dial")
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, err
-	}
-	n, _ := strconv.Atoi(port)
-	return p.d.DialContext(ctx, network, net.JoinHostPort(host, strconv.Itoa(int(p.mapPort(uint16(n))))))
+func (d worldDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.w.recordDial(ctx, "dial")
+	return d.PortMap.DialContext(ctx, network, addr)
 }
 
 var debugLevel = slog.LevelDebug
@@ -307,7 +304,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		ClientHelloTimeout:    o.clientHelloTimeout,
 		UpstreamTLS:           &tls.Config{RootCAs: w.ca.Pool},
 		Policy:                func() *allowlist.Policy { return policy },
-		Dialer:                portMapDialer{d: d, w: w},
+		Dialer:                worldDialer{PortMap: lab.PortMap{Dialer: d, Map: w.mapPort}, w: w},
 		Logger:                slog.New(slog.NewJSONHandler(w.logs, &slog.HandlerOptions{Level: cmp.Or(o.logLevel, &debugLevel)})),
 		DialTimeout:           3 * time.Second,
 		ResponseHeaderTimeout: o.responseHeaderTimeout,
