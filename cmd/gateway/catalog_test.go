@@ -183,7 +183,7 @@ func TestCatalogRoundTrip(t *testing.T) {
 	if err := os.Rename(tmp, catFile); err != nil {
 		t.Fatal(err)
 	}
-	waitMetric(t, admin, `gateway_config_reloads_total{result="failure"} 1`)
+	waitMetric(t, admin, `gateway_config_reloads_total{file="catalog",result="failure"} 1`)
 	if code, _, err := rw.get("second.defender.microsoft.com"); err != nil || code != 200 {
 		t.Errorf("after a broken catalog file: %d %v, want the previous catalog (200)", code, err)
 	}

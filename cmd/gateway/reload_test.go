@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/bcrypt"
+
 	"github.com/defendergw/gateway/internal/testutil"
 )
 
@@ -210,7 +212,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		_, scrape := httpGet(t, "http://"+rw.g.admin+"/metrics")
-		if strings.Contains(scrape, `gateway_config_reloads_total{result="failure"} 1`) {
+		if strings.Contains(scrape, `gateway_config_reloads_total{file="rules",result="failure"} 1`) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -239,7 +241,58 @@ func TestReloadOnSIGHUP(t *testing.T) {
 	rw.g.cmd.Process.Signal(syscall.SIGHUP)
 	rw.waitFor(t, "app.lab.test", 403)
 	_, scrape := httpGet(t, "http://"+rw.g.admin+"/metrics")
-	if !strings.Contains(scrape, `gateway_config_reloads_total{result="success"} 1`) {
-		t.Errorf("successful reload not counted")
+	if !strings.Contains(scrape, `gateway_config_reloads_total{file="rules",result="success"} 1`) {
+		t.Errorf("successful reload not counted:\n%s", grepLines(scrape, "gateway_config"))
+	}
+}
+
+// TestReloadHtpasswd: the one reloader re-reads the htpasswd file like the
+// rules file, counts each success and failure under its own file label,
+// and reports a file that stays broken once.
+func TestReloadHtpasswd(t *testing.T) {
+	dir := t.TempDir()
+	htp := filepath.Join(dir, "htpasswd")
+	line := func(user, pass string) string {
+		h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return user + ":" + string(h) + "\n"
+	}
+	replace := func(content string) {
+		writeFile(t, htp+".tmp", content)
+		if err := os.Rename(htp+".tmp", htp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replace(line("alice", "pw"))
+	rw := newReloadWorld(t, "GATEWAY_AUTH_HTPASSWD="+htp, "GATEWAY_AUTH_RELOAD_INTERVAL=50ms", "GATEWAY_RELOAD_INTERVAL=1h")
+	admin := "http://" + rw.g.admin
+
+	replace(line("alice", "pw") + line("bob", "pw2"))
+	waitMetric(t, admin, `gateway_config_reloads_total{file="htpasswd",result="success"} 1`)
+
+	replace("bob:plain-text-is-refused\n")
+	waitMetric(t, admin, `gateway_config_reloads_total{file="htpasswd",result="failure"} 1`)
+	// Checked many more times while broken: still one failure, and the
+	// rules file untouched.
+	for deadline := time.Now().Add(5 * time.Second); strings.Count(rw.g.log(), "htpasswd reload failed") < 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("htpasswd failure not logged")
+		}
+	}
+	replace(line("carol", "pw3"))
+	waitMetric(t, admin, `gateway_config_reloads_total{file="htpasswd",result="success"} 2`)
+	_, scrape := httpGet(t, admin+"/metrics")
+	for _, want := range []string{
+		`gateway_config_reloads_total{file="htpasswd",result="failure"} 1`,
+		`gateway_config_reloads_total{file="rules",result="success"} 0`,
+	} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grepLines(scrape, "gateway_config"))
+		}
+	}
+	if n := strings.Count(rw.g.log(), "htpasswd reload failed"); n != 1 {
+		t.Errorf("broken htpasswd reported %d times, want once", n)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -80,6 +81,9 @@ type gateway struct {
 
 	shuttingDown atomic.Bool
 	dnsErr       atomic.Pointer[error] // last DNS probe result; errNoDNSAnswerYet until the first
+
+	reloadMu    sync.Mutex // serialises the reloader and SIGHUP
+	htpasswdErr string     // the htpasswd error last reported, under reloadMu
 }
 
 // errNoDNSAnswerYet keeps a new gateway out of rotation until a DNS server
@@ -294,60 +298,145 @@ func (g *gateway) probeDNS(ctx context.Context) {
 	}
 }
 
+// policyFiles are the reload labels of the files the policy is built
+// from (gateway_config_reloads_total{file}).
+func (g *gateway) policyFiles() []string {
+	var files []string
+	if g.cfg.CatalogFile != "" {
+		files = append(files, telemetry.ReloadCatalog)
+	}
+	if g.cfg.RulesFile != "" {
+		files = append(files, telemetry.ReloadRules)
+	}
+	return files
+}
+
 // reload re-reads the catalog file and the rules file and swaps the new
 // policy in at once; a bad file keeps the previous policy (and catalog).
-func (g *gateway) reload(why string) {
+// files are the reload labels the trigger concerns: the file that changed,
+// or every policy file for SIGHUP. A failure is counted against the file
+// its error names.
+func (g *gateway) reload(why string, files ...string) {
 	p, origin, err := g.cfg.buildPolicyFrom()
 	if err != nil {
-		g.metrics.ConfigReload(false)
+		failed := files
+		switch msg := err.Error(); {
+		case strings.HasPrefix(msg, varName("RulesFile")):
+			failed = []string{telemetry.ReloadRules}
+		case strings.HasPrefix(msg, varName("CatalogFile")):
+			failed = []string{telemetry.ReloadCatalog}
+		}
+		for _, f := range failed {
+			g.metrics.ConfigReload(f, false)
+		}
 		g.log.Error("reload failed; keeping the previous catalog and rules", "trigger", why, "error", err.Error())
 		return
 	}
 	g.policy.Store(p)
 	g.metrics.Catalog(p, origin)
-	g.metrics.ConfigReload(true)
+	for _, f := range files {
+		g.metrics.ConfigReload(f, true)
+	}
 	g.log.Info("policy reloaded", "trigger", why, "rules", len(p.Rules()), "catalog_version", p.Version(),
 		"catalog_source", origin)
 }
 
-// watchFiles reloads when the catalog file or the rules file changes:
-// modification time, size or identity (an atomic rename over it, as a
-// ConfigMap update or "catalog import --out" does).
+// reloadHtpasswd re-reads the htpasswd file if it changed. A file that
+// stays bad is reported (logged and counted) once, not at every check.
+func (g *gateway) reloadHtpasswd(why string) {
+	changed, err := g.authn.Reload()
+	switch {
+	case err != nil:
+		if msg := err.Error(); msg != g.htpasswdErr {
+			g.htpasswdErr = msg
+			g.metrics.ConfigReload(telemetry.ReloadHtpasswd, false)
+			g.log.Error("htpasswd reload failed; keeping the previous users", "trigger", why, "error", msg)
+		}
+	case changed:
+		g.htpasswdErr = ""
+		g.metrics.ConfigReload(telemetry.ReloadHtpasswd, true)
+		g.log.Info("htpasswd reloaded", "trigger", why, "file", g.cfg.AuthHtpasswd, "users", g.authn.Users())
+	}
+}
+
+// watchFiles is the gateway's one reloader: it checks every file the
+// gateway reads, each at its own interval (GATEWAY_RELOAD_INTERVAL for the
+// catalog and rules files, GATEWAY_AUTH_RELOAD_INTERVAL for htpasswd), and
+// reloads what changed: modification time, size or identity (an atomic
+// rename over it, as a ConfigMap update or "catalog import --out" does).
+// SIGHUP takes the same paths (reload, reloadHtpasswd). Reloads run on
+// this goroutine or the signal loop's, serialised by reloadMu.
 func (g *gateway) watchFiles(ctx context.Context) {
 	type watched struct {
-		path, why string
-		last      *filestamp.Stamp
+		path, label string
+		every       time.Duration
+		next        time.Time
+		last        *filestamp.Stamp
 	}
 	var files []*watched
-	for _, f := range []struct{ path, why string }{
-		{g.cfg.CatalogFile, "catalog file changed"}, {g.cfg.RulesFile, "rules file changed"}} {
+	for _, f := range []struct{ path, label string }{
+		{g.cfg.CatalogFile, telemetry.ReloadCatalog}, {g.cfg.RulesFile, telemetry.ReloadRules}} {
 		if f.path != "" {
 			last, _ := filestamp.Of(f.path)
-			files = append(files, &watched{f.path, f.why, last})
+			files = append(files, &watched{path: f.path, label: f.label, every: g.cfg.ReloadInterval, last: last})
 		}
+	}
+	if g.authn != nil {
+		files = append(files, &watched{path: g.cfg.AuthHtpasswd, label: telemetry.ReloadHtpasswd, every: g.cfg.AuthReloadInterval})
 	}
 	if len(files) == 0 {
 		return
 	}
-	t := time.NewTicker(g.cfg.ReloadInterval)
+	tick := files[0].every
+	for _, w := range files {
+		tick = min(tick, w.every)
+		w.next = time.Now().Add(w.every)
+	}
+	t := time.NewTicker(tick)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
-		}
-		for _, w := range files {
-			fi, err := os.Stat(w.path)
-			switch {
-			case err != nil && w.last != nil:
-				w.last = nil // gone: the reload fails, is logged and counted
-				g.reload(w.why)
-			case err == nil && !w.last.Matches(fi):
-				w.last = filestamp.FromInfo(fi)
-				g.reload(w.why)
+		case now := <-t.C:
+			for _, w := range files {
+				if now.Before(w.next) {
+					continue
+				}
+				w.next = now.Add(w.every)
+				g.reloadMu.Lock()
+				g.check(w.path, w.label, &w.last)
+				g.reloadMu.Unlock()
 			}
 		}
+	}
+}
+
+// check reloads one watched file if it changed.
+func (g *gateway) check(path, label string, last **filestamp.Stamp) {
+	if label == telemetry.ReloadHtpasswd {
+		g.reloadHtpasswd(label + " file changed") // Reload compares the file's stamp itself
+		return
+	}
+	why := label + " file changed"
+	fi, err := os.Stat(path)
+	switch {
+	case err != nil && *last != nil:
+		*last = nil // gone: the reload fails, is logged and counted
+		g.reload(why, label)
+	case err == nil && !(*last).Matches(fi):
+		*last = filestamp.FromInfo(fi)
+		g.reload(why, label)
+	}
+}
+
+// reloadAll is SIGHUP: every file, on the reloader's paths.
+func (g *gateway) reloadAll() {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	g.reload("SIGHUP", g.policyFiles()...)
+	if g.authn != nil {
+		g.reloadHtpasswd("SIGHUP")
 	}
 }
 
@@ -395,14 +484,6 @@ func (g *gateway) run(ctx context.Context) error {
 	go g.probeDNS(ctx)
 	go upcheck.Run(ctx, g.upstreamCheck())
 	go g.watchFiles(ctx)
-	if g.authn != nil {
-		go g.authn.Watch(ctx, g.cfg.AuthReloadInterval,
-			func() { g.log.Info("htpasswd reloaded", "file", g.cfg.AuthHtpasswd, "users", g.authn.Users()) },
-			func(err error) {
-				g.metrics.ConfigReload(false)
-				g.log.Error("htpasswd reload failed; keeping the previous users", "error", err.Error())
-			})
-	}
 
 	p := g.policy.Load()
 	var geos []string
@@ -433,13 +514,7 @@ func (g *gateway) run(ctx context.Context) error {
 				g.log.Info("shutting down", "signal", s.String())
 				return g.shutdown(hs, as)
 			}
-			g.reload("SIGHUP")
-			if g.authn != nil {
-				if _, err := g.authn.Reload(); err != nil {
-					g.metrics.ConfigReload(false)
-					g.log.Error("htpasswd reload failed; keeping the previous users", "error", err.Error())
-				}
-			}
+			g.reloadAll()
 			if g.events == nil {
 				continue
 			}

@@ -2,21 +2,17 @@ package auth
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
 	"os"
 	"strings"
-	"time"
 
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/defendergw/gateway/internal/filestamp"
 )
 
-// defaultWatchInterval is used by Watch when interval <= 0.
-const defaultWatchInterval = 5 * time.Second
 
 // failedLoad remembers a version of the file that did not load, so that
 // Reload reports the same error without re-reading it.
@@ -75,40 +71,6 @@ func (a *Authenticator) Reload() (changed bool, err error) {
 	return true, nil
 }
 
-// Watch calls Reload every interval (5s if interval <= 0) until ctx is
-// done, and returns then. onReload, if non-nil, is called after each
-// successful change. onErr, if non-nil, is called with Reload's error;
-// consecutive identical errors (a file that stays broken) are reported
-// once.
-func (a *Authenticator) Watch(ctx context.Context, interval time.Duration, onReload func(), onErr func(error)) {
-	if interval <= 0 {
-		interval = defaultWatchInterval
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	var lastErr string
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		changed, err := a.Reload()
-		if err != nil {
-			if msg := err.Error(); msg != lastErr {
-				lastErr = msg
-				if onErr != nil {
-					onErr(err)
-				}
-			}
-			continue
-		}
-		lastErr = ""
-		if changed && onReload != nil {
-			onReload()
-		}
-	}
-}
 
 // loadFile reads and parses path. It returns the users, the highest bcrypt
 // cost among them and the stamp of the version read (also on parse

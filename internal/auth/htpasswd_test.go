@@ -1,12 +1,10 @@
 package auth
 
 import (
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -222,72 +220,3 @@ func TestReload(t *testing.T) {
 	})
 }
 
-func TestWatch(t *testing.T) {
-	path := writeFile(t, htpasswd(t, "alice", "pw"))
-	a := newAuth(t, Options{File: path})
-
-	reloads := make(chan struct{}, 10)
-	var mu sync.Mutex
-	var errs []error
-	errCh := make(chan struct{}, 10)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		a.Watch(ctx, 5*time.Millisecond,
-			func() { reloads <- struct{}{} },
-			func(err error) {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-				errCh <- struct{}{}
-			})
-	}()
-
-	wait := func(t *testing.T, ch chan struct{}, what string) {
-		t.Helper()
-		select {
-		case <-ch:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
-
-	t.Run("change triggers onReload", func(t *testing.T) {
-		replaceFile(t, path, htpasswd(t, "alice", "pw", "bob", "pw2"))
-		wait(t, reloads, "onReload")
-		if got, err := a.Authenticate(basic("bob", "pw2"), client1); err != nil || got != "bob" {
-			t.Errorf("Authenticate(bob) = (%q, %v), want success", got, err)
-		}
-	})
-
-	t.Run("broken file reported once", func(t *testing.T) {
-		replaceFile(t, path, "bob:plain\n")
-		wait(t, errCh, "onErr")
-		time.Sleep(50 * time.Millisecond) // ~10 more ticks
-		mu.Lock()
-		n := len(errs)
-		mu.Unlock()
-		if n != 1 {
-			t.Errorf("onErr calls = %d, want 1", n)
-		}
-		if a.Users() != 2 {
-			t.Errorf("Users() = %d, want 2 (old users kept)", a.Users())
-		}
-	})
-
-	t.Run("fixed file triggers onReload", func(t *testing.T) {
-		replaceFile(t, path, htpasswd(t, "carol", "pw3"))
-		wait(t, reloads, "onReload")
-		if a.Users() != 1 {
-			t.Errorf("Users() = %d, want 1", a.Users())
-		}
-	})
-
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Watch did not return after cancel")
-	}
-}

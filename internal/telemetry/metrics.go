@@ -73,7 +73,7 @@ type Metrics struct {
 	catalogInfo      *prometheus.GaugeVec
 	catalogPublished prometheus.Gauge
 
-	reloadOK, reloadFailed prometheus.Counter
+	reloads *prometheus.CounterVec
 
 	eventsLogged, eventsDropped prometheus.Counter
 
@@ -194,12 +194,15 @@ func NewMetrics(reg prometheus.Registerer, info BuildInfo) *Metrics {
 	})
 	add(m.catalogPublished)
 
-	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "config_reloads_total",
-		Help: "Configuration reloads by result (success, failure).",
-	}, []string{"result"})
-	m.reloadOK, m.reloadFailed = reloads.WithLabelValues("success"), reloads.WithLabelValues("failure")
-	add(reloads)
+		Help: "Reloads of the files the gateway reads, by file (catalog, rules, htpasswd) and result (success, failure).",
+	}, []string{"file", "result"})
+	for _, f := range ReloadFiles {
+		m.reloads.WithLabelValues(f, "success")
+		m.reloads.WithLabelValues(f, "failure")
+	}
+	add(m.reloads)
 
 	m.eventsLogged = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "event_log_events_total",
@@ -376,16 +379,28 @@ func (m *Metrics) Catalog(p *allowlist.Policy, source string) {
 	}
 }
 
-// ConfigReload counts a configuration reload.
-func (m *Metrics) ConfigReload(ok bool) {
+// The file label values of gateway_config_reloads_total.
+const (
+	ReloadCatalog  = "catalog"  // GATEWAY_CATALOG_FILE
+	ReloadRules    = "rules"    // GATEWAY_RULES_FILE
+	ReloadHtpasswd = "htpasswd" // GATEWAY_AUTH_HTPASSWD
+)
+
+// ReloadFiles are the files a reload can concern, whose series are created
+// up front.
+var ReloadFiles = []string{ReloadCatalog, ReloadRules, ReloadHtpasswd}
+
+// ConfigReload counts a reload of file (ReloadCatalog, ReloadRules or
+// ReloadHtpasswd), successful or not.
+func (m *Metrics) ConfigReload(file string, ok bool) {
 	if m == nil {
 		return
 	}
+	result := "failure"
 	if ok {
-		m.reloadOK.Inc()
-	} else {
-		m.reloadFailed.Inc()
+		result = "success"
 	}
+	m.reloads.WithLabelValues(lv(file), result).Inc()
 }
 
 // EventLogged counts an event written to the event log (EventLogOptions.OnLogged).

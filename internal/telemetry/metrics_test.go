@@ -165,9 +165,18 @@ func TestMetricMethods(t *testing.T) {
 			{"gateway_auth_total", L{"result": "failure"}, 0},
 			{"gateway_auth_total", L{"result": "none"}, 1},
 		}},
-		{"config reload", func(m *Metrics) { m.ConfigReload(true); m.ConfigReload(false); m.ConfigReload(false) }, []want{
-			{"gateway_config_reloads_total", L{"result": "success"}, 1},
-			{"gateway_config_reloads_total", L{"result": "failure"}, 2},
+		{"config reload", func(m *Metrics) {
+			m.ConfigReload(ReloadRules, true)
+			m.ConfigReload(ReloadRules, false)
+			m.ConfigReload(ReloadHtpasswd, false)
+			m.ConfigReload(ReloadHtpasswd, true)
+			m.ConfigReload(ReloadHtpasswd, true)
+		}, []want{
+			{"gateway_config_reloads_total", L{"file": "rules", "result": "success"}, 1},
+			{"gateway_config_reloads_total", L{"file": "rules", "result": "failure"}, 1},
+			{"gateway_config_reloads_total", L{"file": "htpasswd", "result": "success"}, 2},
+			{"gateway_config_reloads_total", L{"file": "htpasswd", "result": "failure"}, 1},
+			{"gateway_config_reloads_total", L{"file": "catalog", "result": "success"}, 0},
 		}},
 		{"event log", func(m *Metrics) { m.EventLogged(); m.EventLogged(); m.EventDropped() }, []want{
 			{"gateway_event_log_events_total", nil, 2},
@@ -289,7 +298,7 @@ func touchAll(m *Metrics) {
 	m.Auth("failure")
 	m.Catalog(nil, "")
 	m.catalogRules.WithLabelValues("EU", "sense").Set(1)
-	m.ConfigReload(true)
+	m.ConfigReload(ReloadRules, true)
 	m.EventLogged()
 	m.EventDropped()
 }
@@ -375,7 +384,7 @@ func TestNilMetrics(t *testing.T) {
 		m.Dial(0, "")
 		m.Auth("success")
 		m.Catalog(nil, "")
-		m.ConfigReload(true)
+		m.ConfigReload(ReloadRules, true)
 		m.EventLogged()
 		m.EventDropped()
 	}
@@ -421,7 +430,7 @@ func TestNoRawAddressLabels(t *testing.T) {
 	allowed := map[string]bool{
 		"version": true, "catalog_version": true, "go_version": true, "protocol": true, "decision": true,
 		"reason": true, "service": true, "geography": true, "tls": true, "end": true, "direction": true,
-		"code_class": true, "result": true, "kind": true,
+		"code_class": true, "result": true, "kind": true, "file": true, // file: catalog, rules, htpasswd
 	}
 	m, reg := newTestMetrics(t)
 	touchAll(m)
