@@ -13,7 +13,6 @@ import (
 	"github.com/defendergw/gateway/internal/filestamp"
 )
 
-
 // failedLoad remembers a version of the file that did not load, so that
 // Reload reports the same error without re-reading it.
 type failedLoad struct {
@@ -70,7 +69,6 @@ func (a *Authenticator) Reload() (changed bool, err error) {
 	a.failed = nil
 	return true, nil
 }
-
 
 // loadFile reads and parses path. It returns the users, the highest bcrypt
 // cost among them and the stamp of the version read (also on parse

@@ -219,4 +219,3 @@ func TestReload(t *testing.T) {
 		auth(t, "alice", "pw", false)
 	})
 }
-
