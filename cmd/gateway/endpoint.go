@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
-	"github.com/defendergw/gateway/internal/endpoint"
+	"github.com/defendergw/gateway/internal/clientconfig"
+	"github.com/defendergw/gateway/internal/pac"
+	"github.com/defendergw/gateway/internal/probe"
 )
 
 // pacCache remembers the PAC file of one policy and advertised address.
@@ -43,7 +45,7 @@ func (s *pacServer) pac(p *allowlist.Policy, requestHost string) ([]byte, error)
 	if c := s.cache.Load(); c != nil && c.policy == p && c.addr == addr {
 		return c.body, nil
 	}
-	body, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: addr, Default: s.dflt})
+	body, err := pac.Render(p, pac.Options{Proxy: addr, Default: s.dflt})
 	if err != nil {
 		return nil, err
 	}
@@ -102,12 +104,12 @@ func pacCmd(args []string, stdout, stderr io.Writer) int {
 	if *dflt == "" {
 		*dflt, dfltFrom = cfg.PACDefault, "GATEWAY_PAC_DEFAULT"
 	}
-	body, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: addr, Default: *dflt})
+	body, err := pac.Render(p, pac.Options{Proxy: addr, Default: *dflt})
 	if err != nil {
-		var oe *endpoint.PACOptionError
+		var oe *pac.OptionError
 		if errors.As(err, &oe) {
 			from := addrFrom
-			if oe.Option == endpoint.PACOptionDefault {
+			if oe.Option == pac.OptionDefault {
 				from = dfltFrom
 			}
 			fmt.Fprintf(stderr, "gateway pac: %s %q: %s\n", from, oe.Value, oe.Reason)
@@ -147,7 +149,7 @@ func clientConfigCmd(args []string, stdout, stderr io.Writer) int {
 		usageError(stderr, fs, clientConfigHelp, "--proxy is required")
 		return 2
 	}
-	c := endpoint.ClientConfig{Proxy: *proxyAddr, PACURL: *pacURL, Offline: *offline, Undo: *undo}
+	c := clientconfig.Config{Proxy: *proxyAddr, PACURL: *pacURL, Offline: *offline, Undo: *undo}
 	if *bypass != "" {
 		// Render splits the list at ';' and ','.
 		c.Bypass = []string{*bypass}
@@ -193,7 +195,7 @@ func probeCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gateway probe: --concurrency: want a positive number, got %d\n", *conc)
 		return 2
 	}
-	opts := endpoint.ProbeOptions{Timeout: *timeout, Concurrency: *conc}
+	opts := probe.Options{Timeout: *timeout, Concurrency: *conc}
 	if *via != "" {
 		u, err := url.Parse(*via)
 		if err != nil || u.Scheme != "http" || u.Host == "" {
@@ -203,7 +205,7 @@ func probeCmd(args []string, stdout, stderr io.Writer) int {
 		opts.Via = u
 	}
 	if *user != "" {
-		u, err := endpoint.ParseProxyUser(*user)
+		u, err := probe.ParseProxyUser(*user)
 		if err != nil {
 			fmt.Fprintf(stderr, "gateway probe: --proxy-user: %v\n", err)
 			return 2
@@ -234,19 +236,19 @@ func probeCmd(args []string, stdout, stderr io.Writer) int {
 	if f.format == "text" {
 		// Nil unless stderr is a terminal: redrawn lines would litter a
 		// file or a pipe.
-		opts.Progress = endpoint.TerminalProgress(stderr)
+		opts.Progress = probe.TerminalProgress(stderr)
 	}
-	results := endpoint.Probe(context.Background(), endpoint.ProbeTargets(p), opts)
+	results := probe.Run(context.Background(), probe.Targets(p), opts)
 	if opts.Progress != nil {
 		fmt.Fprintln(stderr)
 	}
 	if f.format == "text" {
-		endpoint.WriteText(stdout, results, opts.Via, endpoint.NotProbed(p))
-	} else if err := endpoint.WriteJSON(stdout, results, endpoint.NotProbed(p)); err != nil {
+		probe.WriteText(stdout, results, opts.Via, probe.NotProbed(p))
+	} else if err := probe.WriteJSON(stdout, results, probe.NotProbed(p)); err != nil {
 		fmt.Fprintf(stderr, "gateway probe: %v\n", err)
 		return 2
 	}
-	if endpoint.Failed(results) {
+	if probe.Failed(results) {
 		return 1
 	}
 	return 0

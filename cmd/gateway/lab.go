@@ -14,8 +14,8 @@ import (
 	"syscall"
 
 	"github.com/defendergw/gateway/internal/allowlist"
-	"github.com/defendergw/gateway/internal/endpoint"
 	"github.com/defendergw/gateway/internal/lab"
+	"github.com/defendergw/gateway/internal/probe"
 	"github.com/defendergw/gateway/internal/proxy"
 )
 
@@ -236,7 +236,7 @@ func shellJoin(args []string) string {
 // EDR gateway of the configured cloud and geography), for the printed curl
 // example.
 func labExample(p *allowlist.Policy) string {
-	for _, t := range endpoint.ProbeTargets(p) {
+	for _, t := range probe.Targets(p) {
 		if strings.HasSuffix(t.URL, "/commands/test") {
 			return t.URL
 		}

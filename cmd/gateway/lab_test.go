@@ -17,7 +17,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/defendergw/gateway/internal/endpoint"
+	"github.com/defendergw/gateway/internal/probe"
 )
 
 // labProcess is `gateway lab` running on loopback.
@@ -201,9 +201,9 @@ func TestProbeAgainstLab(t *testing.T) {
 			// The gateway names a switched-off service service-disabled
 			// (older ones refused it by its port): either way the probe
 			// gives the refusal's own cause and the CRL consequence.
-			want := endpoint.DiagCRLBlocked
+			want := probe.DiagCRLBlocked
 			if strings.Contains(r.Detail, "service-disabled") {
-				want = endpoint.DiagServiceDisabled
+				want = probe.DiagServiceDisabled
 				if !strings.Contains(r.Detail, "GATEWAY_DISABLED_SERVICES") {
 					t.Errorf("%s: detail %q does not name GATEWAY_DISABLED_SERVICES", r.URL, r.Detail)
 				}
@@ -522,7 +522,7 @@ func TestLabTempDir(t *testing.T) {
 }
 
 // TestProbeProgressNotInFiles: the \r progress line never reaches a file or
-// a pipe (a terminal is tested in internal/endpoint).
+// a pipe (a terminal is tested in internal/probe).
 func TestProbeProgressNotInFiles(t *testing.T) {
 	l := startLab(t, "GATEWAY_GEOGRAPHIES=EU")
 	args := []string{"probe", "--via", l.gateway, "--ca", l.ca, "--geo", "EU"}

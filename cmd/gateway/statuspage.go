@@ -5,7 +5,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/defendergw/gateway/internal/endpoint"
+	"github.com/defendergw/gateway/internal/probe"
 	"github.com/defendergw/gateway/internal/proxy"
 	"github.com/defendergw/gateway/internal/status"
 	"github.com/defendergw/gateway/internal/telemetry"
@@ -69,8 +69,8 @@ func (g *gateway) statusSnapshot() status.Snapshot {
 func (g *gateway) upstreamCheck() upcheck.Options {
 	return upcheck.Options{
 		Interval: g.cfg.UpstreamCheckInterval,
-		Targets: func() []endpoint.ProbeTarget {
-			return upcheck.RequiredTargets(endpoint.ProbeTargets(g.policy.Load()))
+		Targets: func() []probe.Target {
+			return upcheck.RequiredTargets(probe.Targets(g.policy.Load()))
 		},
 		DialContext: g.dialer.DialContext,
 		RootCAs:     g.roots,

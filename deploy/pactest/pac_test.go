@@ -13,7 +13,7 @@ import (
 	"github.com/dop251/goja"
 
 	"github.com/defendergw/gateway/internal/allowlist"
-	"github.com/defendergw/gateway/internal/endpoint"
+	gwpac "github.com/defendergw/gateway/internal/pac"
 )
 
 // pacHelpers are the standard PAC helper functions the browsers predefine,
@@ -176,7 +176,7 @@ func TestPACFindProxyForURL(t *testing.T) {
 	}
 	for _, def := range []string{"DIRECT", "PROXY"} {
 		t.Run(def, func(t *testing.T) {
-			pac, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy, Default: def})
+			pac, err := gwpac.Render(p, gwpac.Options{Proxy: pacTestProxy, Default: def})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -224,7 +224,7 @@ func TestPACMatchesPolicy(t *testing.T) {
 	for _, pc := range policies {
 		t.Run(pc.name, func(t *testing.T) {
 			p := pacTestPolicy(t, pc.rules, pc.opts)
-			pac, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy})
+			pac, err := gwpac.Render(p, gwpac.Options{Proxy: pacTestProxy})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -267,7 +267,7 @@ func TestPACMatchesPolicy(t *testing.T) {
 func TestPACOutput(t *testing.T) {
 	p := pacTestPolicy(t, pacOperatorRules, allowlist.Options{Geographies: []allowlist.Geography{allowlist.EU}})
 	cat, _ := allowlist.Embedded()
-	pac, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy})
+	pac, err := gwpac.Render(p, gwpac.Options{Proxy: pacTestProxy})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +293,7 @@ func TestPACOutput(t *testing.T) {
 	})
 	t.Run("deterministic", func(t *testing.T) {
 		for range 20 {
-			again, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy})
+			again, err := gwpac.Render(p, gwpac.Options{Proxy: pacTestProxy})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -337,7 +337,7 @@ func TestPACProxyAddress(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.proxy, func(t *testing.T) {
-			pac, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: c.proxy, Default: "proxy"})
+			pac, err := gwpac.Render(p, gwpac.Options{Proxy: c.proxy, Default: "proxy"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -355,50 +355,50 @@ func TestPACErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// option is the endpoint.PACOptionError.Option wanted; "" means another error.
+	// option is the gwpac.OptionError.Option wanted; "" means another error.
 	cases := []struct {
 		name   string
 		p      *allowlist.Policy
-		opts   endpoint.PACOptions
+		opts   gwpac.Options
 		option string
 	}{
-		{"nil policy", nil, endpoint.PACOptions{Proxy: pacTestProxy}, ""},
-		{"empty proxy", p, endpoint.PACOptions{}, endpoint.PACOptionProxy},
-		{"blank proxy", p, endpoint.PACOptions{Proxy: "  "}, endpoint.PACOptionProxy},
-		{"proxy without port", p, endpoint.PACOptions{Proxy: "gw.corp.example"}, endpoint.PACOptionProxy},
-		{"proxy port zero", p, endpoint.PACOptions{Proxy: "gw.corp.example:0"}, endpoint.PACOptionProxy},
-		{"proxy port too large", p, endpoint.PACOptions{Proxy: "gw.corp.example:65536"}, endpoint.PACOptionProxy},
-		{"proxy port not numeric", p, endpoint.PACOptions{Proxy: "gw.corp.example:http"}, endpoint.PACOptionProxy},
-		{"proxy host with quote", p, endpoint.PACOptions{Proxy: `gw"x:3128`}, endpoint.PACOptionProxy},
-		{"proxy host with space", p, endpoint.PACOptions{Proxy: "gw x:3128"}, endpoint.PACOptionProxy},
-		{"proxy zoned address", p, endpoint.PACOptions{Proxy: "[fe80::1%eth0]:3128"}, endpoint.PACOptionProxy},
-		{"bad default", p, endpoint.PACOptions{Proxy: pacTestProxy, Default: "SOCKS"}, endpoint.PACOptionDefault},
-		{"default with address", p, endpoint.PACOptions{Proxy: pacTestProxy, Default: "PROXY other:3128"}, endpoint.PACOptionDefault},
-		{"unnormalised rule host", bad, endpoint.PACOptions{Proxy: pacTestProxy}, ""},
+		{"nil policy", nil, gwpac.Options{Proxy: pacTestProxy}, ""},
+		{"empty proxy", p, gwpac.Options{}, gwpac.OptionProxy},
+		{"blank proxy", p, gwpac.Options{Proxy: "  "}, gwpac.OptionProxy},
+		{"proxy without port", p, gwpac.Options{Proxy: "gw.corp.example"}, gwpac.OptionProxy},
+		{"proxy port zero", p, gwpac.Options{Proxy: "gw.corp.example:0"}, gwpac.OptionProxy},
+		{"proxy port too large", p, gwpac.Options{Proxy: "gw.corp.example:65536"}, gwpac.OptionProxy},
+		{"proxy port not numeric", p, gwpac.Options{Proxy: "gw.corp.example:http"}, gwpac.OptionProxy},
+		{"proxy host with quote", p, gwpac.Options{Proxy: `gw"x:3128`}, gwpac.OptionProxy},
+		{"proxy host with space", p, gwpac.Options{Proxy: "gw x:3128"}, gwpac.OptionProxy},
+		{"proxy zoned address", p, gwpac.Options{Proxy: "[fe80::1%eth0]:3128"}, gwpac.OptionProxy},
+		{"bad default", p, gwpac.Options{Proxy: pacTestProxy, Default: "SOCKS"}, gwpac.OptionDefault},
+		{"default with address", p, gwpac.Options{Proxy: pacTestProxy, Default: "PROXY other:3128"}, gwpac.OptionDefault},
+		{"unnormalised rule host", bad, gwpac.Options{Proxy: pacTestProxy}, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := endpoint.PAC(c.p, c.opts)
+			got, err := gwpac.Render(c.p, c.opts)
 			if err == nil {
-				t.Fatalf("endpoint.PAC() = %d bytes, nil error; want an error", len(got))
+				t.Fatalf("gwpac.Render() = %d bytes, nil error; want an error", len(got))
 			}
 			if got != nil {
-				t.Errorf("endpoint.PAC() returned output with error %v", err)
+				t.Errorf("gwpac.Render() returned output with error %v", err)
 			}
 			// The caller (gateway pac) adds its own prefix.
 			if strings.HasPrefix(err.Error(), "pac:") {
 				t.Errorf("error %q carries a pac: prefix", err)
 			}
-			var oe *endpoint.PACOptionError
+			var oe *gwpac.OptionError
 			switch {
 			case c.option == "" && errors.As(err, &oe):
-				t.Errorf("error %v is a endpoint.PACOptionError for %s, want another error", err, oe.Option)
+				t.Errorf("error %v is a gwpac.OptionError for %s, want another error", err, oe.Option)
 			case c.option != "" && !errors.As(err, &oe):
-				t.Errorf("error %T %v, want a *endpoint.PACOptionError", err, err)
+				t.Errorf("error %T %v, want a *gwpac.OptionError", err, err)
 			case c.option != "" && (oe.Option != c.option || oe.Reason == ""):
-				t.Errorf("endpoint.PACOptionError option %q reason %q, want option %q with a reason", oe.Option, oe.Reason, c.option)
-			case c.option == endpoint.PACOptionProxy && oe.Value != c.opts.Proxy, c.option == endpoint.PACOptionDefault && oe.Value != c.opts.Default:
-				t.Errorf("endpoint.PACOptionError value %q, want the value given", oe.Value)
+				t.Errorf("gwpac.OptionError option %q reason %q, want option %q with a reason", oe.Option, oe.Reason, c.option)
+			case c.option == gwpac.OptionProxy && oe.Value != c.opts.Proxy, c.option == gwpac.OptionDefault && oe.Value != c.opts.Default:
+				t.Errorf("gwpac.OptionError value %q, want the value given", oe.Value)
 			}
 		})
 	}
@@ -408,7 +408,7 @@ func BenchmarkPAC(b *testing.B) {
 	p := pacTestPolicy(b, pacOperatorRules, allowlist.Options{Geographies: []allowlist.Geography{allowlist.EU}})
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := endpoint.PAC(p, endpoint.PACOptions{Proxy: pacTestProxy}); err != nil {
+		if _, err := gwpac.Render(p, gwpac.Options{Proxy: pacTestProxy}); err != nil {
 			b.Fatal(err)
 		}
 	}

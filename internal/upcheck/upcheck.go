@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/defendergw/gateway/internal/endpoint"
+	"github.com/defendergw/gateway/internal/probe"
 )
 
 // Options configure a checker.
@@ -25,7 +25,7 @@ type Options struct {
 	// Targets returns what to check: the required probe targets of the
 	// policy in force (RequiredTargets), read at every run so a reload
 	// takes effect at the next one.
-	Targets func() []endpoint.ProbeTarget
+	Targets func() []probe.Target
 	// DialContext connects to a host:port: the gateway's checked dialer,
 	// which resolves with its own resolver and refuses internal addresses
 	// and the gateway's own listeners.
@@ -68,8 +68,8 @@ type Failed struct {
 
 // RequiredTargets returns the targets a check runs: the required ones (the
 // rows an endpoint cannot do without).
-func RequiredTargets(all []endpoint.ProbeTarget) []endpoint.ProbeTarget {
-	var out []endpoint.ProbeTarget
+func RequiredTargets(all []probe.Target) []probe.Target {
+	var out []probe.Target
 	for _, t := range all {
 		if t.Required {
 			out = append(out, t)
@@ -108,7 +108,7 @@ func Check(ctx context.Context, opts Options) Report {
 	}
 	targets := opts.Targets()
 	r := Report{Started: time.Now()}
-	results := endpoint.Probe(ctx, targets, endpoint.ProbeOptions{
+	results := probe.Run(ctx, targets, probe.Options{
 		RootCAs: opts.RootCAs, Timeout: opts.Timeout, Concurrency: opts.Concurrency,
 		DialContext: opts.DialContext,
 	})

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/defendergw/gateway/internal/endpoint"
+	"github.com/defendergw/gateway/internal/probe"
 )
 
 // upstream is a TLS server on loopback that every checked name dials; it
@@ -32,7 +32,7 @@ func upstream(t *testing.T) (*httptest.Server, func(ctx context.Context, network
 
 func TestCheck(t *testing.T) {
 	srv, dial := upstream(t)
-	targets := []endpoint.ProbeTarget{
+	targets := []probe.Target{
 		{URL: "https://example.com/a", Expect: 200, Service: "edr-cnc,streamlined", Required: true},
 		{URL: "https://www.example.com/b", Expect: 200, Service: "edr-cnc", Required: true},
 		{URL: "https://down.example.com/", Expect: 200, Service: "crl", Required: true},
@@ -41,7 +41,7 @@ func TestCheck(t *testing.T) {
 	roots := srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
 	// httptest's certificate names example.com and *.example.com.
 	r := Check(context.Background(), Options{
-		Targets:     func() []endpoint.ProbeTarget { return RequiredTargets(targets) },
+		Targets:     func() []probe.Target { return RequiredTargets(targets) },
 		DialContext: dial, RootCAs: roots, Timeout: 5 * time.Second,
 	})
 	got := map[string]ServiceResult{}
@@ -66,7 +66,7 @@ func TestCheck(t *testing.T) {
 			if s.OK != tt.ok || s.URLs != tt.urls {
 				t.Errorf("got ok %v with %d URLs (failed %+v), want ok %v with %d", s.OK, s.URLs, s.Failed, tt.ok, tt.urls)
 			}
-			if !s.OK && (len(s.Failed) != 1 || s.Failed[0].Diagnosis != endpoint.DiagUnexpectedStatus || s.Failed[0].Status != 503) {
+			if !s.OK && (len(s.Failed) != 1 || s.Failed[0].Diagnosis != probe.DiagUnexpectedStatus || s.Failed[0].Status != 503) {
 				t.Errorf("failed = %+v, want the 503 as unexpected-status", s.Failed)
 			}
 		})
@@ -89,7 +89,7 @@ func TestRun(t *testing.T) {
 		defer close(done)
 		Run(ctx, Options{
 			Interval: time.Hour, // only the first run, at once, happens within the test
-			Targets: func() []endpoint.ProbeTarget {
+			Targets: func() []probe.Target {
 				calls.Add(1)
 				return nil
 			},
@@ -112,7 +112,7 @@ func TestRun(t *testing.T) {
 		t.Errorf("targets read %d times, want 1", calls.Load())
 	}
 	// Off: Run returns at once without checking.
-	Run(context.Background(), Options{Targets: func() []endpoint.ProbeTarget {
+	Run(context.Background(), Options{Targets: func() []probe.Target {
 		t.Error("a check ran with the interval 0")
 		return nil
 	}})

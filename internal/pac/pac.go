@@ -1,7 +1,8 @@
-// Package endpoint produces what Defender endpoints and their administrators
-// need to use the gateway: proxy auto-config (PAC/WPAD) files generated from
-// the effective allowlist, client proxy configuration, and connectivity probes.
-package endpoint
+// Package pac generates the proxy auto-config (PAC/WPAD) file endpoints
+// fetch from the gateway: FindProxyForURL sends exactly the destinations the
+// effective allowlist would allow to the gateway, and everything else to the
+// configured default, without DNS lookups in the browser.
+package pac
 
 import (
 	"bytes"
@@ -19,12 +20,12 @@ import (
 
 // PAC default routes for hosts the allowlist does not send to the gateway.
 const (
-	PACDirect = "DIRECT"
-	PACProxy  = "PROXY"
+	Direct = "DIRECT"
+	Proxy  = "PROXY"
 )
 
-// PACOptions shape a generated PAC file.
-type PACOptions struct {
+// Options shape a generated PAC file.
+type Options struct {
 	// Proxy is the gateway address clients are told to use, "host:port"
 	// (IPv6 literals bracketed). Required.
 	Proxy string
@@ -33,27 +34,27 @@ type PACOptions struct {
 	Default string
 }
 
-// Options a PACOptionError names.
+// Options a OptionError names.
 const (
-	PACOptionProxy   = "proxy"
-	PACOptionDefault = "default"
+	OptionProxy   = "proxy"
+	OptionDefault = "default"
 )
 
-// PACOptionError is PAC's error for a bad PACOptions field. Option is
-// PACOptionProxy or PACOptionDefault, so that a caller can name the setting
+// OptionError is PAC's error for a bad Options field. Option is
+// OptionProxy or OptionDefault, so that a caller can name the setting
 // the value came from (a flag or a GATEWAY_* variable).
-type PACOptionError struct {
+type OptionError struct {
 	Option string
 	Value  string
 	Reason string
 	Err    error // the underlying parse error, if any
 }
 
-func (e *PACOptionError) Error() string {
+func (e *OptionError) Error() string {
 	return fmt.Sprintf("%s %q: %s", e.Option, e.Value, e.Reason)
 }
 
-func (e *PACOptionError) Unwrap() error { return e.Err }
+func (e *OptionError) Unwrap() error { return e.Err }
 
 // PAC renders the proxy auto-config file (Netscape PAC, the
 // FindProxyForURL(url, host) function) for policy p: every allow rule in force
@@ -88,7 +89,7 @@ func (e *PACOptionError) Unwrap() error { return e.Err }
 //
 // The output is ES5 (WinHTTP's PAC engine is legacy JScript: no let, const,
 // arrow functions or trailing commas) and deterministic: keys are sorted.
-func PAC(p *allowlist.Policy, opts PACOptions) ([]byte, error) {
+func Render(p *allowlist.Policy, opts Options) ([]byte, error) {
 	if p == nil {
 		return nil, errors.New("nil policy")
 	}
@@ -97,13 +98,13 @@ func PAC(p *allowlist.Policy, opts PACOptions) ([]byte, error) {
 		return nil, err
 	}
 	listed := "PROXY " + proxy
-	unlisted := PACDirect
+	unlisted := Direct
 	switch d := strings.TrimSpace(opts.Default); {
-	case d == "" || strings.EqualFold(d, PACDirect):
-	case strings.EqualFold(d, PACProxy):
+	case d == "" || strings.EqualFold(d, Direct):
+	case strings.EqualFold(d, Proxy):
 		unlisted = listed
 	default:
-		return nil, &PACOptionError{Option: PACOptionDefault, Value: opts.Default, Reason: "want " + PACDirect + " or " + PACProxy}
+		return nil, &OptionError{Option: OptionDefault, Value: opts.Default, Reason: "want " + Direct + " or " + Proxy}
 	}
 	t, err := newPACTable(p)
 	if err != nil {
@@ -154,7 +155,7 @@ const pacFunction = `function FindProxyForURL(url, host) {
 // pacProxy validates and normalises the advertised gateway address.
 func pacProxy(s string) (string, error) {
 	bad := func(reason string, err error) (string, error) {
-		return "", &PACOptionError{Option: PACOptionProxy, Value: s, Reason: reason, Err: err}
+		return "", &OptionError{Option: OptionProxy, Value: s, Reason: reason, Err: err}
 	}
 	if strings.TrimSpace(s) == "" {
 		return bad("required: the host:port endpoints use to reach the gateway", nil)

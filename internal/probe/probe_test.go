@@ -1,4 +1,4 @@
-package endpoint
+package probe
 
 import (
 	"bufio"
@@ -45,7 +45,7 @@ func euPolicy(t *testing.T) *allowlist.Policy {
 	return probePolicy(t, allowlist.Options{Geographies: []allowlist.Geography{allowlist.EU}})
 }
 
-func hostsOf(targets []ProbeTarget) []string {
+func hostsOf(targets []Target) []string {
 	var hs []string
 	for _, tg := range targets {
 		u, _ := url.Parse(tg.URL)
@@ -58,8 +58,8 @@ func hostsOf(targets []ProbeTarget) []string {
 
 // serviceHandler answers each target's URL as the real service does; if
 // status is non-zero it answers that status everywhere.
-func serviceHandler(targets []ProbeTarget, status int) http.Handler {
-	byURL := map[string]ProbeTarget{}
+func serviceHandler(targets []Target, status int) http.Handler {
+	byURL := map[string]Target{}
 	for _, tg := range targets {
 		u, _ := url.Parse(tg.URL)
 		byURL[u.Hostname()+u.Path] = tg
@@ -253,12 +253,12 @@ func startProxy(t *testing.T, p *testProxy) *url.URL {
 	return u
 }
 
-// --- ProbeTargets ---------------------------------------------------------
+// --- Targets ---------------------------------------------------------
 
 func TestProbeTargetsEU(t *testing.T) {
 	p := euPolicy(t)
-	targets := ProbeTargets(p)
-	byURL := map[string]ProbeTarget{}
+	targets := Targets(p)
+	byURL := map[string]Target{}
 	for _, tg := range targets {
 		byURL[tg.URL] = tg
 	}
@@ -313,11 +313,11 @@ func TestProbeTargetsEU(t *testing.T) {
 				t.Errorf("wildcard target %s", tg.URL)
 			}
 		}
-		if !slices.IsSortedFunc(targets, func(a, b ProbeTarget) int { return strings.Compare(a.URL, b.URL) }) {
+		if !slices.IsSortedFunc(targets, func(a, b Target) int { return strings.Compare(a.URL, b.URL) }) {
 			t.Error("targets not sorted by URL")
 		}
-		if again := ProbeTargets(p); !slices.Equal(again, targets) {
-			t.Error("ProbeTargets not deterministic")
+		if again := Targets(p); !slices.Equal(again, targets) {
+			t.Error("Targets not deterministic")
 		}
 		np := NotProbed(p)
 		for _, w := range []string{"*.wdcp.microsoft.com", "*.endpoint.security.microsoft.com", "*.ecs.office.com"} {
@@ -352,7 +352,7 @@ func TestProbeTargetsPolicyOptions(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var urls []string
-			for _, tg := range ProbeTargets(probePolicy(t, tt.opts)) {
+			for _, tg := range Targets(probePolicy(t, tt.opts)) {
 				urls = append(urls, tg.URL)
 			}
 			if slices.Contains(urls, tt.absent) {
@@ -374,7 +374,7 @@ func TestProbeTargetsPolicyOptions(t *testing.T) {
 // --- Probe, direct ----------------------------------------------------------
 
 func TestProbeDirect(t *testing.T) {
-	targets := ProbeTargets(euPolicy(t))
+	targets := Targets(euPolicy(t))
 	hosts := hostsOf(targets)
 	ca := testutil.NewCA(t)
 	otherCA := testutil.NewCA(t)
@@ -402,7 +402,7 @@ func TestProbeDirect(t *testing.T) {
 
 	tests := []struct {
 		name    string
-		targets []ProbeTarget
+		targets []Target
 		ports   map[string]string
 		dnsFail map[string]bool
 		timeout time.Duration
@@ -433,24 +433,24 @@ func TestProbeDirect(t *testing.T) {
 		// the rest, and that reason is what they report.
 		{name: "connection refused", targets: targets[:4], ports: map[string]string{"443": closed, "80": closed},
 			wantHTTPS: DiagConnRefused, wantCRL: DiagConnRefused, wantFailed: true},
-		{name: "timeout", targets: []ProbeTarget{targets[0], byURL(t, targets, "https://winatp-gw-weu.microsoft.com/test")},
+		{name: "timeout", targets: []Target{targets[0], byURL(t, targets, "https://winatp-gw-weu.microsoft.com/test")},
 			ports: map[string]string{"443": silentAddr(t), "80": silentAddr(t)}, timeout: 300 * time.Millisecond,
 			wantHTTPS: DiagTimeout, wantCRL: DiagTimeout, wantFailed: true},
-		{name: "dns failure everywhere", targets: []ProbeTarget{targets[0], byURL(t, targets, "https://winatp-gw-weu.microsoft.com/test")},
+		{name: "dns failure everywhere", targets: []Target{targets[0], byURL(t, targets, "https://winatp-gw-weu.microsoft.com/test")},
 			ports:   map[string]string{"443": good, "80": crlSrv},
 			dnsFail: map[string]bool{"crl.microsoft.com": true, "winatp-gw-weu.microsoft.com": true},
 			want: map[string]string{
 				crlMicrosoftURL: DiagDNSFailure, "https://winatp-gw-weu.microsoft.com/test": DiagDNSFailure,
 			}, wantFailed: true},
 		// Port 80 dropped while 443 answers: the CRL fetch is what is blocked.
-		{name: "port 80 silent", targets: []ProbeTarget{targets[0], byURL(t, targets, "https://winatp-gw-weu.microsoft.com/test")},
+		{name: "port 80 silent", targets: []Target{targets[0], byURL(t, targets, "https://winatp-gw-weu.microsoft.com/test")},
 			ports: map[string]string{"443": good, "80": silentAddr(t)}, timeout: 300 * time.Millisecond,
 			wantCRL: DiagCRLBlocked, wantFailed: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var calls []int
-			res := Probe(context.Background(), tt.targets, ProbeOptions{
+			res := Run(context.Background(), tt.targets, Options{
 				RootCAs:     ca.Pool,
 				Timeout:     tt.timeout,
 				DialContext: loopbackDialer(tt.ports, tt.dnsFail),
@@ -488,7 +488,7 @@ func TestProbeDirect(t *testing.T) {
 	}
 }
 
-func byURL(t *testing.T, targets []ProbeTarget, u string) ProbeTarget {
+func byURL(t *testing.T, targets []Target, u string) Target {
 	t.Helper()
 	for _, tg := range targets {
 		if tg.URL == u {
@@ -496,13 +496,13 @@ func byURL(t *testing.T, targets []ProbeTarget, u string) ProbeTarget {
 		}
 	}
 	t.Fatalf("no target %s", u)
-	return ProbeTarget{}
+	return Target{}
 }
 
 // --- Probe, via a proxy -----------------------------------------------------
 
 func TestProbeViaProxy(t *testing.T) {
-	targets := ProbeTargets(euPolicy(t))
+	targets := Targets(euPolicy(t))
 	ca := testutil.NewCA(t)
 	good := startTLS(t, serviceHandler(targets, 0), ca.Leaf(t, hostsOf(targets)...))
 	crlSrv := startHTTP(t, serviceHandler(targets, 0))
@@ -568,7 +568,7 @@ func TestProbeViaProxy(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			via := startProxy(t, &testProxy{decide: tt.decide, dial: upstream})
-			res := Probe(context.Background(), targets, ProbeOptions{
+			res := Run(context.Background(), targets, Options{
 				Via:       via,
 				ProxyUser: tt.user,
 				RootCAs:   ca.Pool,
@@ -633,8 +633,8 @@ func TestProbeConnectRefusalOddStatusText(t *testing.T) {
 		}
 	}()
 	via := &url.URL{Scheme: "http", Host: l.Addr().String()}
-	targets := []ProbeTarget{{URL: "https://winatp-gw-weu.microsoft.com/test", Method: "GET", Expect: 200, Required: true}}
-	res := Probe(context.Background(), targets, ProbeOptions{Via: via, DialContext: loopbackDialer(nil, nil)})
+	targets := []Target{{URL: "https://winatp-gw-weu.microsoft.com/test", Method: "GET", Expect: 200, Required: true}}
+	res := Run(context.Background(), targets, Options{Via: via, DialContext: loopbackDialer(nil, nil)})
 	if r := res[0]; r.Diagnosis != DiagProxyAuth || r.Status != 407 || r.OK {
 		t.Errorf("got %+v", r)
 	}
@@ -642,13 +642,13 @@ func TestProbeConnectRefusalOddStatusText(t *testing.T) {
 
 // --- output -----------------------------------------------------------------
 
-func sampleResults() []ProbeResult {
-	return []ProbeResult{
-		{Target: ProbeTarget{URL: "https://winatp-gw-weu.microsoft.com/test", Method: "GET", Expect: 200, Required: true},
+func sampleResults() []Result {
+	return []Result{
+		{Target: Target{URL: "https://winatp-gw-weu.microsoft.com/test", Method: "GET", Expect: 200, Required: true},
 			OK: true, Status: 200, Duration: 12 * time.Millisecond},
-		{Target: ProbeTarget{URL: "https://login.live.com/", Method: "GET", Required: false},
+		{Target: Target{URL: "https://login.live.com/", Method: "GET", Required: false},
 			Status: 407, Diagnosis: DiagProxyAuth, Detail: "the gateway answered 407"},
-		{Target: ProbeTarget{URL: crlMicrosoftURL, Method: "GET", Expect: 200, Required: true, CRL: true},
+		{Target: Target{URL: crlMicrosoftURL, Method: "GET", Expect: 200, Required: true, CRL: true},
 			Error: "connection refused", Diagnosis: DiagCRLBlocked, Detail: "refused"},
 	}
 }
@@ -740,17 +740,17 @@ func TestProbeWriteJSON(t *testing.T) {
 }
 
 func TestProbeFailed(t *testing.T) {
-	req := ProbeTarget{URL: "https://a/", Required: true}
-	opt := ProbeTarget{URL: "https://b/"}
+	req := Target{URL: "https://a/", Required: true}
+	opt := Target{URL: "https://b/"}
 	tests := []struct {
 		name string
-		res  []ProbeResult
+		res  []Result
 		want bool
 	}{
 		{"empty", nil, false},
-		{"all ok", []ProbeResult{{Target: req, OK: true}, {Target: opt, OK: true}}, false},
-		{"optional failed", []ProbeResult{{Target: req, OK: true}, {Target: opt}}, false},
-		{"required failed", []ProbeResult{{Target: req}, {Target: opt, OK: true}}, true},
+		{"all ok", []Result{{Target: req, OK: true}, {Target: opt, OK: true}}, false},
+		{"optional failed", []Result{{Target: req, OK: true}, {Target: opt}}, false},
+		{"required failed", []Result{{Target: req}, {Target: opt, OK: true}}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -764,9 +764,9 @@ func TestProbeFailed(t *testing.T) {
 // TestProbeNothingReachable: with the gateway down, every target, CRL/CTL
 // included, reports the one real cause, and the summary gives no other.
 func TestProbeNothingReachable(t *testing.T) {
-	targets := ProbeTargets(euPolicy(t))
+	targets := Targets(euPolicy(t))
 	via := &url.URL{Scheme: "http", Host: closedAddr(t)}
-	res := Probe(context.Background(), targets, ProbeOptions{Via: via, Timeout: 5 * time.Second, DialContext: loopbackDialer(nil, nil)})
+	res := Run(context.Background(), targets, Options{Via: via, Timeout: 5 * time.Second, DialContext: loopbackDialer(nil, nil)})
 	crl := 0
 	for _, r := range res {
 		if r.Target.CRL {
@@ -794,10 +794,10 @@ func TestProbeNothingReachable(t *testing.T) {
 }
 
 func TestProbeSummaryOrderNewCauses(t *testing.T) {
-	mk := func(u, diag string) ProbeResult {
-		return ProbeResult{Target: ProbeTarget{URL: u, Required: true}, Diagnosis: diag, Detail: "x"}
+	mk := func(u, diag string) Result {
+		return Result{Target: Target{URL: u, Required: true}, Diagnosis: diag, Detail: "x"}
 	}
-	res := []ProbeResult{
+	res := []Result{
 		mk("https://a/", DiagGatewayRefused), mk("http://crl/", DiagCRLBlocked), mk("https://b/", DiagServiceDisabled),
 		mk("https://c/", DiagAuthRateLimited), mk("https://d/", DiagProxyAuth),
 	}
@@ -892,12 +892,12 @@ func TestProbeResolverErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			targets := []ProbeTarget{
+			targets := []Target{
 				{URL: "https://winatp-gw-weu.microsoft.com/test", Method: "GET", Expect: 200, Required: true},
 				{URL: crlMicrosoftURL, Method: "GET", Expect: 200, Required: true, CRL: true},
 			}
 			dial := func(context.Context, string, string) (net.Conn, error) { return nil, tt.err }
-			for _, r := range Probe(context.Background(), targets, ProbeOptions{DialContext: dial}) {
+			for _, r := range Run(context.Background(), targets, Options{DialContext: dial}) {
 				if r.OK || r.Diagnosis != tt.want {
 					t.Errorf("%s: ok=%v diagnosis %q (detail %q), want %q", r.Target.URL, r.OK, r.Diagnosis, r.Detail, tt.want)
 				}

@@ -1,4 +1,4 @@
-package endpoint
+package clientconfig
 
 import (
 	"bytes"
@@ -31,20 +31,20 @@ func ccUpdate() bool {
 }
 
 var (
-	ccFull = ClientConfig{
+	ccFull = Config{
 		Proxy:   "gw.example.net:3128",
 		PACURL:  "http://pac.example.net/proxy.pac",
 		Bypass:  []string{"<local>", "*.contoso.local", "10.0.0.5"},
 		Offline: true,
 	}
-	ccMinimal = ClientConfig{Proxy: "gw.example.net:3128"}
-	ccUndo    = ClientConfig{Proxy: "gw.example.net:3128", Undo: true}
+	ccMinimal = Config{Proxy: "gw.example.net:3128"}
+	ccUndo    = Config{Proxy: "gw.example.net:3128", Undo: true}
 )
 
 func TestClientConfigGolden(t *testing.T) {
 	cases := []struct {
 		name string
-		cfg  ClientConfig
+		cfg  Config
 	}{
 		{"full", ccFull},
 		{"minimal", ccMinimal},
@@ -193,7 +193,7 @@ func TestClientConfigRegSyntax(t *testing.T) {
 	)
 	cases := []struct {
 		name string
-		cfg  ClientConfig
+		cfg  Config
 		want map[string]map[string]string
 	}{
 		{"full", ccFull, map[string]map[string]string{
@@ -257,7 +257,7 @@ func TestClientConfigRegEscape(t *testing.T) {
 }
 
 func TestClientConfigCRLFAndASCII(t *testing.T) {
-	for _, cfg := range []ClientConfig{ccFull, ccMinimal, ccUndo} {
+	for _, cfg := range []Config{ccFull, ccMinimal, ccUndo} {
 		for _, format := range []string{"cmd", "ps1", "reg"} {
 			b, err := cfg.Render(format)
 			if err != nil {
@@ -291,7 +291,7 @@ func TestClientConfigCRLFAndASCII(t *testing.T) {
 // %ProgramFiles% of the rem lines, echo lines double it, and every reg add
 // is followed by an errorlevel check.
 func TestClientConfigCmdSafety(t *testing.T) {
-	for _, cfg := range []ClientConfig{ccFull, ccMinimal, ccUndo} {
+	for _, cfg := range []Config{ccFull, ccMinimal, ccUndo} {
 		b, err := cfg.Render("cmd")
 		if err != nil {
 			t.Fatal(err)
@@ -341,7 +341,7 @@ func TestClientConfigCmdSafety(t *testing.T) {
 }
 
 func TestClientConfigContent(t *testing.T) {
-	render := func(c ClientConfig, f string) string {
+	render := func(c Config, f string) string {
 		t.Helper()
 		b, err := c.Render(f)
 		if err != nil {
@@ -353,7 +353,7 @@ func TestClientConfigContent(t *testing.T) {
 		return string(b)
 	}
 	checks := []struct {
-		cfg    ClientConfig
+		cfg    Config
 		format string
 		want   []string
 		not    []string
@@ -431,7 +431,7 @@ func TestClientConfigContent(t *testing.T) {
 }
 
 func TestClientConfigIPv6(t *testing.T) {
-	cfg := ClientConfig{Proxy: "[2001:DB8:0::1]:3128", Bypass: []string{"[2001:db8::5]"}}
+	cfg := Config{Proxy: "[2001:DB8:0::1]:3128", Bypass: []string{"[2001:db8::5]"}}
 	want := map[string][]string{
 		"cmd": {
 			`/v TelemetryProxyServer /t REG_SZ /d "[2001:db8::1]:3128" /f`,
@@ -464,76 +464,76 @@ func TestClientConfigIPv6(t *testing.T) {
 }
 
 func TestClientConfigRenderValidation(t *testing.T) {
-	ok := ClientConfig{Proxy: "gw:3128"}
-	with := func(f func(*ClientConfig)) ClientConfig {
+	ok := Config{Proxy: "gw:3128"}
+	with := func(f func(*Config)) Config {
 		c := ok
 		f(&c)
 		return c
 	}
 	cases := []struct {
 		name  string
-		cfg   ClientConfig
+		cfg   Config
 		field string
 	}{
-		{"empty proxy", ClientConfig{}, "--proxy"},
-		{"no port", ClientConfig{Proxy: "gw"}, "--proxy"},
-		{"empty port", ClientConfig{Proxy: "gw:"}, "--proxy"},
-		{"no host", ClientConfig{Proxy: ":3128"}, "--proxy"},
-		{"port 0", ClientConfig{Proxy: "gw:0"}, "--proxy"},
-		{"port too big", ClientConfig{Proxy: "gw:65536"}, "--proxy"},
-		{"port negative", ClientConfig{Proxy: "gw:-1"}, "--proxy"},
-		{"port not numeric", ClientConfig{Proxy: "gw:http"}, "--proxy"},
-		{"port leading zero", ClientConfig{Proxy: "gw:03128"}, "--proxy"},
-		{"scheme", ClientConfig{Proxy: "http://gw:3128"}, "--proxy"},
-		{"path", ClientConfig{Proxy: "gw:3128/x"}, "--proxy"},
-		{"userinfo", ClientConfig{Proxy: "u@gw:3128"}, "--proxy"},
-		{"unbracketed ipv6", ClientConfig{Proxy: "2001:db8::1:3128"}, "--proxy"},
-		{"bracketed ipv4", ClientConfig{Proxy: "[10.0.0.1]:3128"}, "--proxy"},
-		{"ipv6 no port", ClientConfig{Proxy: "[2001:db8::1]"}, "--proxy"},
-		{"ipv6 zone", ClientConfig{Proxy: "[fe80::1%eth0]:3128"}, "--proxy"},
-		{"bad ipv4", ClientConfig{Proxy: "10.0.0.256:3128"}, "--proxy"},
-		{"short ipv4", ClientConfig{Proxy: "10.0.1:3128"}, "--proxy"},
-		{"bad label", ClientConfig{Proxy: "-gw.example:3128"}, "--proxy"},
-		{"empty label", ClientConfig{Proxy: "gw..example:3128"}, "--proxy"},
-		{"space", ClientConfig{Proxy: "gw :3128"}, "--proxy"},
-		{"cmd injection", ClientConfig{Proxy: `gw:3128" & calc`}, "--proxy"},
-		{"ampersand", ClientConfig{Proxy: "gw:3128&calc"}, "--proxy"},
-		{"pipe", ClientConfig{Proxy: "gw|x:3128"}, "--proxy"},
-		{"percent var", ClientConfig{Proxy: "%PATH%:3128"}, "--proxy"},
-		{"caret", ClientConfig{Proxy: "gw^:3128"}, "--proxy"},
-		{"redirect", ClientConfig{Proxy: "gw>x:3128"}, "--proxy"},
-		{"newline", ClientConfig{Proxy: "gw:3128\nreg delete HKLM"}, "--proxy"},
-		{"carriage return", ClientConfig{Proxy: "gw:3128\r"}, "--proxy"},
-		{"backtick", ClientConfig{Proxy: "gw`:3128"}, "--proxy"},
-		{"dollar", ClientConfig{Proxy: "$(calc):3128"}, "--proxy"},
-		{"single quote", ClientConfig{Proxy: "gw':3128"}, "--proxy"},
-		{"non-ascii", ClientConfig{Proxy: "gäteway:3128"}, "--proxy"},
-		{"pac not url", with(func(c *ClientConfig) { c.PACURL = "pac.example.net/proxy.pac" }), "--pac-url"},
-		{"pac ftp", with(func(c *ClientConfig) { c.PACURL = "ftp://pac.example.net/proxy.pac" }), "--pac-url"},
-		{"pac no host", with(func(c *ClientConfig) { c.PACURL = "http:///proxy.pac" }), "--pac-url"},
-		{"pac userinfo", with(func(c *ClientConfig) { c.PACURL = "http://u:p@pac.example.net/x.pac" }), "--pac-url"},
-		{"pac injection", with(func(c *ClientConfig) { c.PACURL = `http://pac/x.pac" & calc & "` }), "--pac-url"},
-		{"pac percent", with(func(c *ClientConfig) { c.PACURL = "http://pac/%PATH%.pac" }), "--pac-url"},
-		{"pac query ampersand", with(func(c *ClientConfig) { c.PACURL = "http://pac/x.pac?a=1&b=2" }), "--pac-url"},
-		{"pac dollar", with(func(c *ClientConfig) { c.PACURL = "http://pac/$env:x" }), "--pac-url"},
-		{"pac newline", with(func(c *ClientConfig) { c.PACURL = "http://pac/x.pac\r\nnetsh" }), "--pac-url"},
-		{"pac quote", with(func(c *ClientConfig) { c.PACURL = "http://pac/x'.pac" }), "--pac-url"},
-		{"bypass quote", with(func(c *ClientConfig) { c.Bypass = []string{"x", `a" & calc`} }), ccFieldBypass(`a" & calc`)},
-		{"bypass quote in a list", with(func(c *ClientConfig) { c.Bypass = []string{`x;a" & calc`} }), ccFieldBypass(`a" & calc`)},
-		{"bypass percent", with(func(c *ClientConfig) { c.Bypass = []string{"%PATH%"} }), ccFieldBypass("%PATH%")},
-		{"bypass other token", with(func(c *ClientConfig) { c.Bypass = []string{"<localx>"} }), ccFieldBypass("<localx>")},
-		{"bypass loopback token", with(func(c *ClientConfig) { c.Bypass = []string{"<local>;<-loopback>"} }), ccFieldBypass("<-loopback>")},
-		{"bypass redirect", with(func(c *ClientConfig) { c.Bypass = []string{"a>b"} }), ccFieldBypass("a>b")},
-		{"bypass pipe", with(func(c *ClientConfig) { c.Bypass = []string{"<local>;a|b"} }), ccFieldBypass("a|b")},
-		{"bypass newline", with(func(c *ClientConfig) { c.Bypass = []string{"a\nb"} }), ccFieldBypass("a\nb")},
-		{"bypass backtick", with(func(c *ClientConfig) { c.Bypass = []string{"a`b"} }), ccFieldBypass("a`b")},
-		{"bypass space inside", with(func(c *ClientConfig) { c.Bypass = []string{"a b"} }), ccFieldBypass("a b")},
-		{"bypass tab inside", with(func(c *ClientConfig) { c.Bypass = []string{"a\tb"} }), ccFieldBypass("a\tb")},
-		{"bypass scheme", with(func(c *ClientConfig) { c.Bypass = []string{"http://x.example"} }), ccFieldBypass("http://x.example")},
-		{"bypass everything", with(func(c *ClientConfig) { c.Bypass = []string{"<local>;*"} }), ccFieldBypass("*")},
-		{"bypass every dot", with(func(c *ClientConfig) { c.Bypass = []string{"*.*"} }), ccFieldBypass("*.*")},
-		{"bypass caret", with(func(c *ClientConfig) { c.Bypass = []string{"a^b"} }), ccFieldBypass("a^b")},
-		{"unknown format", ClientConfig{Proxy: "gw:3128"}, "--format"},
+		{"empty proxy", Config{}, "--proxy"},
+		{"no port", Config{Proxy: "gw"}, "--proxy"},
+		{"empty port", Config{Proxy: "gw:"}, "--proxy"},
+		{"no host", Config{Proxy: ":3128"}, "--proxy"},
+		{"port 0", Config{Proxy: "gw:0"}, "--proxy"},
+		{"port too big", Config{Proxy: "gw:65536"}, "--proxy"},
+		{"port negative", Config{Proxy: "gw:-1"}, "--proxy"},
+		{"port not numeric", Config{Proxy: "gw:http"}, "--proxy"},
+		{"port leading zero", Config{Proxy: "gw:03128"}, "--proxy"},
+		{"scheme", Config{Proxy: "http://gw:3128"}, "--proxy"},
+		{"path", Config{Proxy: "gw:3128/x"}, "--proxy"},
+		{"userinfo", Config{Proxy: "u@gw:3128"}, "--proxy"},
+		{"unbracketed ipv6", Config{Proxy: "2001:db8::1:3128"}, "--proxy"},
+		{"bracketed ipv4", Config{Proxy: "[10.0.0.1]:3128"}, "--proxy"},
+		{"ipv6 no port", Config{Proxy: "[2001:db8::1]"}, "--proxy"},
+		{"ipv6 zone", Config{Proxy: "[fe80::1%eth0]:3128"}, "--proxy"},
+		{"bad ipv4", Config{Proxy: "10.0.0.256:3128"}, "--proxy"},
+		{"short ipv4", Config{Proxy: "10.0.1:3128"}, "--proxy"},
+		{"bad label", Config{Proxy: "-gw.example:3128"}, "--proxy"},
+		{"empty label", Config{Proxy: "gw..example:3128"}, "--proxy"},
+		{"space", Config{Proxy: "gw :3128"}, "--proxy"},
+		{"cmd injection", Config{Proxy: `gw:3128" & calc`}, "--proxy"},
+		{"ampersand", Config{Proxy: "gw:3128&calc"}, "--proxy"},
+		{"pipe", Config{Proxy: "gw|x:3128"}, "--proxy"},
+		{"percent var", Config{Proxy: "%PATH%:3128"}, "--proxy"},
+		{"caret", Config{Proxy: "gw^:3128"}, "--proxy"},
+		{"redirect", Config{Proxy: "gw>x:3128"}, "--proxy"},
+		{"newline", Config{Proxy: "gw:3128\nreg delete HKLM"}, "--proxy"},
+		{"carriage return", Config{Proxy: "gw:3128\r"}, "--proxy"},
+		{"backtick", Config{Proxy: "gw`:3128"}, "--proxy"},
+		{"dollar", Config{Proxy: "$(calc):3128"}, "--proxy"},
+		{"single quote", Config{Proxy: "gw':3128"}, "--proxy"},
+		{"non-ascii", Config{Proxy: "gäteway:3128"}, "--proxy"},
+		{"pac not url", with(func(c *Config) { c.PACURL = "pac.example.net/proxy.pac" }), "--pac-url"},
+		{"pac ftp", with(func(c *Config) { c.PACURL = "ftp://pac.example.net/proxy.pac" }), "--pac-url"},
+		{"pac no host", with(func(c *Config) { c.PACURL = "http:///proxy.pac" }), "--pac-url"},
+		{"pac userinfo", with(func(c *Config) { c.PACURL = "http://u:p@pac.example.net/x.pac" }), "--pac-url"},
+		{"pac injection", with(func(c *Config) { c.PACURL = `http://pac/x.pac" & calc & "` }), "--pac-url"},
+		{"pac percent", with(func(c *Config) { c.PACURL = "http://pac/%PATH%.pac" }), "--pac-url"},
+		{"pac query ampersand", with(func(c *Config) { c.PACURL = "http://pac/x.pac?a=1&b=2" }), "--pac-url"},
+		{"pac dollar", with(func(c *Config) { c.PACURL = "http://pac/$env:x" }), "--pac-url"},
+		{"pac newline", with(func(c *Config) { c.PACURL = "http://pac/x.pac\r\nnetsh" }), "--pac-url"},
+		{"pac quote", with(func(c *Config) { c.PACURL = "http://pac/x'.pac" }), "--pac-url"},
+		{"bypass quote", with(func(c *Config) { c.Bypass = []string{"x", `a" & calc`} }), ccFieldBypass(`a" & calc`)},
+		{"bypass quote in a list", with(func(c *Config) { c.Bypass = []string{`x;a" & calc`} }), ccFieldBypass(`a" & calc`)},
+		{"bypass percent", with(func(c *Config) { c.Bypass = []string{"%PATH%"} }), ccFieldBypass("%PATH%")},
+		{"bypass other token", with(func(c *Config) { c.Bypass = []string{"<localx>"} }), ccFieldBypass("<localx>")},
+		{"bypass loopback token", with(func(c *Config) { c.Bypass = []string{"<local>;<-loopback>"} }), ccFieldBypass("<-loopback>")},
+		{"bypass redirect", with(func(c *Config) { c.Bypass = []string{"a>b"} }), ccFieldBypass("a>b")},
+		{"bypass pipe", with(func(c *Config) { c.Bypass = []string{"<local>;a|b"} }), ccFieldBypass("a|b")},
+		{"bypass newline", with(func(c *Config) { c.Bypass = []string{"a\nb"} }), ccFieldBypass("a\nb")},
+		{"bypass backtick", with(func(c *Config) { c.Bypass = []string{"a`b"} }), ccFieldBypass("a`b")},
+		{"bypass space inside", with(func(c *Config) { c.Bypass = []string{"a b"} }), ccFieldBypass("a b")},
+		{"bypass tab inside", with(func(c *Config) { c.Bypass = []string{"a\tb"} }), ccFieldBypass("a\tb")},
+		{"bypass scheme", with(func(c *Config) { c.Bypass = []string{"http://x.example"} }), ccFieldBypass("http://x.example")},
+		{"bypass everything", with(func(c *Config) { c.Bypass = []string{"<local>;*"} }), ccFieldBypass("*")},
+		{"bypass every dot", with(func(c *Config) { c.Bypass = []string{"*.*"} }), ccFieldBypass("*.*")},
+		{"bypass caret", with(func(c *Config) { c.Bypass = []string{"a^b"} }), ccFieldBypass("a^b")},
+		{"unknown format", Config{Proxy: "gw:3128"}, "--format"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -546,9 +546,9 @@ func TestClientConfigRenderValidation(t *testing.T) {
 				if err == nil {
 					t.Fatalf("%s: no error, rendered:\n%s", format, b)
 				}
-				var ce *ClientConfigError
+				var ce *Error
 				if !errors.As(err, &ce) {
-					t.Fatalf("%s: error %T %v, want *ClientConfigError", format, err, err)
+					t.Fatalf("%s: error %T %v, want *Error", format, err, err)
 				}
 				if ce.Field != c.field {
 					t.Errorf("%s: field %q, want %q (%v)", format, ce.Field, c.field, err)
@@ -562,7 +562,7 @@ func TestClientConfigRenderValidation(t *testing.T) {
 }
 
 func TestClientConfigRenderValid(t *testing.T) {
-	for _, c := range []ClientConfig{
+	for _, c := range []Config{
 		{Proxy: "gw:1"},
 		{Proxy: "gw:65535"},
 		{Proxy: "10.0.0.6:8080"},
@@ -599,7 +599,7 @@ func TestClientConfigBypassForms(t *testing.T) {
 		{"token in capitals", "<LOCAL>", "<LOCAL>", []string{"<LOCAL>"}},
 	}
 	for _, tt := range tests {
-		cfg := ClientConfig{Proxy: "gw.example.net:3128", Bypass: []string{tt.bypass}}
+		cfg := Config{Proxy: "gw.example.net:3128", Bypass: []string{tt.bypass}}
 		psList := make([]string, len(tt.ps))
 		for i, e := range tt.ps {
 			psList[i] = "'" + e + "'"
