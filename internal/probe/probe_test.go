@@ -905,3 +905,41 @@ func TestProbeResolverErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestHostTests pins the host table's matching: one label per '*', the
+// first entry wins, and unnamed hosts get the default request.
+func TestHostTests(t *testing.T) {
+	tests := []struct {
+		name string
+		rule allowlist.Rule
+		want []string // method URL expect
+	}{
+		{"gateway host", allowlist.Rule{Host: "winatp-gw-weu.microsoft.com", Ports: []uint16{443}},
+			[]string{"GET https://winatp-gw-weu.microsoft.com/test 200", "GET https://winatp-gw-weu.microsoft.com/commands/test 200"}},
+		{"cloud protection", allowlist.Rule{Host: "unitedstates.x.cp.wd.microsoft.com", Ports: []uint16{443}},
+			[]string{"GET https://unitedstates.x.cp.wd.microsoft.com/api/report 200"}},
+		{"cloud protection CDN is not the service", allowlist.Rule{Host: "cdn.x.cp.wd.microsoft.com", Ports: []uint16{443}},
+			[]string{"GET https://cdn.x.cp.wd.microsoft.com/ 0"}},
+		{"a star stays in its label", allowlist.Rule{Host: "a.b.x.cp.wd.microsoft.com", Ports: []uint16{443}},
+			[]string{"GET https://a.b.x.cp.wd.microsoft.com/ 0"}},
+		{"www CRL path", allowlist.Rule{Host: "www.microsoft.com", Ports: []uint16{80}, Paths: []string{"/pkiops/crl/"}},
+			[]string{"GET " + wwwCRLURL + " 200"}},
+		{"www other path", allowlist.Rule{Host: "www.microsoft.com", Ports: []uint16{80}, Paths: []string{"/other/"}},
+			[]string{"GET http://www.microsoft.com/other/ 0"}},
+		{"go.microsoft.com: HTTPS only", allowlist.Rule{Host: "go.microsoft.com", Ports: []uint16{80, 443}},
+			[]string{"HEAD " + goFwlinkURL + " 200"}},
+		{"other port", allowlist.Rule{Host: "winatp-gw-weu.microsoft.com", Ports: []uint16{8443}},
+			[]string{"GET https://winatp-gw-weu.microsoft.com:8443/ 0"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got []string
+			for _, tg := range targetsForRule(&tt.rule) {
+				got = append(got, fmt.Sprintf("%s %s %d", tg.Method, tg.URL, tg.Expect))
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("targets:\n got %q\nwant %q", got, tt.want)
+			}
+		})
+	}
+}

@@ -24,19 +24,6 @@ type Target struct {
 	CRL       bool   `json:"crl"` // plain-HTTP CRL/CTL fetch on port 80
 }
 
-// Well-known test URLs of the client analyzers.
-const (
-	crlMicrosoftURL = "http://crl.microsoft.com/pki/crl/products/MicRooCerAut2011_2011_03_22.crl"
-	ctlURL          = "http://ctldl.windowsupdate.com/msdownload/update/v3/static/trustedr/en/disallowedcertstl.cab"
-	wwwCRLPath      = "/pkiops/crl/MicSecSerCA2011_2011-10-18.crl"
-	wwwCRLURL       = "http://www.microsoft.com" + wwwCRLPath
-	// The Microsoft Root Certificate Authority 2011 certificate: what the
-	// /pki/ rows (commercial /pki/*, government /pki/certs) serve.
-	wwwCertPath = "/pki/certs/MicRooCerAut2011_2011_03_22.crt"
-	wwwCertURL  = "http://www.microsoft.com" + wwwCertPath
-	goFwlinkURL = "https://go.microsoft.com/fwlink/?linkid=2120136"
-)
-
 // Targets derives the probe targets from the policy's allow rows in
 // force (WW and the configured geographies): exact hosts only, since a
 // wildcard names no host to request (see NotProbed). Hosts an operator deny
@@ -102,77 +89,31 @@ func targetsForRule(r *allowlist.Rule) []Target {
 	}
 	var out []Target
 	for _, port := range ports {
+		scheme := "https://"
 		if port == 80 {
-			switch host {
-			case "crl.microsoft.com":
-				t := mk(crlMicrosoftURL, 200)
-				t.CRL = true
-				out = append(out, t)
-			case "ctldl.windowsupdate.com":
-				t := mk(ctlURL, 200)
-				t.CRL = true
-				out = append(out, t)
-			case "www.microsoft.com":
-				if r.MatchesPath(wwwCRLPath) {
-					t := mk(wwwCRLURL, 200)
-					t.CRL = true
-					out = append(out, t)
-				} else if r.MatchesPath(wwwCertPath) {
-					t := mk(wwwCertURL, 200)
-					t.CRL = true
-					out = append(out, t)
-				} else {
-					out = append(out, mk("http://"+host+firstPath(r), 0))
-				}
-			case "go.microsoft.com":
-				// The analyzers test go.microsoft.com over HTTPS only.
-			default:
-				out = append(out, mk("http://"+hostPort(host, 80)+firstPath(r), 0))
-			}
-			continue
+			scheme = "http://"
 		}
-		if port != 443 {
-			out = append(out, mk("https://"+hostPort(host, port)+firstPath(r), 0))
-			continue
-		}
-		h := "https://" + hostPort(host, 443)
+		e := hostTestFor(host, port, r.MatchesPath)
 		switch {
-		case strings.HasPrefix(host, "winatp-gw-") && strings.HasSuffix(host, ".microsoft.com"):
-			out = append(out, mk(h+"/test", 200), mk(h+"/commands/test", 200))
-		case isGeoLabel(host, "edr-", ".endpoint.security.microsoft.com"):
-			out = append(out, mk(h+"/edr/commands/test", 200))
-		case isGeoLabel(host, "mdav.", ".endpoint.security.microsoft.com"):
-			out = append(out, mk(h+"/mdav/test", 404))
-		case strings.HasSuffix(host, "-v20.events.data.microsoft.com") && strings.Count(host, ".") == 4:
-			t := mk(h+"/ping", 200)
-			t.Body = "OK"
-			out = append(out, t)
-		case strings.HasSuffix(host, ".vortex-win.data.microsoft.com") && strings.Count(host, ".") == 4:
-			out = append(out, mk(h+"/health/keepalive", 200))
-		case strings.HasSuffix(host, ".blob.core.windows.net") && strings.Count(host, ".") == 4,
-			strings.HasSuffix(host, ".blob.core.usgovcloudapi.net") && strings.Count(host, ".") == 4:
-			out = append(out, mk(h+"/", 400))
-		case host == "crl.microsoft.com":
-			out = append(out, mk(h+"/", 400))
-		case (strings.HasSuffix(host, ".x.cp.wd.microsoft.com") || strings.HasSuffix(host, ".x.cp.wd.microsoft.us")) &&
-			strings.Count(host, ".") == 5 && !strings.HasPrefix(host, "cdn."):
-			out = append(out, mk(h+"/api/report", 200))
-		case host == "go.microsoft.com":
-			t := mk(goFwlinkURL, 200)
-			t.Method = http.MethodHead
-			out = append(out, t)
+		case e != nil && e.skip:
+		case e != nil && len(e.probes) > 0:
+			for _, hp := range e.probes {
+				u := hp.url
+				if strings.HasPrefix(u, "/") {
+					u = scheme + hostPort(host, port) + u
+				}
+				t := mk(u, hp.expect)
+				t.Body, t.CRL = hp.body, hp.crl
+				if hp.method != "" {
+					t.Method = hp.method
+				}
+				out = append(out, t)
+			}
 		default:
-			out = append(out, mk(h+firstPath(r), 0))
+			out = append(out, mk(scheme+hostPort(host, port)+firstPath(r), 0))
 		}
 	}
 	return out
-}
-
-// isGeoLabel reports whether host is prefix…"."geo suffix, e.g.
-// edr-weu.eu.endpoint.security.microsoft.com.
-func isGeoLabel(host, prefix, suffix string) bool {
-	rest, ok := strings.CutSuffix(host, suffix)
-	return ok && strings.HasPrefix(rest, prefix) && strings.Count(rest, ".") == 1
 }
 
 // hostPort renders host (brackets for IPv6) with the port left out when it is
