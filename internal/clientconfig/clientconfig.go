@@ -6,7 +6,6 @@
 package clientconfig
 
 import (
-	"bytes"
 	"fmt"
 	"strings"
 	"unicode/utf16"
@@ -124,17 +123,14 @@ func (c Config) Render(format string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var w ccWriter
-	switch format {
-	case "cmd":
-		p.renderCmd(&w)
-	case "ps1":
-		p.renderPS1(&w)
-	case "reg":
-		p.renderReg(&w)
-		return ccUTF16LE(w.crlf()), nil
+	out, err := p.render(format)
+	if err != nil {
+		return nil, err
 	}
-	return w.crlf(), nil
+	if format == "reg" {
+		return ccUTF16LE(out), nil
+	}
+	return out, nil
 }
 
 func (c Config) plan() (*ccPlan, error) {
@@ -300,274 +296,10 @@ func (p *ccPlan) netshCmd() string {
 	return s
 }
 
-// ---- cmd ----
-
-func (p *ccPlan) renderCmd(w *ccWriter) {
-	w.line("@echo off")
-	w.comments("rem ", p.header())
-	w.line("rem")
-	w.line("rem Every step checks its exit code; on failure the script names the step and exits 1.")
-	w.line("setlocal EnableExtensions DisableDelayedExpansion")
-	w.line("")
-	w.line(`if defined PROCESSOR_ARCHITEW6432 (`)
-	w.line(`  >&2 echo ERROR: run this script from 64-bit cmd.exe, not the 32-bit SysWOW64 one.`)
-	w.line(`  exit /b 1`)
-	w.line(`)`)
-	for _, b := range p.blocks {
-		w.line("")
-		w.line("rem --- " + b.title + " ---")
-		w.comments("rem ", b.comments)
-		for _, v := range b.values {
-			if p.undo {
-				w.line(`reg query "HKLM\` + v.key + `" /v ` + v.name + ` >nul 2>&1`)
-				w.line(`if not errorlevel 1 (`)
-				w.line(`  reg delete "HKLM\` + v.key + `" /v ` + v.name + ` /f >nul`)
-				w.line(`  if errorlevel 1 (`)
-				w.line(`    >&2 echo ERROR: step failed: ` + v.step + ` - reg delete`)
-				w.line(`    exit /b 1`)
-				w.line(`  )`)
-				w.line(`  echo Removed ` + v.name)
-				w.line(`)`)
-				continue
-			}
-			if v.dword {
-				w.line(`reg add "HKLM\` + v.key + `" /v ` + v.name + ` /t REG_DWORD /d 1 /f >nul`)
-			} else {
-				w.line(`reg add "HKLM\` + v.key + `" /v ` + v.name + ` /t REG_SZ /d "` + v.sz + `" /f >nul`)
-			}
-			w.line(`if errorlevel 1 (`)
-			w.line(`  >&2 echo ERROR: step failed: ` + v.step + ` - reg add`)
-			w.line(`  exit /b 1`)
-			w.line(`)`)
-			w.line(`echo Set ` + v.name)
-		}
-	}
-	if p.undo {
-		w.line("")
-		w.line("rem Defender Antivirus local preferences set with Set-MpPreference (the ps1 variant) are not")
-		w.line("rem policy values; remove them from an elevated PowerShell prompt with:")
-		w.line("rem   Remove-MpPreference -ProxyServer -ProxyPacUrl -ProxyBypass")
-	}
-	w.line("")
-	w.line("rem --- System-wide WinHTTP proxy ---")
-	w.comments("rem ", ccWinHTTPComments)
-	step, cmd := "WinHTTP: netsh winhttp set proxy", p.netshCmd()
-	if p.undo {
-		step, cmd = "WinHTTP: netsh winhttp reset proxy", "netsh winhttp reset proxy"
-	} else {
-		w.line("rem " + ccWinHTTPPointer)
-	}
-	w.line(cmd)
-	w.line(`if errorlevel 1 (`)
-	w.line(`  >&2 echo ERROR: step failed: ` + step)
-	w.line(`  exit /b 1`)
-	w.line(`)`)
-	if !p.undo {
-		w.line("echo " + ccWinHTTPNotice)
-	}
-	w.line("")
-	w.line("rem --- Verify, from an elevated prompt once policy has applied ---")
-	w.line("rem ProgramFiles is a single-percent variable on purpose in these rem lines, so they can be")
-	w.line("rem copied to a prompt as they are; the echo lines below double it to print it literally.")
-	w.line(`rem   "%ProgramFiles%\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection`)
-	w.line(`rem   MDEClientAnalyzer.cmd  (MDE Client Analyzer; then read MDEClientAnalyzerResult.txt)`)
-	w.line(`rem   netsh winhttp show proxy`)
-	w.line("echo.")
-	if p.undo {
-		w.line("echo Defender proxy settings removed. Check with:")
-	} else {
-		w.line("echo Defender proxy settings applied. Verify from an elevated prompt:")
-	}
-	w.line(`echo   "%%ProgramFiles%%\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection`)
-	if !p.undo {
-		w.line(`echo   MDEClientAnalyzer.cmd  - MDE Client Analyzer, tests every service URL`)
-	}
-	w.line(`echo   netsh winhttp show proxy`)
-	w.line("endlocal")
-	w.line("exit /b 0")
-}
-
-// ---- ps1 ----
-
-func (p *ccPlan) renderPS1(w *ccWriter) {
-	w.comments("# ", p.header())
-	w.line("#")
-	w.line("# Windows PowerShell 5.1 compatible. Any failure stops the script with exit code 1 and names the step.")
-	w.line("# Registry keys are created only when missing: New-Item -Force on an existing key would recreate")
-	w.line("# it empty and drop every other policy value under it.")
-	w.line("#Requires -RunAsAdministrator")
-	w.line("")
-	w.line("Set-StrictMode -Version 2.0")
-	w.line("$ErrorActionPreference = 'Stop'")
-	w.line("$step = 'start'")
-	w.line("trap {")
-	w.line(`    Write-Host ("ERROR: step failed: {0}: {1}" -f $step, $_) -ForegroundColor Red`)
-	w.line("    exit 1")
-	w.line("}")
-	w.line("if ([Environment]::Is64BitOperatingSystem -and -not [Environment]::Is64BitProcess) {")
-	w.line("    throw 'Run this script in 64-bit PowerShell (Intune: run script in 64 bit PowerShell Host).'")
-	w.line("}")
-	for _, b := range p.blocks {
-		w.line("")
-		w.line("# --- " + b.title + " ---")
-		if !p.undo && b.values[0].key == ccKeyDefender {
-			p.ps1MpPreference(w)
-			w.line("# GPO-equivalent policy values (these take precedence over Set-MpPreference):")
-		}
-		w.comments("# ", b.comments)
-		made := false
-		for _, v := range b.values {
-			path := ccPSQuote(`HKLM:\` + v.key)
-			w.line("$step = " + ccPSQuote(v.step))
-			if p.undo {
-				w.line("if ($null -ne (Get-ItemProperty -Path " + path + " -Name " + ccPSQuote(v.name) + " -ErrorAction SilentlyContinue)) {")
-				w.line("    Remove-ItemProperty -Path " + path + " -Name " + ccPSQuote(v.name))
-				w.line("    Write-Host " + ccPSQuote("Removed "+v.name))
-				w.line("}")
-				continue
-			}
-			if !made {
-				w.line("if (-not (Test-Path -LiteralPath " + path + ")) { New-Item -Path " + path + " -Force | Out-Null }")
-				made = true
-			}
-			if v.dword {
-				w.line("New-ItemProperty -Path " + path + " -Name " + ccPSQuote(v.name) + " -PropertyType DWord -Value 1 -Force | Out-Null")
-			} else {
-				w.line("New-ItemProperty -Path " + path + " -Name " + ccPSQuote(v.name) + " -PropertyType String -Value " + ccPSQuote(v.sz) + " -Force | Out-Null")
-			}
-			w.line("Write-Host " + ccPSQuote("Set "+v.name))
-		}
-		if p.undo && b.values[0].key == ccKeyDefender {
-			w.line("# Local preferences written by Set-MpPreference: Remove-MpPreference takes -ProxyServer,")
-			w.line("# -ProxyPacUrl and -ProxyBypass as switches. Older platforms may lack them, hence the warning only.")
-			w.line("$step = 'Defender Antivirus: Remove-MpPreference'")
-			w.line("try {")
-			w.line("    Remove-MpPreference -ProxyServer -ProxyPacUrl -ProxyBypass")
-			w.line("} catch {")
-			w.line(`    Write-Warning ("Remove-MpPreference failed: {0}" -f $_.Exception.Message)`)
-			w.line("}")
-		}
-	}
-	w.line("")
-	w.line("# --- System-wide WinHTTP proxy ---")
-	w.comments("# ", ccWinHTTPComments)
-	if p.undo {
-		w.line("$step = 'WinHTTP: netsh winhttp reset proxy'")
-		w.line("& netsh.exe winhttp reset proxy")
-	} else {
-		w.line("# " + ccWinHTTPPointer)
-		w.line("$step = 'WinHTTP: netsh winhttp set proxy'")
-		w.line("# Same as: " + p.netshCmd())
-		args := ccPSQuote("proxy-server=" + p.proxy)
-		if p.bypassList != "" {
-			args += " " + ccPSQuote("bypass-list="+p.bypassList)
-		}
-		w.line("& netsh.exe winhttp set proxy " + args)
-	}
-	w.line(`if ($LASTEXITCODE -ne 0) { throw ("netsh exited with code {0}" -f $LASTEXITCODE) }`)
-	if !p.undo {
-		w.line("Write-Warning " + ccPSQuote(ccWinHTTPNotice))
-	}
-	w.line("")
-	w.line("# --- Verify, from an elevated prompt once policy has applied ---")
-	w.line(`#   & "$env:ProgramFiles\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection`)
-	w.line("#   MDEClientAnalyzer.cmd  (MDE Client Analyzer; then read MDEClientAnalyzerResult.txt)")
-	w.line("#   netsh winhttp show proxy")
-	w.line("Write-Host ''")
-	if p.undo {
-		w.line("Write-Host 'Defender proxy settings removed. Check with:'")
-	} else {
-		w.line("Write-Host 'Defender proxy settings applied. Verify from an elevated prompt:'")
-	}
-	w.line(`Write-Host '  & "$env:ProgramFiles\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection'`)
-	if !p.undo {
-		w.line("Write-Host '  MDEClientAnalyzer.cmd  - MDE Client Analyzer, tests every service URL'")
-	}
-	w.line("Write-Host '  netsh winhttp show proxy'")
-	w.line("exit 0")
-}
-
-// ps1MpPreference writes the Set-MpPreference route for Defender Antivirus.
-func (p *ccPlan) ps1MpPreference(w *ccWriter) {
-	w.line("# Preferred PowerShell route: Set-MpPreference (Defender Antivirus local preferences).")
-	w.line("# It fails when Defender Antivirus is not active (another antivirus is primary); the policy")
-	w.line("# values below are written in any case, so a failure here is only a warning.")
-	w.line("$step = 'Defender Antivirus: Set-MpPreference'")
-	cmd := "Set-MpPreference -ProxyServer " + ccPSQuote(p.avServer)
-	if p.pac != "" {
-		cmd += " -ProxyPacUrl " + ccPSQuote(p.pac)
-	}
-	if len(p.bypass) > 0 {
-		q := make([]string, len(p.bypass))
-		for i, b := range p.bypass {
-			q[i] = ccPSQuote(b)
-		}
-		cmd += " -ProxyBypass " + strings.Join(q, ",")
-	}
-	w.line("try {")
-	w.line("    " + cmd)
-	w.line("} catch {")
-	w.line(`    Write-Warning ("Set-MpPreference failed: {0}" -f $_.Exception.Message)`)
-	w.line("}")
-}
-
 // ccPSQuote single-quotes s for PowerShell (a single quote is doubled;
 // validation rejects them in user values anyway).
 func ccPSQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
-}
-
-// ---- reg ----
-
-func (p *ccPlan) renderReg(w *ccWriter) {
-	w.line("Windows Registry Editor Version 5.00")
-	w.line("")
-	w.comments("; ", p.header())
-	w.line(";")
-	w.line("; Import with: reg import <file>.reg (elevated), or regedit /s <file>.reg.")
-	w.line("; Version 5.00 files are UTF-16LE with a byte order mark, as regedit writes them; an ANSI")
-	w.line("; file would need the REGEDIT4 header instead. Do not re-save this file as ANSI or UTF-8.")
-	if p.undo {
-		w.line(`; "Name"=- deletes a value. Importing also creates any listed key that does not exist (empty).`)
-	}
-	cur := ""
-	for _, b := range p.blocks {
-		w.line("")
-		w.line("; --- " + b.title + " ---")
-		w.comments("; ", b.comments)
-		for _, v := range b.values {
-			if v.key != cur {
-				w.line(`[HKEY_LOCAL_MACHINE\` + v.key + `]`)
-				cur = v.key
-			}
-			switch {
-			case p.undo:
-				w.line(ccRegString(v.name) + "=-")
-			case v.dword:
-				w.line(ccRegString(v.name) + "=dword:00000001")
-			default:
-				w.line(ccRegString(v.name) + "=" + ccRegString(v.sz))
-			}
-		}
-		cur = "" // the next block repeats its section header
-	}
-	w.line("")
-	w.line("; --- System-wide WinHTTP proxy: a .reg file cannot run commands; from an elevated prompt run ---")
-	w.comments("; ", ccWinHTTPComments)
-	if p.undo {
-		w.line(";   netsh winhttp reset proxy")
-		w.line("; and, for Defender Antivirus preferences set with Set-MpPreference, in PowerShell:")
-		w.line(";   Remove-MpPreference -ProxyServer -ProxyPacUrl -ProxyBypass")
-	} else {
-		w.line(";   " + p.netshCmd())
-		w.line("; " + ccWinHTTPPointer)
-	}
-	w.line("")
-	w.line("; --- Verify, from an elevated prompt once policy has applied ---")
-	w.line(`;   "%ProgramFiles%\Windows Defender\MpCmdRun.exe" -ValidateMapsConnection`)
-	w.line(";   MDEClientAnalyzer.cmd  (MDE Client Analyzer; then read MDEClientAnalyzerResult.txt)")
-	w.line(";   netsh winhttp show proxy")
-	w.line("")
 }
 
 // ccRegString quotes s as a .reg string: backslashes and double quotes are
@@ -587,25 +319,3 @@ func ccUTF16LE(b []byte) []byte {
 	}
 	return out
 }
-
-// ---- output ----
-
-type ccWriter struct{ b bytes.Buffer }
-
-func (w *ccWriter) line(s string) {
-	w.b.WriteString(s)
-	w.b.WriteByte('\n')
-}
-
-func (w *ccWriter) comments(prefix string, lines []string) {
-	for _, l := range lines {
-		w.line(strings.TrimRight(prefix+l, " "))
-	}
-}
-
-// crlf returns the text with CRLF line endings (values never contain CR or LF).
-func (w *ccWriter) crlf() []byte {
-	return bytes.ReplaceAll(w.b.Bytes(), []byte("\n"), []byte("\r\n"))
-}
-
-// ---- validation ----
