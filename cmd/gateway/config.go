@@ -27,7 +27,7 @@ const envPrefix = "GATEWAY_"
 type Config struct {
 	Listen                   string          `env:"LISTEN" envDefault:"127.0.0.1:3128"`
 	Cloud                    allowlist.Cloud `env:"CLOUD" envDefault:"commercial"`
-	Geographies              []string        `env:"GEOGRAPHIES" envSeparator:","`
+	Geographies              []dataLocation  `env:"GEOGRAPHIES" envSeparator:","`
 	CatalogFile              string          `env:"CATALOG_FILE"`
 	RulesFile                string          `env:"RULES_FILE"`
 	DisabledServices         []string        `env:"DISABLED_SERVICES" envSeparator:","`
@@ -37,45 +37,45 @@ type Config struct {
 	DNSMaxTTL                time.Duration   `env:"DNS_MAX_TTL" envDefault:"5m"`
 	DNSNegativeTTL           time.Duration   `env:"DNS_NEGATIVE_TTL" envDefault:"5s"`
 	DNSCacheSize             int             `env:"DNS_CACHE_SIZE" envDefault:"10000"`
-	AllowPrivateDestinations []string        `env:"ALLOW_PRIVATE_DESTINATIONS" envSeparator:","`
+	AllowPrivateDestinations []prefix        `env:"ALLOW_PRIVATE_DESTINATIONS" envSeparator:","`
 	ReadHeaderTimeout        time.Duration   `env:"READ_HEADER_TIMEOUT" envDefault:"10s"`
 	DialTimeout              time.Duration   `env:"DIAL_TIMEOUT" envDefault:"10s"`
 	ResponseHeaderTimeout    time.Duration   `env:"RESPONSE_HEADER_TIMEOUT" envDefault:"30s"`
 	IdleTimeout              time.Duration   `env:"IDLE_TIMEOUT" envDefault:"15m"`
 	// WriteTimeout 0 keeps the old behaviour: GATEWAY_IDLE_TIMEOUT.
-	WriteTimeout          time.Duration `env:"WRITE_TIMEOUT" envDefault:"0s"`
-	HalfCloseTimeout      time.Duration `env:"HALF_CLOSE_TIMEOUT" envDefault:"30s"`
-	ClientIdleTimeout     time.Duration `env:"CLIENT_IDLE_TIMEOUT" envDefault:"2m"`
-	MaxHeaderBytes        int           `env:"MAX_HEADER_BYTES" envDefault:"65536"`
-	MaxConns              int           `env:"MAX_CONNS" envDefault:"10000"`
-	MaxConnsPerClient     int           `env:"MAX_CONNS_PER_CLIENT" envDefault:"1000"`
-	BlobScope             string        `env:"BLOB_SCOPE" envDefault:"listed"`
-	ClientHelloTimeout    time.Duration `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
-	TunnelCopy            string        `env:"TUNNEL_COPY" envDefault:"splice"`
-	TCPKeepAlive          time.Duration `env:"TCP_KEEPALIVE" envDefault:"30s"`
-	InspectCACert         string        `env:"INSPECT_CA_CERT"`
-	InspectCAKey          string        `env:"INSPECT_CA_KEY"`
-	InspectLeafValidity   time.Duration `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
-	InspectCacheSize      int           `env:"INSPECT_CACHE_SIZE" envDefault:"1024"`
-	UpstreamCAFile        string        `env:"UPSTREAM_CA_FILE"`
-	ClientCIDRs           []string      `env:"CLIENT_CIDRS" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
-	AuthHtpasswd          string        `env:"AUTH_HTPASSWD"`
-	AuthRealm             string        `env:"AUTH_REALM" envDefault:"Defender egress gateway"`
-	AuthReloadInterval    time.Duration `env:"AUTH_RELOAD_INTERVAL" envDefault:"5s"`
-	AuthFailuresPerMinute float64       `env:"AUTH_FAILURES_PER_MINUTE" envDefault:"10"`
-	Unlisted              string        `env:"UNLISTED" envDefault:"deny"`
-	UnlistedPorts         []string      `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
-	Mode                  string        `env:"MODE" envDefault:"enforce"`
-	Anonymous             string        `env:"ANONYMOUS" envDefault:"listed"`
-	PublicAddr            string        `env:"PUBLIC_ADDR"`
-	PACDefault            string        `env:"PAC_DEFAULT" envDefault:"DIRECT"`
+	WriteTimeout          time.Duration    `env:"WRITE_TIMEOUT" envDefault:"0s"`
+	HalfCloseTimeout      time.Duration    `env:"HALF_CLOSE_TIMEOUT" envDefault:"30s"`
+	ClientIdleTimeout     time.Duration    `env:"CLIENT_IDLE_TIMEOUT" envDefault:"2m"`
+	MaxHeaderBytes        int              `env:"MAX_HEADER_BYTES" envDefault:"65536"`
+	MaxConns              int              `env:"MAX_CONNS" envDefault:"10000"`
+	MaxConnsPerClient     int              `env:"MAX_CONNS_PER_CLIENT" envDefault:"1000"`
+	BlobScope             blobScope        `env:"BLOB_SCOPE" envDefault:"listed"`
+	ClientHelloTimeout    time.Duration    `env:"CLIENT_HELLO_TIMEOUT" envDefault:"10s"`
+	TunnelCopy            tunnelCopy       `env:"TUNNEL_COPY" envDefault:"splice"`
+	TCPKeepAlive          time.Duration    `env:"TCP_KEEPALIVE" envDefault:"30s"`
+	InspectCACert         string           `env:"INSPECT_CA_CERT"`
+	InspectCAKey          string           `env:"INSPECT_CA_KEY"`
+	InspectLeafValidity   time.Duration    `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
+	InspectCacheSize      int              `env:"INSPECT_CACHE_SIZE" envDefault:"1024"`
+	UpstreamCAFile        string           `env:"UPSTREAM_CA_FILE"`
+	ClientCIDRs           []prefix         `env:"CLIENT_CIDRS" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
+	AuthHtpasswd          string           `env:"AUTH_HTPASSWD"`
+	AuthRealm             string           `env:"AUTH_REALM" envDefault:"Defender egress gateway"`
+	AuthReloadInterval    time.Duration    `env:"AUTH_RELOAD_INTERVAL" envDefault:"5s"`
+	AuthFailuresPerMinute float64          `env:"AUTH_FAILURES_PER_MINUTE" envDefault:"10"`
+	Unlisted              unlistedSetting  `env:"UNLISTED" envDefault:"deny"`
+	UnlistedPorts         []port           `env:"UNLISTED_PORTS" envSeparator:"," envDefault:"80,443"`
+	Mode                  modeSetting      `env:"MODE" envDefault:"enforce"`
+	Anonymous             anonymousSetting `env:"ANONYMOUS" envDefault:"listed"`
+	PublicAddr            string           `env:"PUBLIC_ADDR"`
+	PACDefault            pacDefault       `env:"PAC_DEFAULT" envDefault:"DIRECT"`
 	// AdminListen's default port sits next to the proxy's 3128 and away from
 	// Prometheus's own 9090 and its exporters' 9100-9999 (fully allocated:
 	// https://github.com/prometheus/prometheus/wiki/Default-port-allocations),
 	// and from Squid's 3129 (intercept) and 3130 (ICP).
 	AdminListen      string        `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:3138"`
 	AccessLog        string        `env:"ACCESS_LOG" envDefault:"stdout"`
-	AccessLogFormat  string        `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
+	AccessLogFormat  eventFormat   `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
 	DNSProbeInterval time.Duration `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
 	ReloadInterval   time.Duration `env:"RELOAD_INTERVAL" envDefault:"5s"`
 	ShutdownGrace    time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
@@ -83,17 +83,9 @@ type Config struct {
 	// UpstreamCheckInterval is off (0) by default: a gateway reaches out
 	// on its own only when told to.
 	UpstreamCheckInterval time.Duration `env:"UPSTREAM_CHECK_INTERVAL" envDefault:"0s"`
-	LogFormat             string        `env:"LOG_FORMAT" envDefault:"json"`
-	LogLevel              string        `env:"LOG_LEVEL" envDefault:"info"`
+	LogFormat             logFormat     `env:"LOG_FORMAT" envDefault:"json"`
+	LogLevel              logLevel      `env:"LOG_LEVEL" envDefault:"info"`
 	Pprof                 bool          `env:"PPROF" envDefault:"false"`
-
-	// Derived by validate.
-	clientNets    []netip.Prefix
-	unlistedPorts []uint16
-	blobScope     allowlist.BlobScope
-	geos          []allowlist.Geography
-	allowPrivate  []netip.Prefix
-	logLevel      slog.Level
 }
 
 // loadConfig parses and validates the environment. Errors name the variable.
@@ -161,35 +153,74 @@ func unknownVars(environ map[string]string) []string {
 	return unknown
 }
 
+// validate checks what the parser cannot see in one value: ranges, and
+// settings that depend on each other. It also drops the empty elements of
+// lists (compact). The first problem found is returned, naming the
+// setting.
 func (c *Config) validate() error {
-	var err error
+	c.compact()
+	for _, check := range []func() error{c.checkListeners, c.checkPolicy, c.checkDNS, c.checkTimeouts,
+		c.checkLimits, c.checkTLS, c.checkAuth, c.checkOperations} {
+		if err := check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// compact drops empty list elements (a trailing comma, a blank between
+// commas) and repeated data locations.
+func (c *Config) compact() {
+	var geos []dataLocation
+	for _, g := range c.Geographies {
+		if g.set && !slices.Contains(geos, g) {
+			geos = append(geos, g)
+		}
+	}
+	c.Geographies = geos
+	c.ClientCIDRs = slices.DeleteFunc(c.ClientCIDRs, func(p prefix) bool { return !p.IsValid() })
+	c.AllowPrivateDestinations = slices.DeleteFunc(c.AllowPrivateDestinations, func(p prefix) bool { return !p.IsValid() })
+	c.UnlistedPorts = slices.DeleteFunc(c.UnlistedPorts, func(p port) bool { return p == 0 })
+	c.DisabledServices = trimList(c.DisabledServices)
+	c.DNSServers = trimList(c.DNSServers)
+}
+
+func (c *Config) checkListeners() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("GATEWAY_LISTEN: %q is not host:port: %v", c.Listen, err)
 	}
-	for _, g := range c.Geographies {
-		if g = strings.TrimSpace(g); g == "" {
-			continue
-		}
-		geo, err := allowlist.ParseDataLocation(g)
-		if err != nil {
-			return fmt.Errorf("GATEWAY_GEOGRAPHIES: %v", err)
-		}
-		if !slices.Contains(c.geos, geo) {
-			c.geos = append(c.geos, geo)
+	if c.AdminListen != "off" {
+		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
+			return fmt.Errorf("GATEWAY_ADMIN_LISTEN: %q is not host:port (or off): %v", c.AdminListen, err)
 		}
 	}
-	if c.Cloud.Government() && len(c.geos) > 0 {
+	if c.PublicAddr != "" {
+		if _, _, err := net.SplitHostPort(c.PublicAddr); err != nil {
+			return fmt.Errorf("GATEWAY_PUBLIC_ADDR: %q is not host:port", c.PublicAddr)
+		}
+	}
+	if len(c.ClientCIDRs) == 0 {
+		return errors.New("GATEWAY_CLIENT_CIDRS: empty: no client could use the gateway")
+	}
+	return nil
+}
+
+// checkPolicy checks the settings that shape the allowlist.
+func (c *Config) checkPolicy() error {
+	if c.Cloud.Government() && len(c.Geographies) > 0 {
 		// Microsoft's government lists have no data locations: the cloud
 		// decides (standard-device-connectivity-urls-gov).
 		return fmt.Errorf("GATEWAY_GEOGRAPHIES=%s cannot be combined with GATEWAY_CLOUD=%s: a US Government cloud has no commercial data locations; unset GATEWAY_GEOGRAPHIES",
-			strings.Join(trimList(c.Geographies), ","), c.Cloud)
+			geoNames(c.geographies()), c.Cloud)
 	}
-	c.DisabledServices = trimList(c.DisabledServices)
-	if c.allowPrivate, err = parsePrefixes(trimList(c.AllowPrivateDestinations)); err != nil {
-		return fmt.Errorf("GATEWAY_ALLOW_PRIVATE_DESTINATIONS: %v", err)
+	if c.Unlisted == "authenticated" && c.AuthHtpasswd == "" {
+		return errors.New("GATEWAY_UNLISTED=authenticated needs GATEWAY_AUTH_HTPASSWD: unlisted destinations are only for authenticated users")
 	}
-	var servers []string
-	for _, s := range trimList(c.DNSServers) {
+	return nil
+}
+
+func (c *Config) checkDNS() error {
+	for i, s := range c.DNSServers {
 		if _, _, err := net.SplitHostPort(s); err != nil {
 			s = net.JoinHostPort(strings.Trim(s, "[]"), "53")
 		}
@@ -197,17 +228,29 @@ func (c *Config) validate() error {
 		if _, err := netip.ParseAddr(host); err != nil {
 			return fmt.Errorf("GATEWAY_DNS_SERVERS: %q is not an IP address with an optional port", s)
 		}
-		servers = append(servers, s)
+		c.DNSServers[i] = s
 	}
-	c.DNSServers = servers
-	for name, d := range map[string]time.Duration{
-		"GATEWAY_DNS_TIMEOUT": c.DNSTimeout, "GATEWAY_READ_HEADER_TIMEOUT": c.ReadHeaderTimeout,
-		"GATEWAY_DIAL_TIMEOUT": c.DialTimeout, "GATEWAY_RESPONSE_HEADER_TIMEOUT": c.ResponseHeaderTimeout,
-		"GATEWAY_HALF_CLOSE_TIMEOUT": c.HalfCloseTimeout, "GATEWAY_CLIENT_IDLE_TIMEOUT": c.ClientIdleTimeout,
-		"GATEWAY_DNS_MIN_TTL": c.DNSMinTTL, "GATEWAY_DNS_MAX_TTL": c.DNSMaxTTL, "GATEWAY_DNS_NEGATIVE_TTL": c.DNSNegativeTTL,
-	} {
-		if d <= 0 {
-			return fmt.Errorf("%s: must be a positive duration, got %s", name, d)
+	if c.DNSMinTTL > c.DNSMaxTTL {
+		return fmt.Errorf("GATEWAY_DNS_MIN_TTL (%s) must not exceed GATEWAY_DNS_MAX_TTL (%s)", c.DNSMinTTL, c.DNSMaxTTL)
+	}
+	if c.DNSCacheSize <= 0 {
+		return fmt.Errorf("GATEWAY_DNS_CACHE_SIZE: must be positive, got %d", c.DNSCacheSize)
+	}
+	return nil
+}
+
+func (c *Config) checkTimeouts() error {
+	for _, d := range []struct {
+		field string
+		v     time.Duration
+	}{{"DNSTimeout", c.DNSTimeout}, {"ReadHeaderTimeout", c.ReadHeaderTimeout}, {"DialTimeout", c.DialTimeout},
+		{"ResponseHeaderTimeout", c.ResponseHeaderTimeout}, {"HalfCloseTimeout", c.HalfCloseTimeout},
+		{"ClientIdleTimeout", c.ClientIdleTimeout}, {"DNSMinTTL", c.DNSMinTTL}, {"DNSMaxTTL", c.DNSMaxTTL},
+		{"DNSNegativeTTL", c.DNSNegativeTTL}, {"ClientHelloTimeout", c.ClientHelloTimeout},
+		{"AuthReloadInterval", c.AuthReloadInterval}, {"DNSProbeInterval", c.DNSProbeInterval},
+		{"ReloadInterval", c.ReloadInterval}, {"ShutdownGrace", c.ShutdownGrace}} {
+		if d.v <= 0 {
+			return fmt.Errorf("%s: must be a positive duration, got %s", varName(d.field), d.v)
 		}
 	}
 	if c.WriteTimeout < 0 {
@@ -216,12 +259,21 @@ func (c *Config) validate() error {
 	if c.IdleTimeout < 0 {
 		return fmt.Errorf("GATEWAY_IDLE_TIMEOUT: must not be negative (0 disables it), got %s", c.IdleTimeout)
 	}
-	if c.DNSMinTTL > c.DNSMaxTTL {
-		return fmt.Errorf("GATEWAY_DNS_MIN_TTL (%s) must not exceed GATEWAY_DNS_MAX_TTL (%s)", c.DNSMinTTL, c.DNSMaxTTL)
+	// Linux takes TCP_KEEPIDLE and TCP_KEEPINTVL in whole seconds, at most
+	// 32767 (MAX_TCP_KEEPIDLE, tcp(7)).
+	if c.TCPKeepAlive != 0 && (c.TCPKeepAlive < time.Second || c.TCPKeepAlive > 32767*time.Second) {
+		return fmt.Errorf("GATEWAY_TCP_KEEPALIVE: must be 0 (off) or between 1s and 9h6m7s, got %s", c.TCPKeepAlive)
 	}
-	if c.DNSCacheSize <= 0 {
-		return fmt.Errorf("GATEWAY_DNS_CACHE_SIZE: must be positive, got %d", c.DNSCacheSize)
+	if d := c.UpstreamCheckInterval; d != 0 && d < minUpstreamCheckInterval {
+		return fmt.Errorf("GATEWAY_UPSTREAM_CHECK_INTERVAL: want 0 (off) or at least %s, got %s", minUpstreamCheckInterval, d)
 	}
+	if c.ShutdownDelay < 0 {
+		return fmt.Errorf("GATEWAY_SHUTDOWN_DELAY: must not be negative, got %s", c.ShutdownDelay)
+	}
+	return nil
+}
+
+func (c *Config) checkLimits() error {
 	if c.MaxConns < 0 {
 		return fmt.Errorf("GATEWAY_MAX_CONNS: must not be negative (0 means no limit), got %d", c.MaxConns)
 	}
@@ -231,22 +283,11 @@ func (c *Config) validate() error {
 	if c.MaxHeaderBytes < 4096 || c.MaxHeaderBytes > 1<<20 {
 		return fmt.Errorf("GATEWAY_MAX_HEADER_BYTES: must be between 4096 and 1048576, got %d", c.MaxHeaderBytes)
 	}
-	if c.blobScope, err = allowlist.ParseBlobScope(c.BlobScope); err != nil {
-		return fmt.Errorf("GATEWAY_BLOB_SCOPE: %v", err)
-	}
-	switch c.TunnelCopy {
-	case "buffer", "splice":
-	default:
-		return fmt.Errorf("GATEWAY_TUNNEL_COPY: must be buffer or splice, got %q", c.TunnelCopy)
-	}
-	// Linux takes TCP_KEEPIDLE and TCP_KEEPINTVL in whole seconds, at most
-	// 32767 (MAX_TCP_KEEPIDLE, tcp(7)).
-	if c.TCPKeepAlive != 0 && (c.TCPKeepAlive < time.Second || c.TCPKeepAlive > 32767*time.Second) {
-		return fmt.Errorf("GATEWAY_TCP_KEEPALIVE: must be 0 (off) or between 1s and 9h6m7s, got %s", c.TCPKeepAlive)
-	}
-	if c.ClientHelloTimeout <= 0 {
-		return fmt.Errorf("GATEWAY_CLIENT_HELLO_TIMEOUT: must be a positive duration, got %s", c.ClientHelloTimeout)
-	}
+	return nil
+}
+
+// checkTLS checks inspection's settings.
+func (c *Config) checkTLS() error {
 	if (c.InspectCACert == "") != (c.InspectCAKey == "") {
 		return errors.New("GATEWAY_INSPECT_CA_CERT and GATEWAY_INSPECT_CA_KEY must be set together")
 	}
@@ -256,108 +297,57 @@ func (c *Config) validate() error {
 	if c.InspectCacheSize <= 0 {
 		return fmt.Errorf("GATEWAY_INSPECT_CACHE_SIZE: must be positive, got %d", c.InspectCacheSize)
 	}
-	if c.clientNets, err = parsePrefixes(trimList(c.ClientCIDRs)); err != nil {
-		return fmt.Errorf("GATEWAY_CLIENT_CIDRS: %v", err)
-	}
-	if len(c.clientNets) == 0 {
-		return errors.New("GATEWAY_CLIENT_CIDRS: empty: no client could use the gateway")
-	}
-	switch c.Unlisted {
-	case "deny":
-	case "authenticated":
-		if c.AuthHtpasswd == "" {
-			return errors.New("GATEWAY_UNLISTED=authenticated needs GATEWAY_AUTH_HTPASSWD: unlisted destinations are only for authenticated users")
-		}
-	default:
-		return fmt.Errorf("GATEWAY_UNLISTED: want deny or authenticated, got %q", c.Unlisted)
-	}
-	for _, p := range trimList(c.UnlistedPorts) {
-		port, err := allowlist.ParsePort(p)
-		if err != nil {
-			return fmt.Errorf("GATEWAY_UNLISTED_PORTS: %q is not a port", p)
-		}
-		c.unlistedPorts = append(c.unlistedPorts, port)
-	}
-	switch c.Mode {
-	case "enforce", "audit":
-	default:
-		return fmt.Errorf("GATEWAY_MODE: want enforce or audit, got %q", c.Mode)
-	}
-	if c.PublicAddr != "" {
-		if _, _, err := net.SplitHostPort(c.PublicAddr); err != nil {
-			return fmt.Errorf("GATEWAY_PUBLIC_ADDR: %q is not host:port", c.PublicAddr)
-		}
-	}
-	switch strings.ToUpper(c.PACDefault) {
-	case "DIRECT", "PROXY":
-	default:
-		return fmt.Errorf("GATEWAY_PAC_DEFAULT: want DIRECT or PROXY, got %q", c.PACDefault)
-	}
-	switch c.Anonymous {
-	case "listed", "none":
-	default:
-		return fmt.Errorf("GATEWAY_ANONYMOUS: want listed or none, got %q", c.Anonymous)
-	}
-	if c.AuthReloadInterval <= 0 {
-		return fmt.Errorf("GATEWAY_AUTH_RELOAD_INTERVAL: must be a positive duration, got %s", c.AuthReloadInterval)
-	}
+	return nil
+}
+
+func (c *Config) checkAuth() error {
 	if c.AuthFailuresPerMinute <= 0 {
 		return fmt.Errorf("GATEWAY_AUTH_FAILURES_PER_MINUTE: must be positive, got %v", c.AuthFailuresPerMinute)
 	}
 	if strings.ContainsAny(c.AuthRealm, "\r\n") {
 		return errors.New("GATEWAY_AUTH_REALM: must be one line")
 	}
-	if c.AdminListen != "off" {
-		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
-			return fmt.Errorf("GATEWAY_ADMIN_LISTEN: %q is not host:port (or off): %v", c.AdminListen, err)
-		}
-	}
-	switch c.AccessLogFormat {
-	case "json", "squid":
-	default:
-		return fmt.Errorf("GATEWAY_ACCESS_LOG_FORMAT: want json or squid, got %q", c.AccessLogFormat)
-	}
-	for name, d := range map[string]time.Duration{"GATEWAY_DNS_PROBE_INTERVAL": c.DNSProbeInterval,
-		"GATEWAY_RELOAD_INTERVAL": c.ReloadInterval, "GATEWAY_SHUTDOWN_GRACE": c.ShutdownGrace} {
-		if d <= 0 {
-			return fmt.Errorf("%s: must be a positive duration, got %s", name, d)
-		}
-	}
-	if d := c.UpstreamCheckInterval; d != 0 && d < minUpstreamCheckInterval {
-		return fmt.Errorf("GATEWAY_UPSTREAM_CHECK_INTERVAL: want 0 (off) or at least %s, got %s", minUpstreamCheckInterval, d)
-	}
-	if c.ShutdownDelay < 0 {
-		return fmt.Errorf("GATEWAY_SHUTDOWN_DELAY: must not be negative, got %s", c.ShutdownDelay)
-	}
-	switch c.LogFormat {
-	case "json", "text":
-	default:
-		return fmt.Errorf("GATEWAY_LOG_FORMAT: want json or text, got %q", c.LogFormat)
-	}
-	if err := c.logLevel.UnmarshalText([]byte(c.LogLevel)); err != nil {
-		return fmt.Errorf("GATEWAY_LOG_LEVEL: want debug, info, warn or error, got %q", c.LogLevel)
-	}
 	return nil
 }
 
-// parsePrefixes parses CIDR prefixes or single addresses.
-func parsePrefixes(list []string) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	for _, s := range list {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return nil, fmt.Errorf("%q is not a CIDR prefix or address", s)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		if p.Masked() != p {
-			return nil, fmt.Errorf("%q has host bits set (did you mean %s?)", s, p.Masked())
-		}
-		out = append(out, p)
+// checkOperations has nothing left to check beyond what the parser does
+// (formats and levels are words it checks); it stays as the place for
+// cross-checks of logging and operations settings.
+func (c *Config) checkOperations() error { return nil }
+
+// geographies returns the configured data locations.
+func (c *Config) geographies() []allowlist.Geography {
+	gs := make([]allowlist.Geography, len(c.Geographies))
+	for i, g := range c.Geographies {
+		gs[i] = g.Geography
 	}
-	return out, nil
+	return gs
+}
+
+// prefixes returns ps as netip.Prefix values.
+func prefixes(ps []prefix) []netip.Prefix {
+	out := make([]netip.Prefix, len(ps))
+	for i, p := range ps {
+		out[i] = p.Prefix
+	}
+	return out
+}
+
+// ports returns ps as uint16 values.
+func ports(ps []port) []uint16 {
+	out := make([]uint16, len(ps))
+	for i, p := range ps {
+		out[i] = uint16(p)
+	}
+	return out
+}
+
+func geoNames(gs []allowlist.Geography) string {
+	s := make([]string, len(gs))
+	for i, g := range gs {
+		s[i] = g.String()
+	}
+	return strings.Join(s, ",")
 }
 
 func trimList(in []string) []string {
@@ -416,8 +406,8 @@ func (c *Config) buildPolicyFrom() (*allowlist.Policy, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	opts := allowlist.Options{Cloud: c.Cloud, Geographies: c.geos, DisabledServices: c.DisabledServices, BlobScope: c.blobScope,
-		Audit: c.Mode == "audit", UnlistedAuthenticated: c.Unlisted == "authenticated", UnlistedPorts: c.unlistedPorts}
+	opts := allowlist.Options{Cloud: c.Cloud, Geographies: c.geographies(), DisabledServices: c.DisabledServices, BlobScope: c.BlobScope.BlobScope,
+		Audit: c.Mode == "audit", UnlistedAuthenticated: c.Unlisted == "authenticated", UnlistedPorts: ports(c.UnlistedPorts)}
 	if c.RulesFile != "" {
 		data, err := os.ReadFile(c.RulesFile)
 		if err != nil {
@@ -486,7 +476,7 @@ func (c *Config) inspector() (*inspect.Minter, error) {
 }
 
 func (c *Config) newLogger(w *os.File) *slog.Logger {
-	hopts := &slog.HandlerOptions{Level: c.logLevel}
+	hopts := &slog.HandlerOptions{Level: c.LogLevel.Level}
 	if c.LogFormat == "text" {
 		return slog.New(slog.NewTextHandler(w, hopts))
 	}

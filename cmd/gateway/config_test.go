@@ -21,8 +21,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if c.IdleTimeout != 15*time.Minute || c.DialTimeout != 10*time.Second || c.DNSTimeout != 2*time.Second {
 		t.Errorf("timeouts = idle %s dial %s dns %s", c.IdleTimeout, c.DialTimeout, c.DNSTimeout)
 	}
-	if len(c.allowPrivate) != 0 {
-		t.Errorf("private destinations allowed by default: %v", c.allowPrivate)
+	if len(c.AllowPrivateDestinations) != 0 {
+		t.Errorf("private destinations allowed by default: %v", c.AllowPrivateDestinations)
 	}
 	if len(unknown) != 0 {
 		t.Errorf("unknown = %v", unknown)
@@ -88,7 +88,7 @@ func TestConfigDerived(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.geos; len(got) != 2 || got[0] != allowlist.EU || got[1] != allowlist.UK {
+	if got := c.geographies(); len(got) != 2 || got[0] != allowlist.EU || got[1] != allowlist.UK {
 		t.Errorf("geos = %v, want [EU UK]", got)
 	}
 	if got := strings.Join(c.DNSServers, " "); got != "127.0.0.53:53 [::1]:5353" {

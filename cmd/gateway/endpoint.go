@@ -102,7 +102,7 @@ func pacCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	dfltFrom := "--default"
 	if *dflt == "" {
-		*dflt, dfltFrom = cfg.PACDefault, "GATEWAY_PAC_DEFAULT"
+		*dflt, dfltFrom = string(cfg.PACDefault), "GATEWAY_PAC_DEFAULT"
 	}
 	body, err := pac.Render(p, pac.Options{Proxy: addr, Default: *dflt})
 	if err != nil {

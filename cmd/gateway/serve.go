@@ -156,7 +156,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 	}
 	if cfg.AccessLog != "off" {
 		if g.events, err = telemetry.NewEventLog(telemetry.EventLogOptions{
-			Path: cfg.AccessLog, Format: cfg.AccessLogFormat,
+			Path: cfg.AccessLog, Format: string(cfg.AccessLogFormat),
 			OnLogged: g.metrics.EventLogged, OnDropped: g.metrics.EventDropped,
 		}); err != nil {
 			return nil, fmt.Errorf("GATEWAY_ACCESS_LOG: %w", err)
@@ -178,7 +178,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		Policy: g.policy.Load,
 		Dialer: &resolver.Dialer{
 			Resolver:        g.res,
-			Policy:          &resolver.Policy{AllowPrivate: cfg.allowPrivate, Self: self},
+			Policy:          &resolver.Policy{AllowPrivate: prefixes(cfg.AllowPrivateDestinations), Self: self},
 			Timeout:         cfg.DialTimeout + cfg.DNSTimeout, // for dials without a request's deadline
 			Observe:         func(d time.Duration, err error) { g.metrics.Dial(d, dialKind(err)) },
 			KeepAlive:       kaPeriod,
@@ -187,11 +187,11 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		Logger:                logger,
 		DialTimeout:           cfg.DialTimeout + cfg.DNSTimeout,
 		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		Tunnel:                tlsbypass.Options{IdleTimeout: cfg.IdleTimeout, HalfCloseTimeout: cfg.HalfCloseTimeout, Splice: splicePipes(cfg.TunnelCopy)},
+		Tunnel:                tlsbypass.Options{IdleTimeout: cfg.IdleTimeout, HalfCloseTimeout: cfg.HalfCloseTimeout, Splice: splicePipes(string(cfg.TunnelCopy))},
 		ClientHelloTimeout:    cfg.ClientHelloTimeout,
 		WriteTimeout:          cfg.WriteTimeout,
 		UpstreamTLS:           upstreamTLS,
-		ClientNetworks:        cfg.clientNets,
+		ClientNetworks:        prefixes(cfg.ClientCIDRs),
 		Challenge:             auth.Challenge(cfg.AuthRealm),
 		AuthenticateAnonymous: cfg.Anonymous == "none",
 		Metrics:               g.metrics,
@@ -220,7 +220,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		opts.Dialer = wrapDialer(opts.Dialer)
 	}
 	g.dialer, g.roots = opts.Dialer, upstreamTLS.RootCAs
-	ps := &pacServer{public: cfg.PublicAddr, dflt: cfg.PACDefault, listen: g.ln.Addr()}
+	ps := &pacServer{public: cfg.PublicAddr, dflt: string(cfg.PACDefault), listen: g.ln.Addr()}
 	opts.PAC = ps.pac
 	g.limit = &proxy.ConnLimiter{Max: cfg.MaxConns, PerClient: cfg.MaxConnsPerClient,
 		OnRefuse: func(rc reason.Code) { g.metrics.Decision("tcp", "deny", rc.Label(), "", "") },

@@ -41,7 +41,7 @@ func (g *gateway) statusSnapshot() status.Snapshot {
 	gw := status.Gateway{
 		Version: buildVersion(), Started: g.started,
 		Cloud: p.Cloud().String(), AllGeographies: p.AllGeographies(),
-		Mode: g.cfg.Mode, BlobScope: p.BlobScope().String(), Unlisted: g.cfg.Unlisted,
+		Mode: string(g.cfg.Mode), BlobScope: p.BlobScope().String(), Unlisted: string(g.cfg.Unlisted),
 		Authentication: g.authn != nil, Inspection: g.cfg.InspectCACert != "",
 		CatalogVersion: p.Version(), CatalogSource: g.cfg.catalogOrigin(), CatalogPublished: p.Published(),
 		Listeners:     []status.Listener{{Name: "proxy", Addr: g.ln.Addr().String()}},
