@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/defendergw/gateway/internal/probe"
+	"github.com/defendergw/gateway/internal/testutil"
 )
 
 // labProcess is `gateway lab` running on loopback.
@@ -28,7 +28,7 @@ type labProcess struct {
 	admin   string
 	dir     string   // the "lab dir:" line
 	tries   []string // the commands the lab prints ("try: ...")
-	stderr  *lockedWriter
+	stderr  *testutil.Buffer
 }
 
 func startLab(t *testing.T, env ...string) *labProcess {
@@ -53,7 +53,7 @@ func startLabCmd(t *testing.T, cmd *exec.Cmd) *labProcess {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &labProcess{cmd: cmd, stderr: &lockedWriter{w: &strings.Builder{}}}
+	l := &labProcess{cmd: cmd, stderr: &testutil.Buffer{}}
 	cmd.Stderr = l.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -292,24 +292,6 @@ func TestClientConfigCLI(t *testing.T) {
 			t.Errorf("--bypass %q: exit %d %q; want the line %q", bypass, code, errOut, want)
 		}
 	}
-}
-
-// lockedWriter makes a strings.Builder safe for a process's stderr.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  *strings.Builder
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.String()
 }
 
 // runPrinted runs a command the lab printed, verbatim, with sh -c in dir

@@ -86,14 +86,11 @@ func readCACert(path string) (*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	sawPEM := false
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		sawPEM = true
+	blocks, err := pemBlocks("ca cert", path, data)
+	if err != nil {
+		return nil, err
+	}
+	for _, block := range blocks {
 		if block.Type != "CERTIFICATE" {
 			continue
 		}
@@ -103,10 +100,24 @@ func readCACert(path string) (*x509.Certificate, error) {
 		}
 		return cert, nil
 	}
-	if !sawPEM {
-		return nil, fmt.Errorf("ca cert %s: not PEM: no PEM block found", path)
-	}
 	return nil, fmt.Errorf("ca cert %s: no CERTIFICATE PEM block found", path)
+}
+
+// pemBlocks returns the PEM blocks of data in order; none is an error
+// naming what the file should have been.
+func pemBlocks(what, path string, data []byte) ([]*pem.Block, error) {
+	var blocks []*pem.Block
+	for rest := data; ; {
+		var block *pem.Block
+		if block, rest = pem.Decode(rest); block == nil {
+			break
+		}
+		blocks = append(blocks, block)
+	}
+	if len(blocks) == 0 {
+		return nil, fmt.Errorf("%s %s: not PEM: no PEM block found", what, path)
+	}
+	return blocks, nil
 }
 
 // checkCA reports why cert cannot issue leaves, or nil.
@@ -125,14 +136,11 @@ func readKey(path string) (crypto.Signer, error) {
 	if err != nil {
 		return nil, err
 	}
-	sawPEM := false
-	for rest := data; ; {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		sawPEM = true
+	blocks, err := pemBlocks("ca key", path, data)
+	if err != nil {
+		return nil, err
+	}
+	for _, block := range blocks {
 		var key any
 		switch block.Type {
 		case "PRIVATE KEY":
@@ -165,9 +173,6 @@ func readKey(path string) (crypto.Signer, error) {
 		default:
 			return nil, fmt.Errorf("ca key %s: unsupported key type %T", path, key)
 		}
-	}
-	if !sawPEM {
-		return nil, fmt.Errorf("ca key %s: not PEM: no PEM block found", path)
 	}
 	return nil, fmt.Errorf("ca key %s: no private key PEM block found", path)
 }

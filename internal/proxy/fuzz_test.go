@@ -41,9 +41,7 @@ func FuzzRequest(f *testing.F) {
 	const deadline = 10 * time.Second
 	f.Fuzz(func(t *testing.T, in []byte) {
 		// The world's log buffer would grow for the whole fuzzing run.
-		w.logs.mu.Lock()
-		w.logs.b.Reset()
-		w.logs.mu.Unlock()
+		w.logs.Reset()
 		w.drainHTTP(0)
 
 		c, err := net.Dial("tcp", w.proxyURL.Host)

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
@@ -89,7 +88,7 @@ type world struct {
 	reg       *prometheus.Registry
 	events    *telemetry.EventLog
 	eventFile string
-	logs      *syncBuffer
+	logs      *testutil.Buffer
 	portMap   map[uint16]uint16
 	// dials records the context deadline of every Lookup, DialChecked and
 	// DialContext the gateway made (zero: none), in order.
@@ -116,23 +115,6 @@ func (w *world) dialCalls() []dialCall {
 	c := w.dials
 	w.dials = nil
 	return c
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // worldDialer is the lab's port map (the checked address goes to the
@@ -171,7 +153,7 @@ var debugLevel = slog.LevelDebug
 
 func newWorld(t testing.TB, o worldOptions) *world {
 	t.Helper()
-	w := &world{t: t, dns: testutil.NewDNS(t), ca: testutil.NewCA(t), logs: &syncBuffer{},
+	w := &world{t: t, dns: testutil.NewDNS(t), ca: testutil.NewCA(t), logs: &testutil.Buffer{},
 		httpReqs: make(chan *http.Request, 16), portMap: map[uint16]uint16{}}
 
 	w.tlsUp = httptest.NewUnstartedServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/defendergw/gateway/internal/testutil"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -75,24 +77,6 @@ func TestEventLogFileMode(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a concurrency-safe bytes.Buffer.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(5 * time.Second); !cond(); {
@@ -114,7 +98,7 @@ func TestEventLogFormats(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.format, func(t *testing.T) {
-			var w lockedBuffer
+			var w testutil.Buffer
 			var logged atomic.Int64
 			l, err := newEventLog(&w, EventLogOptions{Format: tt.format, OnLogged: func() { logged.Add(1) }})
 			if err != nil {
@@ -135,7 +119,7 @@ func TestEventLogFormats(t *testing.T) {
 }
 
 func TestEventLogSetsTimestamp(t *testing.T) {
-	var w lockedBuffer
+	var w testutil.Buffer
 	l, err := newEventLog(&w, EventLogOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -236,7 +220,7 @@ func TestLogNeverBlocks(t *testing.T) {
 }
 
 func TestLogConcurrent(t *testing.T) {
-	var w lockedBuffer
+	var w testutil.Buffer
 	l, err := newEventLog(&w, EventLogOptions{Buffer: 100_000})
 	if err != nil {
 		t.Fatal(err)
