@@ -161,8 +161,10 @@ func TestShutdownWithOpenTunnel(t *testing.T) {
 		if err != nil {
 			t.Errorf("exit: %v, want 0", err)
 		}
-		if d := time.Since(start); d < 1500*time.Millisecond || d > 6*time.Second {
-			t.Errorf("exited after %v, want about the 2s grace", d)
+		// One-sided: it must not exit before the tunnel's grace (the
+		// upper bound is the select's timeout below).
+		if d := time.Since(start); d < 1500*time.Millisecond {
+			t.Errorf("exited after %v, before the 2s grace", d)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("gateway did not exit")
