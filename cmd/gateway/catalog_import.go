@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/config"
 	"github.com/defendergw/gateway/internal/msimport"
 )
 
@@ -101,14 +102,14 @@ func importBase(base string) (*allowlist.Catalog, string, error) {
 	switch base {
 	case "embedded":
 		cat, err := allowlist.Embedded()
-		return cat, catalogEmbedded, err
+		return cat, config.CatalogEmbedded, err
 	case "":
-		cfg, _, err := loadConfig(environMap())
+		cfg, _, err := config.Load(config.EnvironMap())
 		if err != nil {
 			return nil, "", fmt.Errorf("configuration: %w", err)
 		}
-		cat, origin, err := cfg.loadCatalog()
-		if origin == catalogFromFile {
+		cat, origin, err := cfg.LoadCatalog()
+		if origin == config.CatalogFromFile {
 			origin = cfg.CatalogFile
 		}
 		return cat, origin, err

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/config"
 )
 
 // cliFlags are the flags explain and catalog share.
@@ -168,16 +169,16 @@ func cliPolicy(f *cliFlags) (*allowlist.Policy, error) {
 
 // cliConfigPolicy loads the configuration and policy, with flag overrides.
 // Errors name the flag the user typed where a flag set the value.
-func cliConfigPolicy(f *cliFlags) (*Config, *allowlist.Policy, error) {
-	environ := environMap()
+func cliConfigPolicy(f *cliFlags) (*config.Config, *allowlist.Policy, error) {
+	environ := config.EnvironMap()
 	if err := applyFlags(environ, f); err != nil {
 		return nil, nil, err
 	}
-	cfg, _, err := loadConfig(environ)
+	cfg, _, err := config.Load(environ)
 	if err != nil {
 		return nil, nil, flagNamed(err, f)
 	}
-	p, err := cfg.buildPolicy()
+	p, err := cfg.BuildPolicy()
 	if err != nil {
 		return nil, nil, flagNamed(err, f)
 	}
@@ -196,7 +197,7 @@ func applyFlags(environ map[string]string, f *cliFlags) error {
 		}
 		cloud, cloudFrom = c, "--cloud "+c.String()
 	} else if v := environ["GATEWAY_CLOUD"]; v != "" {
-		// An invalid GATEWAY_CLOUD is loadConfig's to report, by its name.
+		// An invalid GATEWAY_CLOUD is config.Load's to report, by its name.
 		if c, err := allowlist.ParseCloud(v); err == nil {
 			cloud, cloudFrom = c, "GATEWAY_CLOUD="+v
 		}
@@ -419,13 +420,13 @@ func catalog(args []string, stdout, stderr io.Writer) int {
 // printVersion prints the gateway's version and the catalog in force for
 // the environment's settings (GATEWAY_CATALOG_FILE, GATEWAY_CLOUD).
 func printVersion(w, stderr io.Writer) int {
-	cfg, _, err := loadConfig(environMap())
+	cfg, _, err := config.Load(config.EnvironMap())
 	if err != nil {
 		fmt.Fprintf(w, "gateway %s\n", buildVersion())
 		fmt.Fprintf(stderr, "gateway version: %v\n", err)
 		return 2
 	}
-	cat, origin, err := cfg.loadCatalog()
+	cat, origin, err := cfg.LoadCatalog()
 	if err != nil {
 		fmt.Fprintf(w, "gateway %s\n", buildVersion())
 		fmt.Fprintf(stderr, "gateway version: %v\n", err)

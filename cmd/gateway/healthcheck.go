@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/defendergw/gateway/internal/config"
 )
 
 var healthcheckHelp = cmdHelp{
@@ -28,9 +30,9 @@ func healthcheck(args []string, stdout, stderr io.Writer) int {
 		return exit
 	}
 	if *url == "" {
-		addr := environMap()["GATEWAY_ADMIN_LISTEN"]
+		addr := config.EnvironMap()["GATEWAY_ADMIN_LISTEN"]
 		if addr == "" {
-			addr = defaultAdminListen
+			addr = config.Default("AdminListen")
 		}
 		host, port, err := net.SplitHostPort(addr)
 		if err != nil || addr == "off" {
@@ -65,8 +67,3 @@ func healthcheck(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "%s", body)
 	return 0
 }
-
-// defaultAdminListen is Config.AdminListen's default, for the healthcheck,
-// which runs without loading (and failing on) the whole configuration.
-// TestDefaultAdminListen keeps it equal to the env tag.
-const defaultAdminListen = "127.0.0.1:3138"

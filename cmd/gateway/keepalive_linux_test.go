@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/defendergw/gateway/internal/config"
 	"github.com/defendergw/gateway/internal/proxy"
 	"github.com/defendergw/gateway/internal/testutil"
 )
@@ -36,7 +37,7 @@ func TestTCPKeepAlive(t *testing.T) {
 			if tc.value != "" {
 				env["GATEWAY_TCP_KEEPALIVE"] = tc.value
 			}
-			cfg, _, err := loadConfig(env)
+			cfg, _, err := config.Load(env)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/config"
 	"github.com/defendergw/gateway/internal/lab"
 	"github.com/defendergw/gateway/internal/probe"
 	"github.com/defendergw/gateway/internal/proxy"
@@ -50,7 +51,7 @@ func labCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "gateway lab: --addr: %q is not an IP address\n", *addr)
 		return 2
 	}
-	environ := environMap()
+	environ := config.EnvironMap()
 	environ["GATEWAY_LISTEN"] = *listen
 	if p := environ["GATEWAY_ALLOW_PRIVATE_DESTINATIONS"]; p != "" {
 		environ["GATEWAY_ALLOW_PRIVATE_DESTINATIONS"] = p + "," + *addr
@@ -65,12 +66,12 @@ func labCmd(args []string, stdout, stderr io.Writer) int {
 	// included), so that an imported catalog can be tried before it is
 	// deployed.
 	environ["GATEWAY_DNS_SERVERS"] = "127.0.0.1" // replaced by the lab's own below
-	cfg, unknown, err := loadConfig(environ)
+	cfg, unknown, err := config.Load(environ)
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway lab: %v\n", flagNamed(err, &f))
 		return 2
 	}
-	cat, _, err := cfg.loadCatalog()
+	cat, _, err := cfg.LoadCatalog()
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway lab: %v\n", err)
 		return 2
@@ -110,7 +111,7 @@ func labCmd(args []string, stdout, stderr io.Writer) int {
 	if cfg.UpstreamCAFile == "" {
 		cfg.UpstreamCAFile = l.CAFile
 	}
-	logger := cfg.newLogger(os.Stderr)
+	logger := cfg.NewLogger(os.Stderr)
 	for _, k := range unknown {
 		logger.Warn("unknown setting ignored (typo?)", "variable", k)
 	}
@@ -152,7 +153,7 @@ func labCmd(args []string, stdout, stderr io.Writer) int {
 // that works as printed: it names the cloud and the data locations the lab
 // serves (whatever GATEWAY_CLOUD and GATEWAY_GEOGRAPHIES say where it is
 // run) and the catalog file the lab's names come from.
-func labProbeCommand(self []string, cfg *Config, p *allowlist.Policy, gw, caFile string) string {
+func labProbeCommand(self []string, cfg *config.Config, p *allowlist.Policy, gw, caFile string) string {
 	args := append(append([]string{}, self...), "probe", "--via", gw, "--ca", caFile, "--cloud", p.Cloud().String())
 	if !p.Cloud().Government() {
 		// The data locations in force; none configured means all of them,

@@ -25,6 +25,7 @@ import (
 	"github.com/defendergw/gateway/internal/admin"
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/auth"
+	"github.com/defendergw/gateway/internal/config"
 	"github.com/defendergw/gateway/internal/filestamp"
 	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/proxy"
@@ -37,12 +38,12 @@ import (
 )
 
 func serve(stderr io.Writer) int {
-	cfg, unknown, err := loadConfig(environMap())
+	cfg, unknown, err := config.Load(config.EnvironMap())
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway: configuration: %v\n", err)
 		return 2
 	}
-	logger := cfg.newLogger(os.Stderr)
+	logger := cfg.NewLogger(os.Stderr)
 	for _, k := range unknown {
 		logger.Warn("unknown setting ignored (typo?)", "variable", k)
 	}
@@ -62,7 +63,7 @@ func serve(stderr io.Writer) int {
 // gateway is one running gateway: listeners, policy, and the parts wired
 // between them.
 type gateway struct {
-	cfg     *Config
+	cfg     *config.Config
 	log     *slog.Logger
 	policy  atomic.Pointer[allowlist.Policy]
 	res     *resolver.Resolver
@@ -94,7 +95,7 @@ var errNoDNSAnswerYet = errors.New("no DNS server has answered yet")
 // setting, naming it. wrapDialer, if non-nil, wraps the checked dialer (the
 // lab maps the catalog's ports to its endpoints); if nil, the dialer is used
 // as is.
-func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) proxy.Dialer) (_ *gateway, err error) {
+func newGateway(cfg *config.Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) proxy.Dialer) (_ *gateway, err error) {
 	g := &gateway{cfg: cfg, log: logger, reg: prometheus.NewRegistry(), started: time.Now()}
 	noAnswer := errNoDNSAnswerYet
 	g.dnsErr.Store(&noAnswer)
@@ -103,7 +104,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 			g.close() // whatever was opened before the failure
 		}
 	}()
-	policy, origin, err := cfg.buildPolicyFrom()
+	policy, origin, err := cfg.BuildPolicyFrom()
 	if err != nil {
 		return nil, err
 	}
@@ -143,15 +144,15 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 	if err != nil {
 		return nil, fmt.Errorf("GATEWAY_DNS_SERVERS: %w", err)
 	}
-	upstreamTLS, err := cfg.upstreamTLS()
+	upstreamTLS, err := cfg.UpstreamTLS()
 	if err != nil {
 		return nil, err
 	}
-	minter, err := cfg.inspector()
+	minter, err := cfg.Inspector()
 	if err != nil {
 		return nil, err
 	}
-	if g.authn, err = cfg.authenticator(); err != nil {
+	if g.authn, err = cfg.Authenticator(); err != nil {
 		return nil, err
 	}
 	if cfg.AccessLog != "off" {
@@ -178,7 +179,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		Policy: g.policy.Load,
 		Dialer: &resolver.Dialer{
 			Resolver:        g.res,
-			Policy:          &resolver.Policy{AllowPrivate: prefixes(cfg.AllowPrivateDestinations), Self: self},
+			Policy:          &resolver.Policy{AllowPrivate: cfg.PrivateDestinations(), Self: self},
 			Timeout:         cfg.DialTimeout + cfg.DNSTimeout, // for dials without a request's deadline
 			Observe:         func(d time.Duration, err error) { g.metrics.Dial(d, dialKind(err)) },
 			KeepAlive:       kaPeriod,
@@ -191,7 +192,7 @@ func newGateway(cfg *Config, logger *slog.Logger, wrapDialer func(proxy.Dialer) 
 		ClientHelloTimeout:    cfg.ClientHelloTimeout,
 		WriteTimeout:          cfg.WriteTimeout,
 		UpstreamTLS:           upstreamTLS,
-		ClientNetworks:        prefixes(cfg.ClientCIDRs),
+		ClientNetworks:        cfg.ClientNetworks(),
 		Challenge:             auth.Challenge(cfg.AuthRealm),
 		AuthenticateAnonymous: cfg.Anonymous == "none",
 		Metrics:               g.metrics,
@@ -317,13 +318,13 @@ func (g *gateway) policyFiles() []string {
 // or every policy file for SIGHUP. A failure is counted against the file
 // its error names.
 func (g *gateway) reload(why string, files ...string) {
-	p, origin, err := g.cfg.buildPolicyFrom()
+	p, origin, err := g.cfg.BuildPolicyFrom()
 	if err != nil {
 		failed := files
 		switch msg := err.Error(); {
-		case strings.HasPrefix(msg, varName("RulesFile")):
+		case strings.HasPrefix(msg, config.VarName("RulesFile")):
 			failed = []string{telemetry.ReloadRules}
-		case strings.HasPrefix(msg, varName("CatalogFile")):
+		case strings.HasPrefix(msg, config.VarName("CatalogFile")):
 			failed = []string{telemetry.ReloadCatalog}
 		}
 		for _, f := range failed {
@@ -495,7 +496,7 @@ func (g *gateway) run(ctx context.Context) error {
 		adminAddr = g.adminLn.Addr().String()
 	}
 	g.log.Info("gateway listening", "listen", g.ln.Addr().String(), "admin", adminAddr, "version", buildVersion(),
-		"catalog_version", p.Version(), "catalog_source", g.cfg.catalogOrigin(),
+		"catalog_version", p.Version(), "catalog_source", g.cfg.CatalogOrigin(),
 		"catalog_published", p.Published().Format(time.DateOnly), "cloud", p.Cloud().String(),
 		"geographies", strings.Join(geos, ","), "rules", len(p.Rules()),
 		"blob_scope", p.BlobScope().String(), "inspection", g.cfg.InspectCACert != "", "mode", g.cfg.Mode,

@@ -43,7 +43,7 @@ func (g *gateway) statusSnapshot() status.Snapshot {
 		Cloud: p.Cloud().String(), AllGeographies: p.AllGeographies(),
 		Mode: string(g.cfg.Mode), BlobScope: p.BlobScope().String(), Unlisted: string(g.cfg.Unlisted),
 		Authentication: g.authn != nil, Inspection: g.cfg.InspectCACert != "",
-		CatalogVersion: p.Version(), CatalogSource: g.cfg.catalogOrigin(), CatalogPublished: p.Published(),
+		CatalogVersion: p.Version(), CatalogSource: g.cfg.CatalogOrigin(), CatalogPublished: p.Published(),
 		Listeners:     []status.Listener{{Name: "proxy", Addr: g.ln.Addr().String()}},
 		UpstreamCheck: "off",
 	}

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"os"
@@ -53,7 +53,7 @@ func TestREADMESettingsTable(t *testing.T) {
 		if tag == "" {
 			continue
 		}
-		n := envPrefix + tag
+		n := EnvPrefix + tag
 		inConfig = append(inConfig, n)
 		want, listed := readme[n]
 		if !listed {

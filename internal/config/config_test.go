@@ -1,7 +1,8 @@
-package main
+package config
 
 import (
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,7 +12,7 @@ import (
 )
 
 func TestLoadConfigDefaults(t *testing.T) {
-	c, unknown, err := loadConfig(map[string]string{})
+	c, unknown, err := Load(map[string]string{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +28,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if len(unknown) != 0 {
 		t.Errorf("unknown = %v", unknown)
 	}
-	p, err := c.buildPolicy()
+	p, err := c.BuildPolicy()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +70,7 @@ func TestLoadConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, _, err := loadConfig(tt.env)
+			_, _, err := Load(tt.env)
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Fatalf("unexpected error: %v", err)
@@ -81,14 +82,14 @@ func TestLoadConfig(t *testing.T) {
 }
 
 func TestConfigDerived(t *testing.T) {
-	c, unknown, err := loadConfig(map[string]string{
+	c, unknown, err := Load(map[string]string{
 		"GATEWAY_GEOGRAPHIES": "EU,eu,,UK", "GATEWAY_DNS_SERVERS": "127.0.0.53,[::1]:5353",
 		"GATEWAY_GEOGRAPHY": "EU", "OTHER": "x",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := c.geographies(); len(got) != 2 || got[0] != allowlist.EU || got[1] != allowlist.UK {
+	if got := c.Locations(); len(got) != 2 || got[0] != allowlist.EU || got[1] != allowlist.UK {
 		t.Errorf("geos = %v, want [EU UK]", got)
 	}
 	if got := strings.Join(c.DNSServers, " "); got != "127.0.0.53:53 [::1]:5353" {
@@ -114,11 +115,11 @@ func TestBuildPolicyErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, _, err := loadConfig(tt.env)
+			c, _, err := Load(tt.env)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := c.buildPolicy(); err == nil || !strings.Contains(err.Error(), tt.want) {
+			if _, err := c.BuildPolicy(); err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("err = %v, want mention of %q", err, tt.want)
 			}
 		})
@@ -128,12 +129,12 @@ func TestBuildPolicyErrors(t *testing.T) {
 // TestDefaultAdminListen keeps the admin default off the ports other
 // monitoring tools take by default, and the healthcheck's copy equal to it.
 func TestDefaultAdminListen(t *testing.T) {
-	c, _, err := loadConfig(map[string]string{})
+	c, _, err := Load(map[string]string{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.AdminListen != defaultAdminListen {
-		t.Errorf("default GATEWAY_ADMIN_LISTEN = %q, healthcheck assumes %q", c.AdminListen, defaultAdminListen)
+	if got := Default("AdminListen"); c.AdminListen != got {
+		t.Errorf("default GATEWAY_ADMIN_LISTEN = %q, Default says %q", c.AdminListen, got)
 	}
 	_, port, err := net.SplitHostPort(c.AdminListen)
 	if err != nil {
@@ -162,13 +163,20 @@ func TestDisabledServiceErrorsNameTheirSetting(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, _, err := loadConfig(tt.env)
+			c, _, err := Load(tt.env)
 			if err == nil {
-				_, _, err = c.buildPolicyFrom()
+				_, _, err = c.BuildPolicyFrom()
 			}
 			if err == nil || !strings.HasPrefix(err.Error(), tt.want) || !strings.Contains(err.Error(), "no-such-service") {
 				t.Errorf("error = %v, want it to start with %q and name the service", err, tt.want)
 			}
 		})
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"crypto/tls"
@@ -21,7 +21,7 @@ import (
 	"github.com/defendergw/gateway/internal/inspect"
 )
 
-const envPrefix = "GATEWAY_"
+const EnvPrefix = "GATEWAY_"
 
 // Config is everything the gateway reads from the environment.
 type Config struct {
@@ -88,17 +88,17 @@ type Config struct {
 	Pprof                 bool          `env:"PPROF" envDefault:"false"`
 }
 
-// loadConfig parses and validates the environment. Errors name the variable.
-func loadConfig(environ map[string]string) (*Config, []string, error) {
+// Load parses and validates the environment. Errors name the variable.
+func Load(environ map[string]string) (*Config, []string, error) {
 	var c Config
-	opts := env.Options{Prefix: envPrefix, Environment: environ}
+	opts := env.Options{Prefix: EnvPrefix, Environment: environ}
 	if err := env.ParseWithOptions(&c, opts); err != nil {
 		return nil, nil, envError(err)
 	}
 	if err := c.validate(); err != nil {
 		return nil, nil, err
 	}
-	return &c, unknownVars(environ), nil
+	return &c, UnknownVars(environ), nil
 }
 
 // envError rewrites caarlos0/env's field names into variable names.
@@ -111,7 +111,7 @@ func envError(err error) error {
 	for _, e := range agg.Errors {
 		var pe env.ParseError
 		if errors.As(e, &pe) {
-			msgs = append(msgs, fmt.Sprintf("%s: %v", varName(pe.Name), pe.Err))
+			msgs = append(msgs, fmt.Sprintf("%s: %v", VarName(pe.Name), pe.Err))
 			continue
 		}
 		msgs = append(msgs, e.Error())
@@ -119,33 +119,33 @@ func envError(err error) error {
 	return errors.New(strings.Join(msgs, "; "))
 }
 
-func varName(field string) string {
+func VarName(field string) string {
 	f, ok := reflect.TypeFor[Config]().FieldByName(field)
 	if !ok {
 		return field
 	}
-	return envPrefix + f.Tag.Get("env")
+	return EnvPrefix + f.Tag.Get("env")
 }
 
-// knownVars lists every GATEWAY_ variable the Config reads.
-func knownVars() []string {
+// KnownVars lists every GATEWAY_ variable the Config reads.
+func KnownVars() []string {
 	t := reflect.TypeFor[Config]()
 	var names []string
 	for i := range t.NumField() {
 		if tag := t.Field(i).Tag.Get("env"); tag != "" {
-			names = append(names, envPrefix+tag)
+			names = append(names, EnvPrefix+tag)
 		}
 	}
 	return names
 }
 
-// unknownVars returns GATEWAY_ variables that no setting reads: usually a
+// UnknownVars returns GATEWAY_ variables that no setting reads: usually a
 // typo (GATEWAY_GEOGRAPHY=EU would otherwise leave every geography open).
-func unknownVars(environ map[string]string) []string {
-	known := knownVars()
+func UnknownVars(environ map[string]string) []string {
+	known := KnownVars()
 	var unknown []string
 	for k := range environ {
-		if strings.HasPrefix(k, envPrefix) && !slices.Contains(known, k) {
+		if strings.HasPrefix(k, EnvPrefix) && !slices.Contains(known, k) {
 			unknown = append(unknown, k)
 		}
 	}
@@ -211,7 +211,7 @@ func (c *Config) checkPolicy() error {
 		// Microsoft's government lists have no data locations: the cloud
 		// decides (standard-device-connectivity-urls-gov).
 		return fmt.Errorf("GATEWAY_GEOGRAPHIES=%s cannot be combined with GATEWAY_CLOUD=%s: a US Government cloud has no commercial data locations; unset GATEWAY_GEOGRAPHIES",
-			geoNames(c.geographies()), c.Cloud)
+			geoNames(c.Locations()), c.Cloud)
 	}
 	if c.Unlisted == "authenticated" && c.AuthHtpasswd == "" {
 		return errors.New("GATEWAY_UNLISTED=authenticated needs GATEWAY_AUTH_HTPASSWD: unlisted destinations are only for authenticated users")
@@ -250,7 +250,7 @@ func (c *Config) checkTimeouts() error {
 		{"AuthReloadInterval", c.AuthReloadInterval}, {"DNSProbeInterval", c.DNSProbeInterval},
 		{"ReloadInterval", c.ReloadInterval}, {"ShutdownGrace", c.ShutdownGrace}} {
 		if d.v <= 0 {
-			return fmt.Errorf("%s: must be a positive duration, got %s", varName(d.field), d.v)
+			return fmt.Errorf("%s: must be a positive duration, got %s", VarName(d.field), d.v)
 		}
 	}
 	if c.WriteTimeout < 0 {
@@ -264,8 +264,8 @@ func (c *Config) checkTimeouts() error {
 	if c.TCPKeepAlive != 0 && (c.TCPKeepAlive < time.Second || c.TCPKeepAlive > 32767*time.Second) {
 		return fmt.Errorf("GATEWAY_TCP_KEEPALIVE: must be 0 (off) or between 1s and 9h6m7s, got %s", c.TCPKeepAlive)
 	}
-	if d := c.UpstreamCheckInterval; d != 0 && d < minUpstreamCheckInterval {
-		return fmt.Errorf("GATEWAY_UPSTREAM_CHECK_INTERVAL: want 0 (off) or at least %s, got %s", minUpstreamCheckInterval, d)
+	if d := c.UpstreamCheckInterval; d != 0 && d < MinUpstreamCheckInterval {
+		return fmt.Errorf("GATEWAY_UPSTREAM_CHECK_INTERVAL: want 0 (off) or at least %s, got %s", MinUpstreamCheckInterval, d)
 	}
 	if c.ShutdownDelay < 0 {
 		return fmt.Errorf("GATEWAY_SHUTDOWN_DELAY: must not be negative, got %s", c.ShutdownDelay)
@@ -316,7 +316,7 @@ func (c *Config) checkAuth() error {
 func (c *Config) checkOperations() error { return nil }
 
 // geographies returns the configured data locations.
-func (c *Config) geographies() []allowlist.Geography {
+func (c *Config) Locations() []allowlist.Geography {
 	gs := make([]allowlist.Geography, len(c.Geographies))
 	for i, g := range c.Geographies {
 		gs[i] = g.Geography
@@ -362,25 +362,25 @@ func trimList(in []string) []string {
 
 // Where the catalog in force comes from (gateway_catalog_info{source}).
 const (
-	catalogEmbedded = "embedded"
-	catalogFromFile = "file"
+	CatalogEmbedded = "embedded"
+	CatalogFromFile = "file"
 )
 
 // catalogOrigin says where the catalog in force comes from.
-func (c *Config) catalogOrigin() string {
+func (c *Config) CatalogOrigin() string {
 	if c.CatalogFile != "" {
-		return catalogFromFile
+		return CatalogFromFile
 	}
-	return catalogEmbedded
+	return CatalogEmbedded
 }
 
 // loadCatalog returns the catalog in force: GATEWAY_CATALOG_FILE if set,
 // else the embedded one, and where it came from. A bad file is an error
 // naming the setting, the file and the line.
-func (c *Config) loadCatalog() (*allowlist.Catalog, string, error) {
-	if c.catalogOrigin() == catalogEmbedded {
+func (c *Config) LoadCatalog() (*allowlist.Catalog, string, error) {
+	if c.CatalogOrigin() == CatalogEmbedded {
 		cat, err := allowlist.Embedded()
-		return cat, catalogEmbedded, err
+		return cat, CatalogEmbedded, err
 	}
 	data, err := os.ReadFile(c.CatalogFile)
 	if err != nil {
@@ -390,23 +390,23 @@ func (c *Config) loadCatalog() (*allowlist.Catalog, string, error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("GATEWAY_CATALOG_FILE: %w", err)
 	}
-	return cat, catalogFromFile, nil
+	return cat, CatalogFromFile, nil
 }
 
 // buildPolicy reads the catalog in force and the rules file (if any) and
 // builds the effective policy.
-func (c *Config) buildPolicy() (*allowlist.Policy, error) {
-	p, _, err := c.buildPolicyFrom()
+func (c *Config) BuildPolicy() (*allowlist.Policy, error) {
+	p, _, err := c.BuildPolicyFrom()
 	return p, err
 }
 
 // buildPolicyFrom is buildPolicy that also says where the catalog came from.
-func (c *Config) buildPolicyFrom() (*allowlist.Policy, string, error) {
-	cat, origin, err := c.loadCatalog()
+func (c *Config) BuildPolicyFrom() (*allowlist.Policy, string, error) {
+	cat, origin, err := c.LoadCatalog()
 	if err != nil {
 		return nil, "", err
 	}
-	opts := allowlist.Options{Cloud: c.Cloud, Geographies: c.geographies(), DisabledServices: c.DisabledServices, BlobScope: c.BlobScope.BlobScope,
+	opts := allowlist.Options{Cloud: c.Cloud, Geographies: c.Locations(), DisabledServices: c.DisabledServices, BlobScope: c.BlobScope.BlobScope,
 		Audit: c.Mode == "audit", UnlistedAuthenticated: c.Unlisted == "authenticated", UnlistedPorts: ports(c.UnlistedPorts)}
 	if c.RulesFile != "" {
 		data, err := os.ReadFile(c.RulesFile)
@@ -434,7 +434,7 @@ func (c *Config) buildPolicyFrom() (*allowlist.Policy, string, error) {
 // upstreamTLS is the TLS client configuration towards upstreams the gateway
 // itself speaks TLS to (inspected tunnels): the system roots plus
 // GATEWAY_UPSTREAM_CA_FILE, and never InsecureSkipVerify.
-func (c *Config) upstreamTLS() (*tls.Config, error) {
+func (c *Config) UpstreamTLS() (*tls.Config, error) {
 	pool, err := x509.SystemCertPool()
 	if err != nil || pool == nil {
 		pool = x509.NewCertPool()
@@ -452,7 +452,7 @@ func (c *Config) upstreamTLS() (*tls.Config, error) {
 }
 
 // authenticator loads the htpasswd file, if one is configured.
-func (c *Config) authenticator() (*auth.Authenticator, error) {
+func (c *Config) Authenticator() (*auth.Authenticator, error) {
 	if c.AuthHtpasswd == "" {
 		return nil, nil
 	}
@@ -464,7 +464,7 @@ func (c *Config) authenticator() (*auth.Authenticator, error) {
 }
 
 // inspector loads the inspection CA, if one is configured.
-func (c *Config) inspector() (*inspect.Minter, error) {
+func (c *Config) Inspector() (*inspect.Minter, error) {
 	if c.InspectCACert == "" {
 		return nil, nil
 	}
@@ -475,7 +475,7 @@ func (c *Config) inspector() (*inspect.Minter, error) {
 	return inspect.NewMinter(cert, key, inspect.MinterOptions{Validity: c.InspectLeafValidity, CacheSize: c.InspectCacheSize})
 }
 
-func (c *Config) newLogger(w *os.File) *slog.Logger {
+func (c *Config) NewLogger(w *os.File) *slog.Logger {
 	hopts := &slog.HandlerOptions{Level: c.LogLevel.Level}
 	if c.LogFormat == "text" {
 		return slog.New(slog.NewTextHandler(w, hopts))
@@ -483,7 +483,7 @@ func (c *Config) newLogger(w *os.File) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, hopts))
 }
 
-func environMap() map[string]string {
+func EnvironMap() map[string]string {
 	m := map[string]string{}
 	for _, kv := range os.Environ() {
 		if k, v, ok := strings.Cut(kv, "="); ok {
@@ -493,6 +493,23 @@ func environMap() map[string]string {
 	return m
 }
 
-// minUpstreamCheckInterval keeps the upstream check from hammering
+// MinUpstreamCheckInterval keeps the upstream check from hammering
 // Microsoft's endpoints (each run requests every required URL).
-const minUpstreamCheckInterval = 10 * time.Second
+const MinUpstreamCheckInterval = 10 * time.Second
+
+// ClientNetworks returns GATEWAY_CLIENT_CIDRS.
+func (c *Config) ClientNetworks() []netip.Prefix { return prefixes(c.ClientCIDRs) }
+
+// PrivateDestinations returns GATEWAY_ALLOW_PRIVATE_DESTINATIONS.
+func (c *Config) PrivateDestinations() []netip.Prefix { return prefixes(c.AllowPrivateDestinations) }
+
+// Default returns the default of Config's field (its envDefault tag), for
+// code that needs it without loading a configuration (the healthcheck): a
+// default is stated once, on the field.
+func Default(field string) string {
+	f, ok := reflect.TypeFor[Config]().FieldByName(field)
+	if !ok {
+		panic("config: no field " + field)
+	}
+	return f.Tag.Get("envDefault")
+}
