@@ -10,62 +10,12 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"strings"
-	"sync/atomic"
 	"time"
 
-	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/clientconfig"
 	"github.com/defendergw/gateway/internal/pac"
 	"github.com/defendergw/gateway/internal/probe"
 )
-
-// pacCache remembers the PAC file of one policy and advertised address.
-type pacCache struct {
-	policy *allowlist.Policy
-	addr   string
-	body   []byte
-}
-
-// pacServer renders the PAC file served on the proxy port.
-type pacServer struct {
-	public, dflt string
-	listen       net.Addr
-	cache        atomic.Pointer[pacCache]
-}
-
-// pac returns the PAC file for p. The advertised address is
-// GATEWAY_PUBLIC_ADDR, else the proxy listener's, else (listening on all
-// interfaces) the address the client used to fetch the file.
-func (s *pacServer) pac(p *allowlist.Policy, requestHost string) ([]byte, error) {
-	addr := s.public
-	if addr == "" {
-		addr = advertisedAddr(s.listen, requestHost)
-	}
-	if c := s.cache.Load(); c != nil && c.policy == p && c.addr == addr {
-		return c.body, nil
-	}
-	body, err := pac.Render(p, pac.Options{Proxy: addr, Default: s.dflt})
-	if err != nil {
-		return nil, err
-	}
-	s.cache.Store(&pacCache{policy: p, addr: addr, body: body})
-	return body, nil
-}
-
-func advertisedAddr(listen net.Addr, requestHost string) string {
-	host, port, _ := net.SplitHostPort(listen.String())
-	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
-		return listen.String()
-	}
-	if h, _, err := net.SplitHostPort(requestHost); err == nil {
-		return net.JoinHostPort(strings.Trim(h, "[]"), port)
-	}
-	if requestHost != "" {
-		return net.JoinHostPort(strings.Trim(requestHost, "[]"), port)
-	}
-	return listen.String()
-}
 
 var pacHelp = cmdHelp{
 	synopsis: "gateway pac [flags]",

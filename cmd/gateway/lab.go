@@ -15,6 +15,7 @@ import (
 
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/config"
+	"github.com/defendergw/gateway/internal/gateway"
 	"github.com/defendergw/gateway/internal/lab"
 	"github.com/defendergw/gateway/internal/probe"
 	"github.com/defendergw/gateway/internal/proxy"
@@ -115,14 +116,13 @@ func labCmd(args []string, stdout, stderr io.Writer) int {
 	for _, k := range unknown {
 		logger.Warn("unknown setting ignored (typo?)", "variable", k)
 	}
-	g, err := newGateway(cfg, logger, func(d proxy.Dialer) proxy.Dialer {
-		return lab.PortMap{Dialer: d, Ports: l.Ports()}
-	})
+	g, err := gateway.New(gateway.Options{Config: cfg, Logger: logger, Version: buildVersion(),
+		WrapDialer: func(d proxy.Dialer) proxy.Dialer { return lab.PortMap{Dialer: d, Ports: l.Ports()} }})
 	if err != nil {
 		fmt.Fprintf(stderr, "gateway lab: %v\n", err)
 		return 2
 	}
-	gw := "http://" + g.ln.Addr().String()
+	gw := "http://" + g.Addr().String()
 	fmt.Fprintf(stdout, "lab gateway: %s\n", gw)
 	fmt.Fprintf(stdout, "lab CA: %s\n", l.CAFile)
 	if kept {
@@ -131,10 +131,10 @@ func labCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "lab dir: %s (temporary: removed when the lab stops)\n", *dir)
 	}
 	fmt.Fprintf(stdout, "lab DNS: %s\n", l.DNSAddr)
-	if g.adminLn != nil {
-		fmt.Fprintf(stdout, "lab admin: http://%s\n", g.adminLn.Addr())
+	if a := g.AdminAddr(); a != nil {
+		fmt.Fprintf(stdout, "lab admin: http://%s\n", a)
 	}
-	p := g.policy.Load()
+	p := g.Policy()
 	fmt.Fprintf(stdout, "try: %s\n", labProbeCommand(selfCommand(), cfg, p, gw, l.CAFile))
 	if u := labExample(p); u != "" {
 		fmt.Fprintf(stdout, "try: %s\n", shellJoin([]string{"curl", "--fail", "-x", gw, "--cacert", filepath.Clean(l.CAFile), u}))
@@ -142,7 +142,7 @@ func labCmd(args []string, stdout, stderr io.Writer) int {
 	if f, ok := stdout.(interface{ Sync() error }); ok {
 		f.Sync()
 	}
-	if err := g.run(ctx); err != nil {
+	if err := g.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "gateway lab: %v\n", err)
 		return 1
 	}

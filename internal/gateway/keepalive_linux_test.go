@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"context"
@@ -42,11 +42,11 @@ func TestTCPKeepAlive(t *testing.T) {
 				t.Fatal(err)
 			}
 			var dialer proxy.Dialer
-			g, err := newGateway(cfg, slog.New(slog.DiscardHandler), func(d proxy.Dialer) proxy.Dialer { dialer = d; return d })
+			g, err := New(Options{Config: cfg, Logger: slog.New(slog.DiscardHandler), WrapDialer: func(d proxy.Dialer) proxy.Dialer { dialer = d; return d }})
 			if err != nil {
 				t.Fatal(err)
 			}
-			t.Cleanup(g.close)
+			t.Cleanup(g.Close)
 
 			client, err := net.Dial("tcp", g.ln.Addr().String())
 			if err != nil {

@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"net/http"
@@ -27,7 +27,7 @@ func (s eventSinks) Log(e telemetry.Event) {
 
 // statusHandler serves the admin listener's status page, or nil without a
 // board.
-func (g *gateway) statusHandler() http.Handler {
+func (g *Gateway) statusHandler() http.Handler {
 	if g.board == nil {
 		return nil
 	}
@@ -36,10 +36,10 @@ func (g *gateway) statusHandler() http.Handler {
 
 // statusSnapshot gathers the page's data: the configuration in force, the
 // board's traffic, the open tunnels.
-func (g *gateway) statusSnapshot() status.Snapshot {
+func (g *Gateway) statusSnapshot() status.Snapshot {
 	p := g.policy.Load()
 	gw := status.Gateway{
-		Version: buildVersion(), Started: g.started,
+		Version: g.version, Started: g.started,
 		Cloud: p.Cloud().String(), AllGeographies: p.AllGeographies(),
 		Mode: string(g.cfg.Mode), BlobScope: p.BlobScope().String(), Unlisted: string(g.cfg.Unlisted),
 		Authentication: g.authn != nil, Inspection: g.cfg.InspectCACert != "",
@@ -66,7 +66,7 @@ func (g *gateway) statusSnapshot() status.Snapshot {
 // the policy in force, through the proxy's own checked dialer (its
 // resolver, its refusal of internal addresses and of the gateway's own
 // listeners), never through the proxy listener.
-func (g *gateway) upstreamCheck() upcheck.Options {
+func (g *Gateway) upstreamCheck() upcheck.Options {
 	return upcheck.Options{
 		Interval: g.cfg.UpstreamCheckInterval,
 		Targets: func() []probe.Target {
