@@ -160,7 +160,7 @@ func UnknownVars(environ map[string]string) []string {
 func (c *Config) validate() error {
 	c.compact()
 	for _, check := range []func() error{c.checkListeners, c.checkPolicy, c.checkDNS, c.checkTimeouts,
-		c.checkLimits, c.checkTLS, c.checkAuth, c.checkOperations} {
+		c.checkLimits, c.checkTLS, c.checkAuth} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -309,11 +309,6 @@ func (c *Config) checkAuth() error {
 	}
 	return nil
 }
-
-// checkOperations has nothing left to check beyond what the parser does
-// (formats and levels are words it checks); it stays as the place for
-// cross-checks of logging and operations settings.
-func (c *Config) checkOperations() error { return nil }
 
 // geographies returns the configured data locations.
 func (c *Config) Locations() []allowlist.Geography {

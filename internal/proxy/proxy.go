@@ -373,6 +373,3 @@ func (c *hijackedConn) Read(p []byte) (int, error) {
 	}
 	return c.Conn.Read(p)
 }
-
-// clientAddr is the client's address for logs.
-func clientAddr(r *http.Request) string { return r.RemoteAddr }
