@@ -143,7 +143,7 @@ func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Re
 		}
 	}
 	s.addVia(r.Header, r.ProtoMajor, r.ProtoMinor)
-	if s.opts.Events != nil {
+	if s.recording() {
 		st.url = r.URL.String() // as forwarded
 	}
 	ctx.UserData = st
@@ -205,8 +205,8 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 		return nil, errors.New("proxy: request reached the round trip undecided")
 	}
 	start := time.Now()
-	if s.opts.Events != nil {
-		// Only the connection event needs the address actually dialed.
+	if s.recording() {
+		// Only the record needs the address actually dialed.
 		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
 			st.remote = remoteAddr(info.Conn)
 		}}
