@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -189,7 +188,7 @@ func (s *Server) tunnelEnded(st *reqState, stats tlsbypass.Stats) {
 // dialChecked connects to the addresses the front door checked, within the
 // request's deadline.
 func (s *Server) dialChecked(req *http.Request, st *reqState) (net.Conn, error) {
-	ctx, cancel := context.WithDeadline(req.Context(), st.deadline)
+	ctx, cancel := withDeadline(req.Context(), st.deadline)
 	defer cancel()
 	return s.opts.Dialer.DialChecked(ctx, st.addrs)
 }

@@ -81,14 +81,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// One deadline for the gateway's own work on this request, from the
 	// settings: resolving and connecting, plus the client's ClientHello in
 	// between for a verified tunnel.
-	st.deadline = now.Add(s.opts.DialTimeout)
-	if r.Method == http.MethodConnect && st.mode != tlsbypass.Inspect && !st.decision.NoSNICheck {
-		st.deadline = st.deadline.Add(s.opts.ClientHelloTimeout)
+	if s.opts.DialTimeout > 0 {
+		st.deadline = now.Add(s.opts.DialTimeout)
+		if r.Method == http.MethodConnect && st.mode != tlsbypass.Inspect && !st.decision.NoSNICheck {
+			st.deadline = st.deadline.Add(s.opts.ClientHelloTimeout)
+		}
 	}
 	if r.Method == http.MethodConnect {
 		// Resolve and check the destination before answering, so that a
 		// refusal or failure is still an HTTP answer.
-		ctx, cancel := context.WithDeadline(r.Context(), st.deadline)
+		ctx, cancel := withDeadline(r.Context(), st.deadline)
 		addrs, err := s.opts.Dialer.Lookup(ctx, st.target.Host, st.target.Port)
 		cancel()
 		if err != nil {
@@ -276,4 +278,13 @@ func (s *Server) refuse(w http.ResponseWriter, r *http.Request, st *reqState, er
 	}
 	w.WriteHeader(f.status)
 	w.Write([]byte(f.body))
+}
+
+// withDeadline is context.WithDeadline, or ctx itself for a zero deadline
+// (no deadline of the request's own).
+func withDeadline(ctx context.Context, d time.Time) (context.Context, context.CancelFunc) {
+	if d.IsZero() {
+		return ctx, func() {}
+	}
+	return context.WithDeadline(ctx, d)
 }

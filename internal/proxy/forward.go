@@ -156,8 +156,10 @@ func (s *Server) handleRequest(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Re
 // decided on its own, in a record of its own.
 func (s *Server) decideInner(r *http.Request, tunnel *reqState) (*reqState, *http.Response) {
 	st := &reqState{proto: protoInspected, method: r.Method, clientAP: tunnel.clientAP, client: tunnel.client,
-		policy: tunnel.policy, raw: r.URL.Host, user: tunnel.user, mode: tunnel.mode,
-		deadline: time.Now().Add(s.opts.DialTimeout)}
+		policy: tunnel.policy, raw: r.URL.Host, user: tunnel.user, mode: tunnel.mode}
+	if s.opts.DialTimeout > 0 {
+		st.deadline = time.Now().Add(s.opts.DialTimeout)
+	}
 	t, err := allowlist.ParseURL(r.URL)
 	if err == nil && (!strings.EqualFold(r.URL.Scheme, "https") || t.Host != tunnel.target.Host || t.Port != tunnel.target.Port) {
 		err = fmt.Errorf("request for %s inside a tunnel to %s: %w", r.URL.Host, tunnel.target.HostPort(), allowlist.ErrBadTarget)

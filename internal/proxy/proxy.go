@@ -77,14 +77,16 @@ type Options struct {
 	// DialTimeout is the request's one deadline for the gateway's own
 	// work, counted from the front door: name resolution plus connection
 	// set-up (a verified tunnel adds ClientHelloTimeout for the client's
-	// ClientHello in between).
+	// ClientHello in between). Zero sets no deadline of the request's own
+	// (the Dialer's bound still applies).
 	DialTimeout time.Duration
 	// ResponseHeaderTimeout bounds the wait for an upstream's response
-	// headers on plain HTTP.
+	// headers on plain HTTP; zero means no limit.
 	ResponseHeaderTimeout time.Duration
 	// Tunnel tunes CONNECT relays (idle and half-close timeouts).
 	Tunnel tlsbypass.Options
-	// ClientHelloTimeout bounds the wait for a raw tunnel's ClientHello.
+	// ClientHelloTimeout bounds the wait for a raw tunnel's ClientHello;
+	// zero means no limit but the tunnel's idle timeout.
 	ClientHelloTimeout time.Duration
 	// WriteTimeout bounds each write of a forwarded response to the
 	// client, so a client that stops reading (slow read) cannot hold an
@@ -98,7 +100,8 @@ type Options struct {
 	// anonymous (and to unlisted destinations); if nil, nothing is
 	// authenticated.
 	Auth Authenticator
-	// Challenge is the Proxy-Authenticate value sent with 407.
+	// Challenge is the Proxy-Authenticate value sent with 407; required
+	// with Auth.
 	Challenge string
 	// AuthenticateAnonymous makes Auth apply to anonymous rows too
 	// (GATEWAY_ANONYMOUS=none). It reproduces a proxy that breaks
@@ -151,17 +154,11 @@ func New(opts Options) (*Server, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if opts.DialTimeout <= 0 {
-		opts.DialTimeout = 10 * time.Second
-	}
-	if opts.ResponseHeaderTimeout <= 0 {
-		opts.ResponseHeaderTimeout = 30 * time.Second
-	}
-	if opts.ClientHelloTimeout <= 0 {
-		opts.ClientHelloTimeout = 10 * time.Second
-	}
-	if opts.Challenge == "" {
-		opts.Challenge = `Basic realm="Defender egress gateway", charset="UTF-8"`
+	// Timeouts have no defaults here: the settings' defaults are stated
+	// once, in internal/config, and the gateway passes every one. A zero
+	// timeout means no limit of its own (see each option).
+	if opts.Auth != nil && opts.Challenge == "" {
+		return nil, errors.New("proxy: Challenge is required with Auth")
 	}
 	if opts.Via == "" {
 		opts.Via = "defender-gateway"
