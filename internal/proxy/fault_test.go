@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -14,6 +15,9 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/auth"
+	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/tlsbypass"
 )
 
@@ -307,5 +311,24 @@ func TestOneDeadlinePerRequest(t *testing.T) {
 				t.Errorf("deadline %v after the request started, want at least %v", got, tt.atLeast)
 			}
 		})
+	}
+}
+
+// denyAll is an Authenticator that refuses everyone.
+type denyAll struct{}
+
+func (denyAll) Authenticate(string, netip.Addr) (string, error) { return "", auth.ErrBadCredentials }
+
+// TestNewRefusesAuthWithoutChallenge: the proxy restates no default, so
+// authentication without the challenge to send is a configuration error,
+// not a 407 without Proxy-Authenticate.
+func TestNewRefusesAuthWithoutChallenge(t *testing.T) {
+	p := func() *allowlist.Policy { return nil }
+	d := &resolver.Dialer{}
+	if _, err := New(Options{Policy: p, Dialer: d, Auth: denyAll{}}); err == nil || !strings.Contains(err.Error(), "Challenge") {
+		t.Errorf("New with Auth and no Challenge: err = %v, want one naming Challenge", err)
+	}
+	if _, err := New(Options{Policy: p, Dialer: d, Auth: denyAll{}, Challenge: `Basic realm="x"`}); err != nil {
+		t.Errorf("New with Auth and a Challenge: %v", err)
 	}
 }
