@@ -206,6 +206,7 @@ func (st *reqState) event() telemetry.Event {
 	if st.target.HasPath {
 		f.Path = st.target.Path
 	}
+	f.PathUnchecked = d.PathUnchecked
 	f.SNI, f.BytesUp, f.BytesDown, f.Duration = st.sni, st.up, st.down, st.dur
 	if st.method == http.MethodConnect && st.status == http.StatusOK {
 		f.TLS = st.mode.String() // an opened (or verified-then-refused) tunnel
@@ -233,6 +234,9 @@ func debugAttrs(e *telemetry.Event, client netip.AddrPort, err error) []slog.Att
 		if kv[1] != "" {
 			attrs = append(attrs, slog.String(kv[0], kv[1]))
 		}
+	}
+	if f.PathUnchecked {
+		attrs = append(attrs, slog.Bool("path_unchecked", true))
 	}
 	if f.BytesUp != 0 || f.BytesDown != 0 || f.Duration != 0 {
 		attrs = append(attrs, slog.Int64("bytes_up", f.BytesUp), slog.Int64("bytes_down", f.BytesDown),

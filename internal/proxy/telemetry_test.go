@@ -250,3 +250,17 @@ func TestOneRecordPerRequest(t *testing.T) {
 		})
 	}
 }
+
+// TestPathUncheckedRecorded: a raw tunnel that a path-limited row allows
+// at host level says so in its record (the path is encrypted).
+func TestPathUncheckedRecorded(t *testing.T) {
+	w := newWorld(t, worldOptions{geos: eu})
+	w.dns.Set("www.microsoft.com", "127.0.0.1")
+	c, resp := w.connect("www.microsoft.com:443", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %d", resp.StatusCode)
+	}
+	c.Close()
+	w.waitLog(t, `"target":"www.microsoft.com","status":200`)
+	w.waitLog(t, `"path_unchecked":true`)
+}

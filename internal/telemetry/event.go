@@ -60,6 +60,9 @@ type AdditionalFields struct {
 	Method                                           string
 	Path                                             string
 	Status                                           int
+	// PathUnchecked marks a raw tunnel allowed at host level by a
+	// path-limited row: its path is encrypted, so it was not decided.
+	PathUnchecked bool
 }
 
 func (e *Event) method() string {
@@ -127,6 +130,10 @@ func AppendJSON(dst []byte, e *Event) []byte {
 	if s := e.status(); s != 0 {
 		dst = appendJSONKey(dst, n, "status")
 		dst = strconv.AppendInt(dst, int64(s), 10)
+	}
+	if f.PathUnchecked {
+		dst = appendJSONKey(dst, n, "path_unchecked")
+		dst = append(dst, "true"...)
 	}
 	return append(dst, "}}\n"...)
 }

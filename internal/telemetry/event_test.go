@@ -425,3 +425,23 @@ func TestEveryActionTypeBothFormats(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendJSONPathUnchecked(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		set  bool
+		want bool
+	}{{"unchecked", true, true}, {"checked", false, false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := Event{ActionType: ConnectionSuccess, Fields: AdditionalFields{PathUnchecked: tt.set}}
+			line := string(AppendJSON(nil, &e))
+			if got := strings.Contains(line, `"path_unchecked":true`); got != tt.want {
+				t.Errorf("line %s: path_unchecked present = %v, want %v", line, got, tt.want)
+			}
+			var v map[string]any
+			if err := json.Unmarshal([]byte(line), &v); err != nil {
+				t.Fatalf("invalid JSON %s: %v", line, err)
+			}
+		})
+	}
+}
