@@ -119,8 +119,7 @@ func TestServiceDisabled(t *testing.T) {
 					} else if strings.Contains(body, "disabled") {
 						t.Errorf("body %q speaks of a disabled service", body)
 					}
-					time.Sleep(20 * time.Millisecond)
-					if n := w.tlsConns.Load() - beforeTLS; n != 0 {
+					if n := w.tlsConnsSince(t, beforeTLS); n != 0 {
 						t.Errorf("upstream saw %d TLS connections, want 0", n)
 					}
 					select {

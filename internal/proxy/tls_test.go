@@ -43,7 +43,7 @@ func TestVerifiedTunnelRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			before := w.tlsConns.Load()
+			before, beforeUnlisted := w.tlsConns.Load(), unlisted.Accepted()
 			c, resp := w.connect("winatp-gw-weu.microsoft.com:443", nil)
 			if resp.StatusCode != 200 {
 				t.Fatalf("status %d", resp.StatusCode)
@@ -59,10 +59,10 @@ func TestVerifiedTunnelRefusals(t *testing.T) {
 				t.Errorf("closed after %v", d)
 			}
 			w.waitLog(t, `"reason":"`+tt.wantReason+`"`)
-			if n := w.tlsConns.Load() - before; n != 0 {
+			if n := w.tlsConnsSince(t, before); n != 0 {
 				t.Errorf("listed upstream saw %d connections", n)
 			}
-			if n := unlisted.Accepted(); n != 0 {
+			if n := unlisted.AcceptedSince(t, beforeUnlisted); n != 0 {
 				t.Errorf("unlisted upstream saw %d connections", n)
 			}
 		})

@@ -275,3 +275,22 @@ func (b *Buffer) Reset() {
 	defer b.mu.Unlock()
 	b.b.Reset()
 }
+
+// AcceptedSince returns how many connections l accepted since its count
+// was before, without sleeping: it connects to l itself and waits until
+// that probe is accepted (in arrival order, so whatever connected before
+// it is counted by then). l must be served (Sink).
+func (l *Listener) AcceptedSince(t testing.TB, before int64) int64 {
+	t.Helper()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for deadline := time.Now().Add(5 * time.Second); l.accepted.Load() < before+1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the listener never accepted the probe connection")
+		}
+	}
+	return l.accepted.Load() - before - 1
+}
