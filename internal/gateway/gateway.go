@@ -295,17 +295,42 @@ func (g *Gateway) probeDNS(ctx context.Context) {
 	}
 }
 
+// watchedFile is a file the gateway reads and reloads: its path, its
+// reload label (gateway_config_reloads_total{file}) and how often it is
+// checked.
+type watchedFile struct {
+	path, label string
+	every       time.Duration
+}
+
+// files lists the files the gateway reads, the one list the reloader and
+// SIGHUP work from.
+func (g *Gateway) files() []watchedFile {
+	var fs []watchedFile
+	for _, f := range []watchedFile{
+		{g.cfg.CatalogFile, telemetry.ReloadCatalog, g.cfg.ReloadInterval},
+		{g.cfg.RulesFile, telemetry.ReloadRules, g.cfg.ReloadInterval},
+	} {
+		if f.path != "" {
+			fs = append(fs, f)
+		}
+	}
+	if g.authn != nil {
+		fs = append(fs, watchedFile{g.cfg.AuthHtpasswd, telemetry.ReloadHtpasswd, g.cfg.AuthReloadInterval})
+	}
+	return fs
+}
+
 // policyFiles are the reload labels of the files the policy is built
-// from (gateway_config_reloads_total{file}).
+// from.
 func (g *Gateway) policyFiles() []string {
-	var files []string
-	if g.cfg.CatalogFile != "" {
-		files = append(files, telemetry.ReloadCatalog)
+	var labels []string
+	for _, f := range g.files() {
+		if f.label != telemetry.ReloadHtpasswd {
+			labels = append(labels, f.label)
+		}
 	}
-	if g.cfg.RulesFile != "" {
-		files = append(files, telemetry.ReloadRules)
-	}
-	return files
+	return labels
 }
 
 // reload re-reads the catalog file and the rules file and swaps the new
@@ -365,21 +390,17 @@ func (g *Gateway) reloadHtpasswd(why string) {
 // this goroutine or the signal loop's, serialised by reloadMu.
 func (g *Gateway) watchFiles(ctx context.Context) {
 	type watched struct {
-		path, label string
-		every       time.Duration
-		next        time.Time
-		last        *filestamp.Stamp
+		watchedFile
+		next time.Time
+		last *filestamp.Stamp
 	}
 	var files []*watched
-	for _, f := range []struct{ path, label string }{
-		{g.cfg.CatalogFile, telemetry.ReloadCatalog}, {g.cfg.RulesFile, telemetry.ReloadRules}} {
-		if f.path != "" {
-			last, _ := filestamp.Of(f.path)
-			files = append(files, &watched{path: f.path, label: f.label, every: g.cfg.ReloadInterval, last: last})
+	for _, f := range g.files() {
+		w := &watched{watchedFile: f}
+		if f.label != telemetry.ReloadHtpasswd {
+			w.last, _ = filestamp.Of(f.path) // the authenticator keeps htpasswd's own stamp
 		}
-	}
-	if g.authn != nil {
-		files = append(files, &watched{path: g.cfg.AuthHtpasswd, label: telemetry.ReloadHtpasswd, every: g.cfg.AuthReloadInterval})
+		files = append(files, w)
 	}
 	if len(files) == 0 {
 		return

@@ -131,10 +131,8 @@ func (st *reqState) metricReason() string {
 
 // actionType is the event's ActionType.
 func (st *reqState) actionType() string {
-	if st.reason == reason.None || st.reason.Kind() == reason.Success {
-		if st.decision.Audited {
-			return telemetry.ConnectionAudited
-		}
+	if st.reason.Kind() == reason.Success && st.decision.Audited {
+		return telemetry.ConnectionAudited
 	}
 	return st.reason.ActionType()
 }

@@ -418,21 +418,8 @@ func special(rw http.ResponseWriter, r *http.Request) bool {
 }
 
 // tlsConnsSince returns how many connections reached the TLS upstream since
-// its count was before, without sleeping: it connects to the upstream
-// itself and waits until the upstream's accept loop, which counts
-// connections in the order they arrived, has counted that probe; whatever
-// the gateway dialed before it is counted by then too.
+// its count was before (testutil.CountedSince: a probe, not a sleep).
 func (w *world) tlsConnsSince(t *testing.T, before int64) int64 {
 	t.Helper()
-	c, err := net.Dial("tcp", w.tlsUp.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	for deadline := time.Now().Add(5 * time.Second); w.tlsConns.Load() < before+1; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the TLS upstream never counted the probe connection")
-		}
-	}
-	return w.tlsConns.Load() - before - 1
+	return testutil.CountedSince(t, w.tlsUp.Listener.Addr().String(), w.tlsConns.Load, before)
 }

@@ -282,15 +282,25 @@ func (b *Buffer) Reset() {
 // it is counted by then). l must be served (Sink).
 func (l *Listener) AcceptedSince(t testing.TB, before int64) int64 {
 	t.Helper()
-	c, err := net.Dial("tcp", l.Addr().String())
+	return CountedSince(t, l.Addr().String(), l.accepted.Load, before)
+}
+
+// CountedSince returns how much count grew since before, not counting a
+// probe connection it makes to addr: count must count the connections
+// addr's server accepts, in arrival order, so that once the probe is
+// counted every connection made before it is too. It waits for that
+// instead of sleeping.
+func CountedSince(t testing.TB, addr string, count func() int64, before int64) int64 {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	for deadline := time.Now().Add(5 * time.Second); l.accepted.Load() < before+1; time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); count() < before+1; time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the listener never accepted the probe connection")
+			t.Fatalf("%s never counted the probe connection", addr)
 		}
 	}
-	return l.accepted.Load() - before - 1
+	return count() - before - 1
 }
