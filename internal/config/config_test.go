@@ -3,6 +3,7 @@ package config
 import (
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -179,4 +180,53 @@ func writeFile(t *testing.T, path, content string) {
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestTypedSettings: every setting parsed through its own type refuses a
+// bad value naming the variable, and lists drop empty elements.
+func TestTypedSettings(t *testing.T) {
+	bad := []struct{ name, value, wantMsg string }{
+		{"GATEWAY_MODE", "strict", "want enforce or audit"},
+		{"GATEWAY_UNLISTED", "allow", "want deny or authenticated"},
+		{"GATEWAY_ANONYMOUS", "all", "want listed or none"},
+		{"GATEWAY_ACCESS_LOG_FORMAT", "JSON", "want json or squid"},
+		{"GATEWAY_TUNNEL_COPY", "zero-copy", "want buffer or splice"},
+		{"GATEWAY_PAC_DEFAULT", "SOCKS", "want DIRECT or PROXY"},
+		{"GATEWAY_BLOB_SCOPE", "all", "want listed or wildcard"},
+		{"GATEWAY_UNLISTED_PORTS", "80,0", `"0" is not a port`},
+		{"GATEWAY_CLIENT_CIDRS", "10.0.0.0/8,not-a-net", "is not a CIDR prefix or address"},
+		{"GATEWAY_GEOGRAPHIES", "GCC", "not a data location"},
+	}
+	for _, tt := range bad {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := Load(map[string]string{tt.name: tt.value})
+			if err == nil || !strings.Contains(err.Error(), tt.name) || !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Errorf("%s=%q: err = %v, want one naming %s and saying %q", tt.name, tt.value, err, tt.name, tt.wantMsg)
+			}
+		})
+	}
+	t.Run("lists drop empty elements", func(t *testing.T) {
+		c, _, err := Load(map[string]string{"GATEWAY_UNLISTED_PORTS": "80, ,443,", "GATEWAY_CLIENT_CIDRS": "10.0.0.0/8,,",
+			"GATEWAY_GEOGRAPHIES": "EU,,eu", "GATEWAY_PAC_DEFAULT": "proxy"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := ports(c.UnlistedPorts); !slices.Equal(got, []uint16{80, 443}) {
+			t.Errorf("unlisted ports %v, want [80 443]", got)
+		}
+		if got := c.ClientNetworks(); len(got) != 1 || got[0].String() != "10.0.0.0/8" {
+			t.Errorf("client networks %v, want [10.0.0.0/8]", got)
+		}
+		if got := c.Locations(); len(got) != 1 || got[0] != allowlist.EU {
+			t.Errorf("data locations %v, want [EU]", got)
+		}
+		if c.PACDefault != "PROXY" {
+			t.Errorf("PAC default %q, want the canonical PROXY", c.PACDefault)
+		}
+	})
+	t.Run("an empty client list is refused", func(t *testing.T) {
+		if _, _, err := Load(map[string]string{"GATEWAY_CLIENT_CIDRS": ","}); err == nil || !strings.Contains(err.Error(), "GATEWAY_CLIENT_CIDRS") {
+			t.Errorf("err = %v, want GATEWAY_CLIENT_CIDRS empty", err)
+		}
+	})
 }
