@@ -48,11 +48,12 @@ var (
 )
 
 // Defaults applied by New to zero Options fields.
+// FailuresPerMinute has no default here: its one default is the
+// GATEWAY_AUTH_FAILURES_PER_MINUTE setting's.
 const (
-	DefaultFailuresPerMinute = 10
-	DefaultFailureBurst      = 10
-	DefaultCacheTTL          = 5 * time.Minute
-	DefaultCacheSize         = 4096
+	DefaultFailureBurst = 10
+	DefaultCacheTTL     = 5 * time.Minute
+	DefaultCacheSize    = 4096
 )
 
 // Options configures an Authenticator.
@@ -61,9 +62,10 @@ type Options struct {
 	File string
 
 	// FailuresPerMinute and FailureBurst bound failed attempts per client
-	// address (token bucket, golang.org/x/time/rate); defaults 10/min and
-	// burst 10. When exhausted, Authenticate returns ErrRateLimited without
-	// checking credentials. Negative values are an error.
+	// address (token bucket, golang.org/x/time/rate). FailuresPerMinute is
+	// required (positive); FailureBurst defaults to 10. When exhausted,
+	// Authenticate returns ErrRateLimited without checking credentials.
+	// Negative values are an error.
 	FailuresPerMinute float64
 	FailureBurst      int
 
@@ -129,10 +131,10 @@ func New(opts Options) (*Authenticator, error) {
 	if opts.FailuresPerMinute < 0 || opts.FailureBurst < 0 || opts.CacheSize < 0 {
 		return nil, errors.New("auth: FailuresPerMinute, FailureBurst and CacheSize must not be negative")
 	}
-	perMin := opts.FailuresPerMinute
-	if perMin == 0 {
-		perMin = DefaultFailuresPerMinute
+	if opts.FailuresPerMinute == 0 {
+		return nil, errors.New("auth: Options.FailuresPerMinute is zero")
 	}
+	perMin := opts.FailuresPerMinute
 	burst := opts.FailureBurst
 	if burst == 0 {
 		burst = DefaultFailureBurst

@@ -84,6 +84,9 @@ func basic(user, pass string) string {
 
 func newAuth(t testing.TB, opts Options) *Authenticator {
 	t.Helper()
+	if opts.FailuresPerMinute == 0 {
+		opts.FailuresPerMinute = 10
+	}
 	a, err := New(opts)
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -44,7 +44,7 @@ func TestNewRejectsBadFiles(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			path := writeFile(t, tt.content)
-			a, err := New(Options{File: path})
+			a, err := New(Options{File: path, FailuresPerMinute: 10})
 			if err == nil {
 				t.Fatalf("New = %v, nil; want error", a)
 			}
@@ -70,7 +70,7 @@ func TestNewRejectsBadFiles(t *testing.T) {
 
 func TestNewMissingFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "nope")
-	_, err := New(Options{File: path})
+	_, err := New(Options{File: path, FailuresPerMinute: 10})
 	if err == nil || !strings.Contains(err.Error(), path) || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("New err = %v, want not-exist error naming %s", err, path)
 	}
@@ -83,11 +83,12 @@ func TestNewOptions(t *testing.T) {
 		opts    Options
 		wantErr bool
 	}{
-		{"defaults", Options{File: path}, false},
+		{"defaults", Options{File: path, FailuresPerMinute: 10}, false},
+		{"no rate", Options{File: path}, true},
 		{"no file", Options{}, true},
 		{"negative rate", Options{File: path, FailuresPerMinute: -1}, true},
-		{"negative burst", Options{File: path, FailureBurst: -1}, true},
-		{"negative cache size", Options{File: path, CacheSize: -1}, true},
+		{"negative burst", Options{File: path, FailuresPerMinute: 10, FailureBurst: -1}, true},
+		{"negative cache size", Options{File: path, FailuresPerMinute: 10, CacheSize: -1}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -20,7 +20,7 @@ func TestNewCAWriteLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadCA of a NewCA pair: %v", err)
 	}
-	m, err := NewMinter(c2, k2, MinterOptions{})
+	m, err := NewMinter(c2, k2, MinterOptions{Validity: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,21 +27,19 @@ import (
 )
 
 const (
-	defaultValidity  = 24 * time.Hour
-	defaultCacheSize = 1024
 	// backdate is how far a leaf's NotBefore precedes its minting, for
 	// clients whose clocks run behind.
 	backdate = time.Hour
 )
 
-// MinterOptions tune a Minter. The zero value is usable.
+// MinterOptions tune a Minter. Their defaults are the settings' (see
+// internal/config), not restated here.
 type MinterOptions struct {
-	// Validity is how long a leaf stays valid after it is minted; default
-	// 24h. NotBefore is backdated 1h for clock skew (but not before the
+	// Validity is how long a leaf stays valid after it is minted; required. NotBefore is backdated 1h for clock skew (but not before the
 	// CA's NotBefore) and NotAfter never goes beyond the CA's NotAfter.
 	Validity time.Duration
-	// CacheSize bounds the number of cached leaves; default 1024. The least
-	// recently used leaf is evicted first.
+	// CacheSize bounds the number of cached leaves; zero caches none. The
+	// least recently used leaf is evicted first.
 	CacheSize int
 	// Now, if non-nil, is the clock; if nil, time.Now.
 	Now func() time.Time
@@ -85,8 +83,8 @@ func NewMinter(caCert *x509.Certificate, caKey crypto.Signer, opts MinterOptions
 	if !keyMatches(caCert, caKey) {
 		return nil, errors.New("inspect: ca key does not match the certificate")
 	}
-	if opts.Validity < 0 {
-		return nil, fmt.Errorf("inspect: negative leaf validity %v", opts.Validity)
+	if opts.Validity <= 0 {
+		return nil, fmt.Errorf("inspect: leaf validity %v is not positive", opts.Validity)
 	}
 	if opts.CacheSize < 0 {
 		return nil, fmt.Errorf("inspect: negative cache size %d", opts.CacheSize)
@@ -116,12 +114,6 @@ func NewMinter(caCert *x509.Certificate, caKey crypto.Signer, opts MinterOptions
 		now:      opts.Now,
 		size:     opts.CacheSize,
 		entries:  make(map[string]*list.Element),
-	}
-	if m.validity == 0 {
-		m.validity = defaultValidity
-	}
-	if m.size == 0 {
-		m.size = defaultCacheSize
 	}
 	if m.now == nil {
 		m.now = time.Now

@@ -25,6 +25,14 @@ func newClock() *fakeclock.Clock { return fakeclock.New(time.Now()) }
 
 func newMinter(t testing.TB, ca *x509.Certificate, key crypto.Signer, opts MinterOptions) *Minter {
 	t.Helper()
+	// The settings' defaults (GATEWAY_INSPECT_LEAF_VALIDITY and
+	// GATEWAY_INSPECT_CACHE_SIZE) where a test names neither.
+	if opts.Validity == 0 {
+		opts.Validity = 24 * time.Hour
+	}
+	if opts.CacheSize == 0 {
+		opts.CacheSize = 1024
+	}
 	m, err := NewMinter(ca, key, opts)
 	if err != nil {
 		t.Fatalf("NewMinter: %v", err)
@@ -122,7 +130,7 @@ func TestCertificateVerifies(t *testing.T) {
 					if want := now.Add(-backdate).Truncate(time.Second); !leaf.NotBefore.Equal(want) {
 						t.Errorf("NotBefore: got %v, want %v", leaf.NotBefore, want)
 					}
-					if want := now.Add(defaultValidity).Truncate(time.Second); !leaf.NotAfter.Equal(want) {
+					if want := now.Add(24 * time.Hour).Truncate(time.Second); !leaf.NotAfter.Equal(want) {
 						t.Errorf("NotAfter: got %v, want %v", leaf.NotAfter, want)
 					}
 				})
@@ -178,8 +186,9 @@ func TestNewMinterErrors(t *testing.T) {
 		{"nil ca", nil, key, MinterOptions{}, "nil CA"},
 		{"not a CA", leaf, leafKey, MinterOptions{}, "not a CA"},
 		{"key mismatch", ca, otherKey, MinterOptions{}, "does not match"},
-		{"negative validity", ca, key, MinterOptions{Validity: -time.Second}, "negative leaf validity"},
-		{"negative cache size", ca, key, MinterOptions{CacheSize: -1}, "negative cache size"},
+		{"negative validity", ca, key, MinterOptions{Validity: -time.Second}, "not positive"},
+		{"no validity", ca, key, MinterOptions{}, "not positive"},
+		{"negative cache size", ca, key, MinterOptions{Validity: time.Hour, CacheSize: -1}, "negative cache size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -91,7 +91,7 @@ func Start(opts Options) (*Lab, error) {
 	}
 	l.CAPool = x509.NewCertPool()
 	l.CAPool.AddCert(caCert)
-	minter, err := inspect.NewMinter(caCert, caKey, inspect.MinterOptions{Validity: 7 * 24 * time.Hour})
+	minter, err := inspect.NewMinter(caCert, caKey, inspect.MinterOptions{Validity: 7 * 24 * time.Hour, CacheSize: 1024})
 	if err != nil {
 		return nil, err
 	}

@@ -573,7 +573,7 @@ func TestAdversarialDNSAnswers(t *testing.T) {
 func newUncachedGateway(t *testing.T, w *advWorld) (addr string, srv *Server) {
 	t.Helper()
 	res, err := resolver.New(resolver.Options{Servers: []string{w.dns.Addr}, Timeout: time.Second,
-		MinTTL: time.Millisecond, MaxTTL: time.Millisecond, NegativeTTL: time.Millisecond})
+		MinTTL: time.Millisecond, MaxTTL: time.Millisecond, NegativeTTL: time.Millisecond, CacheSize: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -202,7 +202,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		w.dns.Set(n, "127.0.0.1")
 	}
 
-	res, err := resolver.New(resolver.Options{Servers: []string{w.dns.Addr}, Timeout: time.Second})
+	res, err := resolver.New(resolver.Options{Servers: []string{w.dns.Addr}, Timeout: time.Second, CacheSize: 1000, MaxTTL: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +240,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	var inspector Inspector
 	if o.inspect {
 		w.inspectCA = testutil.NewCA(t)
-		m, err := inspect.NewMinter(w.inspectCA.Cert, w.inspectCA.Key, inspect.MinterOptions{})
+		m, err := inspect.NewMinter(w.inspectCA.Cert, w.inspectCA.Key, inspect.MinterOptions{Validity: 24 * time.Hour, CacheSize: 1024})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -252,7 +252,7 @@ func newWorld(t testing.TB, o worldOptions) *world {
 		if err := os.WriteFile(f, []byte(o.htpasswd), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		a, err := auth.New(auth.Options{File: f, FailureBurst: 5})
+		a, err := auth.New(auth.Options{File: f, FailuresPerMinute: 10, FailureBurst: 5})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -40,6 +40,9 @@ func (c *cache) get(host string, now time.Time) ([]netip.Addr, error, bool) {
 
 // put stores an outcome for host, valid for ttl from now.
 func (c *cache) put(host string, addrs []netip.Addr, err error, now time.Time, ttl time.Duration) {
+	if c.max == 0 || ttl <= 0 {
+		return // caching is off, or the answer may not be kept (TTL 0, RFC 1035 section 3.2.1)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.entries[host]; !ok && len(c.entries) >= c.max {

@@ -14,15 +14,17 @@ func TestNew(t *testing.T) {
 		opts    Options
 		wantErr bool
 	}{
-		{name: "valid IPv4", opts: Options{Servers: []string{"127.0.0.1:53"}}},
-		{name: "valid IPv6", opts: Options{Servers: []string{"[::1]:53", "127.0.0.53:5353"}}},
+		{name: "valid IPv4", opts: Options{Servers: []string{"127.0.0.1:53"}, Timeout: time.Second}},
+		{name: "valid IPv6", opts: Options{Servers: []string{"[::1]:53", "127.0.0.53:5353"}, Timeout: time.Second}},
+		{name: "no timeout", opts: Options{Servers: []string{"127.0.0.1:53"}}, wantErr: true},
+		{name: "min ttl without max ttl", opts: Options{Servers: []string{"127.0.0.1:53"}, Timeout: time.Second, MinTTL: time.Hour}},
 		{name: "no servers", opts: Options{}, wantErr: true},
 		{name: "name instead of IP", opts: Options{Servers: []string{"dns.example:53"}}, wantErr: true},
 		{name: "missing port", opts: Options{Servers: []string{"127.0.0.1"}}, wantErr: true},
 		{name: "port zero", opts: Options{Servers: []string{"127.0.0.1:0"}}, wantErr: true},
 		{name: "negative timeout", opts: Options{Servers: []string{"127.0.0.1:53"}, Timeout: -1}, wantErr: true},
 		{name: "negative cache size", opts: Options{Servers: []string{"127.0.0.1:53"}, CacheSize: -1}, wantErr: true},
-		{name: "min above max", opts: Options{Servers: []string{"127.0.0.1:53"}, MinTTL: time.Hour, MaxTTL: time.Minute}, wantErr: true},
+		{name: "min above max", opts: Options{Servers: []string{"127.0.0.1:53"}, Timeout: time.Second, MinTTL: time.Hour, MaxTTL: time.Minute}, wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -65,7 +67,7 @@ func TestServersFromResolvConf(t *testing.T) {
 				t.Errorf("ServersFromResolvConf = %q, want %q", got, tt.want)
 			}
 			if err == nil {
-				if _, err := New(Options{Servers: got}); err != nil {
+				if _, err := New(Options{Servers: got, Timeout: time.Second}); err != nil {
 					t.Errorf("New(Servers: %q) error = %v, want nil", got, err)
 				}
 			}

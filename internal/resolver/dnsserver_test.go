@@ -245,8 +245,17 @@ func newFakeClock() *fakeclock.Clock {
 
 // newTestResolver builds a Resolver and makes the test wait for its background
 // lookups before goroutine leak checks.
+// newTestResolver builds a Resolver from opts; a zero CacheSize becomes 100
+// (the tests' own choice), so tests see caching unless they turn it off with
+// noCache.
 func newTestResolver(t testing.TB, opts Options) *Resolver {
 	t.Helper()
+	switch opts.CacheSize {
+	case 0:
+		opts.CacheSize = 100
+	case noCache:
+		opts.CacheSize = 0
+	}
 	r, err := New(opts)
 	if err != nil {
 		t.Fatalf("New(%+v): %v", opts, err)
@@ -254,3 +263,6 @@ func newTestResolver(t testing.TB, opts Options) *Resolver {
 	t.Cleanup(r.flights.Wait)
 	return r
 }
+
+// noCache, as a test's Options.CacheSize, builds a Resolver that caches nothing.
+const noCache = -1 << 31

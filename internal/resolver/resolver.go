@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"strings"
@@ -49,11 +50,6 @@ var (
 
 // Defaults applied by New for zero Options fields.
 const (
-	defaultTimeout     = 2 * time.Second
-	defaultMinTTL      = 5 * time.Second
-	defaultMaxTTL      = 5 * time.Minute
-	defaultNegativeTTL = 5 * time.Second
-	defaultCacheSize   = 10000
 
 	// ednsBufferSize is the EDNS0 UDP payload size recommended by DNS Flag Day 2020.
 	ednsBufferSize = 1232
@@ -61,15 +57,17 @@ const (
 	maxCNAMEHops = 16
 )
 
-// Options configures a Resolver. Servers is required; zero values of the other
-// fields select the documented defaults.
+// Options configures a Resolver. Servers and Timeout are required. The other
+// fields have no defaults of their own (the gateway's settings state them
+// once, in internal/config): a zero value turns the feature off, as each field
+// says.
 type Options struct {
 	Servers     []string      // "ip:port" of DNS servers, tried in order; required, each must be a literal IP:port
-	Timeout     time.Duration // per query attempt (UDP and the TCP retry each get one); default 2s
-	MinTTL      time.Duration // lower clamp for positive answers; default 5s
-	MaxTTL      time.Duration // upper clamp for positive answers; default 5m
-	NegativeTTL time.Duration // how long failures (NXDOMAIN, SERVFAIL, no records) are cached; default 5s
-	CacheSize   int           // max cached names; default 10000
+	Timeout     time.Duration // per query attempt (UDP and the TCP retry each get one); required, positive
+	MinTTL      time.Duration // lower clamp for positive answers; zero: no floor (a TTL of 0 is not cached)
+	MaxTTL      time.Duration // upper clamp for positive answers; zero: no ceiling (the answer's TTL stands)
+	NegativeTTL time.Duration // how long failures (NXDOMAIN, SERVFAIL, no records) are cached; zero: not cached
+	CacheSize   int           // max cached names; zero: nothing is cached
 	// Now, if non-nil, is used as the clock for cache expiry; if nil, time.Now is used. (for tests)
 	Now func() time.Time
 	// Observe, if non-nil, is called once per name lookup with its result
@@ -125,39 +123,33 @@ func New(opts Options) (*Resolver, error) {
 			return nil, fmt.Errorf("resolver: negative %s %v", d.name, d.v)
 		}
 	}
+	if opts.Timeout == 0 {
+		// miekg/dns would substitute its own 2s for a zero timeout: a
+		// default stated a second time, out of sight; refuse instead.
+		return nil, errors.New("resolver: no query timeout")
+	}
 	if opts.CacheSize < 0 {
 		return nil, fmt.Errorf("resolver: negative cache size %d", opts.CacheSize)
 	}
 	r := &Resolver{
 		servers:     servers,
-		timeout:     orDefault(opts.Timeout, defaultTimeout),
-		minTTL:      orDefault(opts.MinTTL, defaultMinTTL),
-		maxTTL:      orDefault(opts.MaxTTL, defaultMaxTTL),
-		negativeTTL: orDefault(opts.NegativeTTL, defaultNegativeTTL),
+		timeout:     opts.Timeout,
+		minTTL:      opts.MinTTL,
+		maxTTL:      opts.MaxTTL,
+		negativeTTL: opts.NegativeTTL,
 		now:         opts.Now,
 		observe:     opts.Observe,
 	}
-	if r.minTTL > r.maxTTL {
+	if r.maxTTL > 0 && r.minTTL > r.maxTTL {
 		return nil, fmt.Errorf("resolver: min ttl %v above max ttl %v", r.minTTL, r.maxTTL)
 	}
 	if r.now == nil {
 		r.now = time.Now
 	}
-	size := opts.CacheSize
-	if size == 0 {
-		size = defaultCacheSize
-	}
-	r.cache = newCache(size)
+	r.cache = newCache(opts.CacheSize)
 	r.udp = &dns.Client{Net: "udp", UDPSize: ednsBufferSize, Timeout: r.timeout}
 	r.tcp = &dns.Client{Net: "tcp", Timeout: r.timeout}
 	return r, nil
-}
-
-func orDefault(v, def time.Duration) time.Duration {
-	if v == 0 {
-		return def
-	}
-	return v
 }
 
 // Resolve returns the A and AAAA addresses of host (a normalised, lower-case
@@ -269,11 +261,14 @@ func (r *Resolver) lookup(ctx context.Context, host string) ([]netip.Addr, strin
 	if len(a.addrs)+len(aaaa.addrs) > 0 {
 		addrs := make([]netip.Addr, 0, len(a.addrs)+len(aaaa.addrs))
 		addrs = append(append(addrs, a.addrs...), aaaa.addrs...)
-		ttl := r.maxTTL
+		ttl := time.Duration(math.MaxInt64)
 		for _, f := range []familyResult{a, aaaa} {
 			if len(f.addrs) > 0 {
 				ttl = min(ttl, f.ttl)
 			}
+		}
+		if r.maxTTL > 0 {
+			ttl = min(ttl, r.maxTTL)
 		}
 		ttl = max(ttl, r.minTTL)
 		r.cache.put(host, addrs, nil, r.now(), ttl)

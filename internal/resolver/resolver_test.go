@@ -118,8 +118,9 @@ func TestResolveTTLCache(t *testing.T) {
 			expiredAt:     11 * time.Second,
 		},
 		{
-			name:          "zero TTL clamped to default MinTTL",
+			name:          "zero TTL clamped up to MinTTL",
 			records:       []string{"n.example. 0 IN A 192.0.2.1"},
+			minTTL:        5 * time.Second,
 			stillCachedAt: 4 * time.Second,
 			expiredAt:     6 * time.Second,
 		},
@@ -131,10 +132,10 @@ func TestResolveTTLCache(t *testing.T) {
 			expiredAt:     5*time.Minute + time.Second,
 		},
 		{
-			name:          "clamped down to default MaxTTL",
+			name:          "no MaxTTL: the answer's TTL stands",
 			records:       []string{"n.example. 86400 IN A 192.0.2.1"},
-			stillCachedAt: 5*time.Minute - time.Second,
-			expiredAt:     5*time.Minute + time.Second,
+			stillCachedAt: 24*time.Hour - time.Second,
+			expiredAt:     24*time.Hour + time.Second,
 		},
 	}
 	for _, tt := range tests {
@@ -433,5 +434,43 @@ func TestResolveObserve(t *testing.T) {
 	want := []string{"success", "cache_hit", "nxdomain", "servfail"}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("observed %v, want %v", got, want)
+	}
+}
+
+// TestZeroOptionsTurnCachingOff: the package has no defaults of its own, so a
+// zero cache size, MinTTL or NegativeTTL means "not cached", never a hidden
+// value (the gateway's defaults live in internal/config's env tags).
+func TestZeroOptionsTurnCachingOff(t *testing.T) {
+	tests := []struct {
+		name   string
+		opts   Options
+		setup  func(*dnsServer)
+		host   string
+		failed bool
+	}{
+		{name: "zero cache size", opts: Options{CacheSize: noCache, MinTTL: time.Minute}, host: "n.example",
+			setup: func(s *dnsServer) { s.add(t, "n.example. 300 IN A 192.0.2.1") }},
+		{name: "zero MinTTL and a TTL of 0", host: "n.example",
+			setup: func(s *dnsServer) { s.add(t, "n.example. 0 IN A 192.0.2.1") }},
+		{name: "zero NegativeTTL", host: "neg.example", failed: true,
+			setup: func(s *dnsServer) { s.setNXDOMAIN("neg.example") }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := newDNSServer(t)
+			tt.setup(srv)
+			opts := tt.opts
+			opts.Servers, opts.Timeout = []string{srv.addr}, time.Second
+			r := newTestResolver(t, opts)
+			for i := range 2 {
+				_, err := r.Resolve(context.Background(), tt.host)
+				if gotFailed := err != nil; gotFailed != tt.failed {
+					t.Fatalf("lookup %d: err = %v, want failure %v", i, err, tt.failed)
+				}
+			}
+			if got := srv.count(tt.host, dns.TypeA, ""); got != 2 {
+				t.Errorf("A queries for two lookups = %d, want 2 (nothing cached)", got)
+			}
+		})
 	}
 }

@@ -30,7 +30,9 @@ type Options struct {
 	// for this long. Zero means no idle limit.
 	IdleTimeout time.Duration
 	// HalfCloseTimeout bounds how long one direction may keep flowing after
-	// the other has finished cleanly (half-close). Zero means 30s.
+	// the other has finished cleanly (half-close). Zero means no bound
+	// beyond IdleTimeout (the gateway's default is its setting's, stated in
+	// internal/config).
 	HalfCloseTimeout time.Duration
 	// Splice, if non-nil, lets a bulk transfer between two TCP connections
 	// move by splice(2), kernel to kernel (Linux): once a read fills the
@@ -124,9 +126,6 @@ func StartVerified(client, upstream net.Conn, pending []byte, opts Options, chec
 }
 
 func start(client, upstream net.Conn, pending []byte, opts Options, check func(Hello) error, done func(Stats)) {
-	if opts.HalfCloseTimeout <= 0 {
-		opts.HalfCloseTimeout = 30 * time.Second
-	}
 	r := &relay{opts: opts, start: time.Now(), client: client, upstream: upstream, done: done}
 	r.touch()
 	if check != nil && len(pending) > 0 {
@@ -312,7 +311,9 @@ func (r *relay) writeTimedOut() error {
 // are bounded by the linger. An error ends the other direction at once.
 func (r *relay) finished(src, other net.Conn, err error) {
 	if err == nil {
-		r.lingerUntil.CompareAndSwap(0, time.Now().Add(r.opts.HalfCloseTimeout).UnixNano())
+		if r.opts.HalfCloseTimeout > 0 {
+			r.lingerUntil.CompareAndSwap(0, time.Now().Add(r.opts.HalfCloseTimeout).UnixNano())
+		}
 		other.SetReadDeadline(r.readDeadline())
 		src.SetWriteDeadline(r.writeDeadline())
 		return

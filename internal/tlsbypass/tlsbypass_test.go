@@ -458,6 +458,28 @@ func testRelayHalfCloseLinger(t *testing.T, pipes *Pipes) {
 	}
 }
 
+// TestRelayNoHalfCloseTimeout: a zero HalfCloseTimeout sets no linger of its
+// own (the package restates no default): after a half-close the other
+// direction lasts until the idle limit ends it.
+func TestRelayNoHalfCloseTimeout(t *testing.T) { eachCopy(t, testRelayNoHalfCloseTimeout) }
+
+func testRelayNoHalfCloseTimeout(t *testing.T, pipes *Pipes) {
+	tn := newTunnelCopy(t, pipes)
+	a, b := tn.end(clientSide), tn.end(upstreamSide)
+	ch := tn.relay(nil, Options{IdleTimeout: 300 * time.Millisecond})
+	if err := a.CloseWrite(); err != nil {
+		t.Fatalf("client CloseWrite: %v", err)
+	}
+	wantEOF(t, "upstream", b)
+	st, ok := tn.wait(t, ch, bound)
+	if !ok {
+		return
+	}
+	if st.End != "idle-timeout" {
+		t.Errorf("Stats End = %q (%v), want \"idle-timeout\": no half-close linger without HalfCloseTimeout", st.End, st.Err)
+	}
+}
+
 // TestRelayHalfCloseLingerStalledWriter: after one side half-closes, the
 // other direction must end within HalfCloseTimeout even when it is stuck
 // writing to a peer that does not read (Options.HalfCloseTimeout: "bounds how
