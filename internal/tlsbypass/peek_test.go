@@ -2,15 +2,9 @@ package tlsbypass
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	mrand "math/rand/v2"
 	"net"
 	"slices"
@@ -19,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/defendergw/gateway/internal/testutil"
 )
 
 // peekPair returns a connected loopback TCP pair: peer plays the tunnel's
@@ -96,35 +92,6 @@ func peekReframe(records []byte, size int) []byte {
 	return out
 }
 
-// peekCert returns a self-signed certificate for "peek.test" and a pool
-// trusting it.
-func peekCert(tb testing.TB) (tls.Certificate, *x509.CertPool) {
-	tb.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "peek.test"},
-		DNSNames:     []string{"peek.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
-}
 
 type peekResult struct {
 	hello Hello
@@ -463,7 +430,8 @@ func TestPeekClientHelloPendingCompleteNoRead(t *testing.T) {
 // relaying the rest completes the client's handshake with that server's cert.
 func TestPeekClientHelloReplayLossless(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	cert, pool := peekCert(t)
+	ca := testutil.NewCA(t)
+	cert, pool := ca.Leaf(t, "peek.test"), ca.Pool
 	for _, tc := range []struct {
 		name    string
 		pending int // bytes the gateway read itself before peeking
@@ -554,7 +522,7 @@ func TestPeekClientHelloReplayLossless(t *testing.T) {
 			if r.err != nil {
 				t.Fatalf("client through replayed tunnel: %v", r.err)
 			}
-			if got := r.state.PeerCertificates; len(got) == 0 || !got[0].Equal(cert.Leaf) {
+			if got := r.state.PeerCertificates; len(got) == 0 || !bytes.Equal(got[0].Raw, cert.Certificate[0]) {
 				t.Errorf("client did not see the real server's certificate")
 			}
 			if r.state.NegotiatedProtocol != "h2" || r.reply != "echo:ping" {
