@@ -34,8 +34,11 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	gatewayBin = filepath.Join(dir, "gateway")
-	out, err := exec.Command("go", "build", "-o", gatewayBin, ".").CombinedOutput()
-	if err != nil {
+	if bin := os.Getenv(testBinEnv); bin != "" {
+		// A re-run of this test binary inside a network namespace
+		// (netns_test.go) reuses the parent's build.
+		gatewayBin = bin
+	} else if out, err := exec.Command("go", "build", "-o", gatewayBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building gateway: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -211,11 +214,14 @@ func TestCatalogCLI(t *testing.T) {
 
 // servedGateway is the real binary serving on loopback.
 type servedGateway struct {
-	cmd    *exec.Cmd
-	addr   string
-	admin  string
-	stderr *bytes.Buffer
-	lines  chan string
+	cmd   *exec.Cmd
+	addr  string
+	admin string
+	// transparent lists the GATEWAY_TRANSPARENT_LISTEN addresses, comma
+	// separated ("" if none).
+	transparent string
+	stderr      *bytes.Buffer
+	lines       chan string
 }
 
 // startGateway starts the binary and waits for its "gateway listening" line.
@@ -257,12 +263,13 @@ func startGatewayCmd(t *testing.T, cmd *exec.Cmd, env ...string) *servedGateway 
 			}
 			g.stderr.WriteString(l + "\n")
 			var m struct {
-				Msg    string `json:"msg"`
-				Listen string `json:"listen"`
-				Admin  string `json:"admin"`
+				Msg         string `json:"msg"`
+				Listen      string `json:"listen"`
+				Admin       string `json:"admin"`
+				Transparent string `json:"transparent"`
 			}
 			if json.Unmarshal([]byte(l), &m) == nil && m.Msg == "gateway listening" {
-				g.addr, g.admin = m.Listen, m.Admin
+				g.addr, g.admin, g.transparent = m.Listen, m.Admin, m.Transparent
 			}
 		case <-deadline:
 			t.Fatalf("gateway did not start:\n%s", g.stderr)

@@ -73,13 +73,20 @@ type Config struct {
 	// Prometheus's own 9090 and its exporters' 9100-9999 (fully allocated:
 	// https://github.com/prometheus/prometheus/wiki/Default-port-allocations),
 	// and from Squid's 3129 (intercept) and 3130 (ICP).
-	AdminListen      string        `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:3138"`
-	AccessLog        string        `env:"ACCESS_LOG" envDefault:"stdout"`
-	AccessLogFormat  eventFormat   `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
-	DNSProbeInterval time.Duration `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
-	ReloadInterval   time.Duration `env:"RELOAD_INTERVAL" envDefault:"5s"`
-	ShutdownGrace    time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
-	ShutdownDelay    time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
+	AdminListen string `env:"ADMIN_LISTEN" envDefault:"127.0.0.1:3138"`
+	// TransparentListen is off (empty) by default: intercepting needs
+	// netfilter rules the operator writes.
+	TransparentListen []string `env:"TRANSPARENT_LISTEN" envSeparator:","`
+	// TransparentStrictDestination is off by default: endpoints and the
+	// gateway often get different answers for Microsoft's load-balanced
+	// names, and the gateway dials only addresses it resolved itself.
+	TransparentStrictDestination bool          `env:"TRANSPARENT_STRICT_DESTINATION" envDefault:"false"`
+	AccessLog                    string        `env:"ACCESS_LOG" envDefault:"stdout"`
+	AccessLogFormat              eventFormat   `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
+	DNSProbeInterval             time.Duration `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
+	ReloadInterval               time.Duration `env:"RELOAD_INTERVAL" envDefault:"5s"`
+	ShutdownGrace                time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
+	ShutdownDelay                time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 	// UpstreamCheckInterval is off (0) by default: a gateway reaches out
 	// on its own only when told to.
 	UpstreamCheckInterval time.Duration `env:"UPSTREAM_CHECK_INTERVAL" envDefault:"0s"`
@@ -183,6 +190,7 @@ func (c *Config) compact() {
 	c.UnlistedPorts = slices.DeleteFunc(c.UnlistedPorts, func(p port) bool { return p == 0 })
 	c.DisabledServices = trimList(c.DisabledServices)
 	c.DNSServers = trimList(c.DNSServers)
+	c.TransparentListen = trimList(c.TransparentListen)
 }
 
 func (c *Config) checkListeners() error {
@@ -192,6 +200,14 @@ func (c *Config) checkListeners() error {
 	if c.AdminListen != "off" {
 		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
 			return fmt.Errorf("GATEWAY_ADMIN_LISTEN: %q is not host:port (or off): %v", c.AdminListen, err)
+		}
+	}
+	for i, a := range c.TransparentListen {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("GATEWAY_TRANSPARENT_LISTEN: %q is not host:port: %v", a, err)
+		}
+		if slices.Contains(c.TransparentListen[:i], a) {
+			return fmt.Errorf("GATEWAY_TRANSPARENT_LISTEN: %q is listed twice", a)
 		}
 	}
 	if c.PublicAddr != "" {

@@ -39,6 +39,7 @@ import (
 	"github.com/defendergw/gateway/internal/status"
 	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/tlsbypass"
+	"github.com/defendergw/gateway/internal/transparent"
 	"github.com/defendergw/gateway/internal/upcheck"
 )
 
@@ -76,6 +77,10 @@ type Gateway struct {
 	limit   *proxy.ConnLimiter
 	ln      net.Listener
 	adminLn net.Listener
+	// transparentLns are the GATEWAY_TRANSPARENT_LISTEN listeners, served
+	// by transparent.
+	transparentLns []net.Listener
+	transparent    *proxy.Transparent
 
 	shuttingDown atomic.Bool
 	dnsErr       atomic.Pointer[error] // last DNS probe result; errNoDNSAnswerYet until the first
@@ -165,6 +170,14 @@ func New(o Options) (_ *Gateway, err error) {
 		return nil, fmt.Errorf("GATEWAY_LISTEN: %w", err)
 	}
 	self := []netip.AddrPort{addrPort(g.ln.Addr())}
+	for _, a := range cfg.TransparentListen {
+		tln, err := lc.Listen(context.Background(), "tcp", a)
+		if err != nil {
+			return nil, fmt.Errorf("GATEWAY_TRANSPARENT_LISTEN: %w", err)
+		}
+		g.transparentLns = append(g.transparentLns, tln)
+		self = append(self, addrPort(tln.Addr()))
+	}
 	if cfg.AdminListen != "off" {
 		if g.adminLn, err = net.Listen("tcp", cfg.AdminListen); err != nil {
 			return nil, fmt.Errorf("GATEWAY_ADMIN_LISTEN: %w", err)
@@ -231,6 +244,15 @@ func New(o Options) (_ *Gateway, err error) {
 	}
 	if g.srv, err = proxy.New(opts); err != nil {
 		return nil, err
+	}
+	if len(g.transparentLns) > 0 {
+		if g.transparent, err = g.srv.NewTransparent(proxy.TransparentOptions{
+			OriginalDst:       transparent.OriginalDst,
+			StrictDestination: cfg.TransparentStrictDestination,
+			HTTP:              g.httpServer(),
+		}); err != nil {
+			return nil, err
+		}
 	}
 	return g, nil
 }
@@ -470,20 +492,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	hs := &http.Server{
-		Handler:           g.srv,
-		ReadHeaderTimeout: g.cfg.ReadHeaderTimeout,
-		IdleTimeout:       g.cfg.ClientIdleTimeout,
-		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
-		// Hijacked connections (tunnels) are released by the proxy when
-		// they end; every other connection when the server closes it.
-		ConnState: func(c net.Conn, s http.ConnState) {
-			if s == http.StateClosed {
-				g.limit.Release(c)
-			}
-		},
-	}
+	hs := g.httpServer()
 	var as *http.Server
 	if g.adminLn != nil {
 		as = &http.Server{
@@ -512,15 +521,23 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.adminLn != nil {
 		adminAddr = g.adminLn.Addr().String()
 	}
-	g.log.Info("gateway listening", "listen", g.ln.Addr().String(), "admin", adminAddr, "version", g.version,
+	var transparentAddrs []string
+	for _, a := range g.TransparentAddrs() {
+		transparentAddrs = append(transparentAddrs, a.String())
+	}
+	g.log.Info("gateway listening", "listen", g.ln.Addr().String(), "admin", adminAddr,
+		"transparent", strings.Join(transparentAddrs, ","), "version", g.version,
 		"catalog_version", p.Version(), "catalog_source", g.cfg.CatalogOrigin(),
 		"catalog_published", p.Published().Format(time.DateOnly), "cloud", p.Cloud().String(),
 		"geographies", strings.Join(geos, ","), "rules", len(p.Rules()),
 		"blob_scope", p.BlobScope().String(), "inspection", g.cfg.InspectCACert != "", "mode", g.cfg.Mode,
 		"unlisted", g.cfg.Unlisted, "authentication", g.authn != nil)
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 1+len(g.transparentLns))
 	go func() { errc <- hs.Serve(g.limit.Listener(g.ln)) }()
+	for _, tln := range g.transparentLns {
+		go func() { errc <- g.transparent.Serve(g.limit.Listener(tln)) }()
+	}
 	for {
 		select {
 		case err := <-errc:
@@ -543,12 +560,37 @@ func (g *Gateway) Run(ctx context.Context) error {
 	}
 }
 
+// httpServer is the proxy port's HTTP server (the transparent listener's
+// plain-HTTP server takes its settings).
+func (g *Gateway) httpServer() *http.Server {
+	return &http.Server{
+		Handler:           g.srv,
+		ReadHeaderTimeout: g.cfg.ReadHeaderTimeout,
+		IdleTimeout:       g.cfg.ClientIdleTimeout,
+		MaxHeaderBytes:    g.cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelDebug),
+		// Hijacked connections (tunnels) are released by the proxy when
+		// they end; every other connection when the server closes it.
+		ConnState: func(c net.Conn, s http.ConnState) {
+			if s == http.StateClosed {
+				g.limit.Release(c)
+			}
+		},
+	}
+}
+
 func (g *Gateway) shutdown(hs, as *http.Server) error {
 	g.shuttingDown.Store(true)
 	time.Sleep(g.cfg.ShutdownDelay) // let load balancers see /readyz fail
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.ShutdownGrace)
 	defer cancel()
+	for _, tln := range g.transparentLns {
+		tln.Close()
+	}
 	hs.Shutdown(ctx) // stops accepting; waits for in-flight requests
+	if g.transparent != nil {
+		g.transparent.Shutdown(ctx)
+	}
 	if err := g.srv.Shutdown(ctx); err != nil {
 		g.log.Warn("closed tunnels still open at the end of the grace period", "grace", g.cfg.ShutdownGrace.String())
 	}
@@ -570,6 +612,9 @@ func (g *Gateway) Close() {
 	}
 	if g.adminLn != nil {
 		g.adminLn.Close()
+	}
+	for _, tln := range g.transparentLns {
+		tln.Close()
 	}
 	if g.events != nil {
 		g.events.Close()
@@ -615,6 +660,15 @@ func dataLocationNames() string {
 
 // Addr is the proxy listener's address.
 func (g *Gateway) Addr() net.Addr { return g.ln.Addr() }
+
+// TransparentAddrs are the transparent listeners' addresses.
+func (g *Gateway) TransparentAddrs() []net.Addr {
+	var as []net.Addr
+	for _, ln := range g.transparentLns {
+		as = append(as, ln.Addr())
+	}
+	return as
+}
 
 // AdminAddr is the admin listener's address, or nil when it is off.
 func (g *Gateway) AdminAddr() net.Addr {

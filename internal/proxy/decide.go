@@ -44,10 +44,17 @@ func stateFrom(ctx context.Context) *reqState {
 // Every refusal is an ordinary HTTP response (a 407 to a CONNECT can be
 // retried on the same connection), and every request is recorded once, in
 // the record st that this function builds.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.serveRequest(w, r, nil) }
+
+// serveRequest is ServeHTTP; ic is non-nil for a plain-HTTP request the
+// transparent listener intercepted (rewritten to absolute form).
+func (s *Server) serveRequest(w http.ResponseWriter, r *http.Request, ic *intercept) {
 	now := time.Now()
 	st := &reqState{proto: protoHTTP, method: r.Method, policy: s.opts.Policy(), raw: r.RequestURI}
-	if r.Method == http.MethodConnect {
+	switch {
+	case ic != nil:
+		st.proto, st.intercepted = protoTransparent, true
+	case r.Method == http.MethodConnect:
 		st.proto = protoConnect
 	}
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
@@ -85,6 +92,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.deadline = now.Add(s.opts.DialTimeout)
 		if r.Method == http.MethodConnect && st.mode != tlsbypass.Inspect && !st.decision.NoSNICheck {
 			st.deadline = st.deadline.Add(s.opts.ClientHelloTimeout)
+		}
+	}
+	if ic != nil && ic.strict {
+		// Strict destination checking: the address the client was going
+		// to must be one of the Host's.
+		ctx, cancel := withDeadline(r.Context(), st.deadline)
+		_, err := checkOriginal(ctx, s.opts.Dialer, st, ic.orig)
+		cancel()
+		if err != nil {
+			s.refuse(w, r, st, err)
+			return
 		}
 	}
 	if r.Method == http.MethodConnect {
@@ -187,12 +205,10 @@ func (s *Server) decide(r *http.Request, st *reqState) error {
 	if !st.decision.Allowed {
 		return st.decision.Err
 	}
-	if s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted || s.opts.AuthenticateAnonymous) {
-		// System-context Defender traffic (anonymous rows) is never
-		// challenged, with or without credentials: "make sure anonymous
-		// traffic is permitted in your proxy or firewall for the
-		// previously listed URLs" (Configure device proxy and Internet
-		// connectivity settings).
+	if st.intercepted && s.needsAuth(st) {
+		return errNoProxyAuth
+	}
+	if s.needsAuth(st) {
 		st.user, err = s.opts.Auth.Authenticate(r.Header.Get("Proxy-Authorization"), st.client)
 		s.observeAuth(err)
 		if err != nil {
@@ -204,6 +220,15 @@ func (s *Server) decide(r *http.Request, st *reqState) error {
 	}
 	st.mode = tlsbypass.Choose(&st.decision, s.opts.Inspector != nil)
 	return nil
+}
+
+// needsAuth reports whether the decided request must authenticate.
+// System-context Defender traffic (anonymous rows) is never challenged,
+// with or without credentials: "make sure anonymous traffic is permitted in
+// your proxy or firewall for the previously listed URLs" (Configure device
+// proxy and Internet connectivity settings).
+func (s *Server) needsAuth(st *reqState) bool {
+	return s.opts.Auth != nil && (!st.decision.Anonymous || st.decision.Unlisted || s.opts.AuthenticateAnonymous)
 }
 
 // answerOptions sets the headers of the gateway's own answer to an OPTIONS

@@ -65,6 +65,13 @@ func classify(err error) (reason.Code, int) {
 		rc = reason.ClientConnLimit
 	case errors.Is(err, ErrClientNotAllowed):
 		rc = reason.ClientNotAllowed
+	case errors.Is(err, ErrNoSNI):
+		rc = reason.NoSNI
+	case errors.Is(err, ErrDestinationMismatch):
+		rc = reason.DestinationMismatch
+	case errors.Is(err, errNoProxyAuth):
+		// No 407: an intercepted client does not know it is proxied.
+		return reason.AuthRequired, http.StatusForbidden
 	case errors.Is(err, errAuthInsideTunnel):
 		return reason.AuthRequired, http.StatusForbidden
 	case errors.Is(err, auth.ErrRateLimited):

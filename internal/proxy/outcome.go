@@ -44,17 +44,20 @@ const (
 // runs once, in fail.
 type reqState struct {
 	// What the front door decided.
-	proto    string         // protoConnect, protoHTTP or protoInspected
-	method   string         // the request method
-	clientAP netip.AddrPort // the client's address and port
-	client   netip.Addr     // clientAP's address, unmapped
-	policy   *allowlist.Policy
-	raw      string // request target as sent
-	target   allowlist.Target
-	decision allowlist.Decision
-	user     string
-	mode     tlsbypass.Mode
-	addrs    []netip.AddrPort // CONNECT: resolved and checked before answering
+	proto string // protoConnect, protoHTTP, protoInspected or protoTransparent
+	// intercepted marks a connection the transparent listener took: no
+	// proxy authentication can be asked of it.
+	intercepted bool
+	method      string         // the request method
+	clientAP    netip.AddrPort // the client's address and port
+	client      netip.Addr     // clientAP's address, unmapped
+	policy      *allowlist.Policy
+	raw         string // request target as sent
+	target      allowlist.Target
+	decision    allowlist.Decision
+	user        string
+	mode        tlsbypass.Mode
+	addrs       []netip.AddrPort // CONNECT: resolved and checked before answering
 	// deadline bounds the gateway's own work for this request: resolving
 	// and connecting (and, for a verified tunnel, the wait for its
 	// ClientHello in between). It is computed once, at the front door.
@@ -205,6 +208,9 @@ func (st *reqState) event() telemetry.Event {
 		f.Path = st.target.Path
 	}
 	f.PathUnchecked = d.PathUnchecked
+	if st.proto == protoTransparent {
+		f.Protocol = protoTransparent
+	}
 	f.SNI, f.BytesUp, f.BytesDown, f.Duration = st.sni, st.up, st.down, st.dur
 	if st.method == http.MethodConnect && st.status == http.StatusOK {
 		f.TLS = st.mode.String() // an opened (or verified-then-refused) tunnel

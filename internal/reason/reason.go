@@ -81,6 +81,14 @@ const (
 	Overloaded
 	// ClientConnLimit refuses a connection at GATEWAY_MAX_CONNS_PER_CLIENT.
 	ClientConnLimit
+	// NoSNI closes a connection the transparent listener took whose
+	// ClientHello names no server: without a name there is nothing to
+	// decide.
+	NoSNI
+	// DestinationMismatch closes a transparent connection whose original
+	// destination is not an address of the name its SNI or Host names
+	// (GATEWAY_TRANSPARENT_STRICT_DESTINATION=true).
+	DestinationMismatch
 
 	count // number of codes; keep last
 )
@@ -178,6 +186,12 @@ var table = [count]entry{
 		hint: "the gateway is serving its maximum number of connections (GATEWAY_MAX_CONNS); retry later."},
 	ClientConnLimit: {code: "client-conn-limit", status: http.StatusTooManyRequests, kind: Refused,
 		hint: "this client address has too many open connections (GATEWAY_MAX_CONNS_PER_CLIENT); retry later."},
+	NoSNI: {code: "no-sni", status: http.StatusForbidden, kind: Refused,
+		hint:   "the intercepted TLS connection named no server (SNI); the transparent listener decides by the name.",
+		advice: "the client sent TLS without a server name: connect by host name, not by address"},
+	DestinationMismatch: {code: "destination-mismatch", status: http.StatusForbidden, kind: Refused,
+		hint:   "the connection was addressed to an address %[1]s does not resolve to (GATEWAY_TRANSPARENT_STRICT_DESTINATION).",
+		advice: "the endpoint and the gateway resolve the name to different addresses: use the same DNS servers, or set GATEWAY_TRANSPARENT_STRICT_DESTINATION=false"},
 }
 
 func (c Code) entry() *entry {

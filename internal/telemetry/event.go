@@ -63,6 +63,9 @@ type AdditionalFields struct {
 	// PathUnchecked marks a raw tunnel allowed at host level by a
 	// path-limited row: its path is encrypted, so it was not decided.
 	PathUnchecked bool
+	// Protocol is "transparent" for a connection the transparent
+	// listener intercepted; empty (omitted) on the proxy port.
+	Protocol string
 }
 
 func (e *Event) method() string {
@@ -105,6 +108,7 @@ func AppendJSON(dst []byte, e *Event) []byte {
 	f := &e.Fields
 	n := len(dst)
 	dst = appendJSONField(dst, n, "decision", f.Decision)
+	dst = appendJSONField(dst, n, "protocol", f.Protocol)
 	dst = appendJSONField(dst, n, "outcome", f.Outcome)
 	dst = appendJSONField(dst, n, "service", f.Service)
 	dst = appendJSONField(dst, n, "geography", f.Geography)
