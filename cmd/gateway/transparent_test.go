@@ -29,7 +29,24 @@ import (
 const (
 	markLoose  = 1 // to the gateway with GATEWAY_TRANSPARENT_STRICT_DESTINATION=false
 	markStrict = 2 // to the gateway with it true
+	markTProxy = 3 // to the gateway with GATEWAY_TRANSPARENT_TPROXY=true (TPROXY rules)
 )
+
+// tproxyRules delivers marked connections to a transparent socket with
+// TPROXY, unchanged: the kernel's tproxy.rst recipe, in prerouting, which
+// loopback traffic passes on its way back in.
+func tproxyRules(t *testing.T, port uint16) {
+	mustRun(t, exec.Command("nft", "flush", "ruleset"))
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(fmt.Sprintf(`table inet gateway_test {
+	chain prerouting {
+		type filter hook prerouting priority mangle; policy accept;
+		meta l4proto tcp meta mark %d meta nfproto ipv4 tproxy ip to 127.0.0.1:%d
+	}
+}
+`, markTProxy, port))
+	mustRun(t, cmd)
+}
 
 // markedDial connects to addr from a socket carrying mark (0: none).
 func markedDial(addr string, mark int) (net.Conn, error) {
@@ -145,6 +162,9 @@ func TestTransparent(t *testing.T) {
 	loose := startGateway(t, append(env, "GATEWAY_TRANSPARENT_LISTEN=127.0.0.1:0,[::1]:0", "GATEWAY_ACCESS_LOG="+looseLog)...)
 	strict := startGateway(t, append(env, "GATEWAY_TRANSPARENT_LISTEN=127.0.0.1:0", "GATEWAY_ACCESS_LOG="+strictLog,
 		"GATEWAY_TRANSPARENT_STRICT_DESTINATION=true")...)
+	tproxyLog := filepath.Join(dir, "tproxy.log")
+	tproxy := startGateway(t, append(env, "GATEWAY_TRANSPARENT_LISTEN=127.0.0.1:0", "GATEWAY_ACCESS_LOG="+tproxyLog,
+		"GATEWAY_TRANSPARENT_TPROXY=true")...)
 	looseAddrs := strings.Split(loose.transparent, ",")
 	if len(looseAddrs) != 2 || strict.transparent == "" {
 		t.Fatalf("transparent listeners: got %q and %q, want two and one", loose.transparent, strict.transparent)
@@ -159,19 +179,7 @@ func TestTransparent(t *testing.T) {
 	loose4, loose6, strict4 := port(looseAddrs[0]), port(looseAddrs[1]), port(strict.transparent)
 
 	tlsPort, tls6Port, httpPort := tlsLn.Port(), tls6Ln.Port(), httpLn.Port()
-	tests := []struct {
-		name       string
-		mark       int
-		addr       string // where the client connects
-		tls        bool
-		serverName string // SNI, or the Host header
-		wantBody   string // success: the upstream's answer
-		wantErr    string // TLS refusal: the alert the client reads
-		wantStatus int    // plain HTTP refusal
-		wantReason string // the refusal's reason (header, or the access log)
-		upstream   *testutil.Listener
-		log        string
-	}{
+	tests := []transparentCase{
 		{name: "tls allowed", mark: markLoose, addr: fmt.Sprintf("127.0.0.3:%d", tlsPort), tls: true,
 			serverName: "tls.lab.test", wantBody: "tls upstream", upstream: tlsLn, log: looseLog},
 		{name: "tls to another address of no name: the gateway dials what it resolved", mark: markLoose,
@@ -210,64 +218,27 @@ func TestTransparent(t *testing.T) {
 			backend.rules(t, loose4, strict4, loose6)
 			for _, tc := range tests {
 				t.Run(tc.name, func(t *testing.T) {
-					before := tc.upstream.Accepted()
-					logged := countLines(t, tc.log)
-					c, err := markedDial(tc.addr, tc.mark)
-					if err != nil {
-						t.Fatal(err)
-					}
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(10 * time.Second))
-					var body, gotReason string
-					var status int
-					if tc.tls {
-						// No ServerName: no SNI, and nothing to verify.
-						tconn := tls.Client(c, &tls.Config{ServerName: tc.serverName, RootCAs: ca.Pool, InsecureSkipVerify: tc.serverName == ""})
-						err = tconn.Handshake()
-						c = tconn
-					}
-					if err == nil {
-						fmt.Fprintf(c, "GET /path HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", tc.serverName)
-						var resp *http.Response
-						if resp, err = http.ReadResponse(bufio.NewReader(c), nil); err == nil {
-							b, _ := io.ReadAll(resp.Body)
-							resp.Body.Close()
-							body, status, gotReason = string(b), resp.StatusCode, resp.Header.Get("X-Gateway-Reason")
-						}
-					}
-					c.Close() // a tunnel is recorded when it ends
-					switch {
-					case tc.wantBody != "":
-						if err != nil || body != tc.wantBody {
-							t.Fatalf("got %q %v, want %q", body, err, tc.wantBody)
-						}
-					case tc.wantErr != "":
-						if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-							t.Fatalf("TLS: got %v, want an alert %q", err, tc.wantErr)
-						}
-					default:
-						if status != tc.wantStatus || gotReason != tc.wantReason {
-							t.Fatalf("got %d %q (%v), want %d %q", status, gotReason, err, tc.wantStatus, tc.wantReason)
-						}
-					}
-					line := waitLogLine(t, tc.log, logged)
-					if !strings.Contains(line, `"protocol":"transparent"`) {
-						t.Errorf("access log line lacks the protocol: %s", line)
-					}
-					if tc.wantReason != "" {
-						if !strings.Contains(line, `"reason":"`+tc.wantReason+`"`) {
-							t.Errorf("access log line: want reason %s: %s", tc.wantReason, line)
-						}
-						if got := testutil.CountedSince(t, tc.upstream.Addr().String(), tc.upstream.Accepted, before); got != 0 {
-							t.Errorf("refused, yet the upstream saw %d connections", got)
-						}
-					} else if tc.tls && !strings.Contains(line, `"sni":"`+tc.serverName+`"`) {
-						t.Errorf("access log line lacks the SNI: %s", line)
-					}
+					tc.check(t, ca)
 				})
 			}
 		})
 	}
+	t.Run("tproxy", func(t *testing.T) {
+		tproxyRules(t, port(tproxy.transparent))
+		for _, tc := range []transparentCase{
+			{name: "tls allowed, to another address", mark: markTProxy, addr: fmt.Sprintf("127.0.0.5:%d", tlsPort), tls: true,
+				serverName: "tls.lab.test", wantBody: "tls upstream", upstream: tlsLn, log: tproxyLog},
+			{name: "tls sni not listed", mark: markTProxy, addr: fmt.Sprintf("127.0.0.5:%d", tlsPort), tls: true,
+				serverName: "other.lab.test", wantErr: "access denied", wantReason: "not-listed", upstream: tlsLn, log: tproxyLog},
+			{name: "http allowed", mark: markTProxy, addr: fmt.Sprintf("127.0.0.5:%d", httpPort),
+				serverName: "plain.lab.test", wantBody: fmt.Sprintf("http upstream plain.lab.test:%d /path", httpPort),
+				upstream: httpLn, log: tproxyLog},
+			{name: "not redirected", addr: tproxy.transparent, tls: true, serverName: "tls.lab.test",
+				wantErr: "handshake failure", wantReason: "bad-request", upstream: tlsLn, log: tproxyLog},
+		} {
+			t.Run(tc.name, func(t *testing.T) { tc.check(t, ca) })
+		}
+	})
 }
 
 // countLines counts the lines of the file at path (0 if it does not exist).
@@ -294,5 +265,80 @@ func waitLogLine(t *testing.T, path string, n int) string {
 			t.Fatalf("no access-log line %d in %s:\n%s", n+1, path, b)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// transparentCase is one connection through a transparent listener.
+type transparentCase struct {
+	name       string
+	mark       int
+	addr       string // where the client connects
+	tls        bool
+	serverName string // SNI, or the Host header
+	wantBody   string // success: the upstream's answer
+	wantErr    string // TLS refusal: the alert the client reads
+	wantStatus int    // plain HTTP refusal
+	wantReason string // the refusal's reason (header, or the access log)
+	upstream   *testutil.Listener
+	log        string
+}
+
+// check makes tc's connection and checks its answer, its access-log line
+// and, for a refusal, that the upstream saw nothing.
+func (tc transparentCase) check(t *testing.T, ca *testutil.CA) {
+	t.Helper()
+	before := tc.upstream.Accepted()
+	logged := countLines(t, tc.log)
+	c, err := markedDial(tc.addr, tc.mark)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	var body, gotReason string
+	var status int
+	if tc.tls {
+		// No ServerName: no SNI, and nothing to verify.
+		tconn := tls.Client(c, &tls.Config{ServerName: tc.serverName, RootCAs: ca.Pool, InsecureSkipVerify: tc.serverName == ""})
+		err = tconn.Handshake()
+		c = tconn
+	}
+	if err == nil {
+		fmt.Fprintf(c, "GET /path HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", tc.serverName)
+		var resp *http.Response
+		if resp, err = http.ReadResponse(bufio.NewReader(c), nil); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body, status, gotReason = string(b), resp.StatusCode, resp.Header.Get("X-Gateway-Reason")
+		}
+	}
+	c.Close() // a tunnel is recorded when it ends
+	switch {
+	case tc.wantBody != "":
+		if err != nil || body != tc.wantBody {
+			t.Fatalf("got %q %v, want %q", body, err, tc.wantBody)
+		}
+	case tc.wantErr != "":
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Fatalf("TLS: got %v, want an alert %q", err, tc.wantErr)
+		}
+	default:
+		if status != tc.wantStatus || gotReason != tc.wantReason {
+			t.Fatalf("got %d %q (%v), want %d %q", status, gotReason, err, tc.wantStatus, tc.wantReason)
+		}
+	}
+	line := waitLogLine(t, tc.log, logged)
+	if !strings.Contains(line, `"protocol":"transparent"`) {
+		t.Errorf("access log line lacks the protocol: %s", line)
+	}
+	if tc.wantReason != "" {
+		if !strings.Contains(line, `"reason":"`+tc.wantReason+`"`) {
+			t.Errorf("access log line: want reason %s: %s", tc.wantReason, line)
+		}
+		if got := testutil.CountedSince(t, tc.upstream.Addr().String(), tc.upstream.Accepted, before); got != 0 {
+			t.Errorf("refused, yet the upstream saw %d connections", got)
+		}
+	} else if tc.tls && !strings.Contains(line, `"sni":"`+tc.serverName+`"`) {
+		t.Errorf("access log line lacks the SNI: %s", line)
 	}
 }

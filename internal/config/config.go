@@ -80,13 +80,16 @@ type Config struct {
 	// TransparentStrictDestination is off by default: endpoints and the
 	// gateway often get different answers for Microsoft's load-balanced
 	// names, and the gateway dials only addresses it resolved itself.
-	TransparentStrictDestination bool          `env:"TRANSPARENT_STRICT_DESTINATION" envDefault:"false"`
-	AccessLog                    string        `env:"ACCESS_LOG" envDefault:"stdout"`
-	AccessLogFormat              eventFormat   `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
-	DNSProbeInterval             time.Duration `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
-	ReloadInterval               time.Duration `env:"RELOAD_INTERVAL" envDefault:"5s"`
-	ShutdownGrace                time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
-	ShutdownDelay                time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
+	TransparentStrictDestination bool `env:"TRANSPARENT_STRICT_DESTINATION" envDefault:"false"`
+	// TransparentTProxy takes connections from TPROXY rules instead of
+	// REDIRECT ones; off by default since it needs CAP_NET_ADMIN.
+	TransparentTProxy bool          `env:"TRANSPARENT_TPROXY" envDefault:"false"`
+	AccessLog         string        `env:"ACCESS_LOG" envDefault:"stdout"`
+	AccessLogFormat   eventFormat   `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
+	DNSProbeInterval  time.Duration `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
+	ReloadInterval    time.Duration `env:"RELOAD_INTERVAL" envDefault:"5s"`
+	ShutdownGrace     time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
+	ShutdownDelay     time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 	// UpstreamCheckInterval is off (0) by default: a gateway reaches out
 	// on its own only when told to.
 	UpstreamCheckInterval time.Duration `env:"UPSTREAM_CHECK_INTERVAL" envDefault:"0s"`
@@ -208,6 +211,16 @@ func (c *Config) checkListeners() error {
 		}
 		if slices.Contains(c.TransparentListen[:i], a) {
 			return fmt.Errorf("GATEWAY_TRANSPARENT_LISTEN: %q is listed twice", a)
+		}
+	}
+	if len(c.TransparentListen) == 0 {
+		// Settings of a listener that is not there are a mistake, not a
+		// no-op: say so instead of starting without interception.
+		switch {
+		case c.TransparentStrictDestination:
+			return errors.New("GATEWAY_TRANSPARENT_STRICT_DESTINATION is set, but GATEWAY_TRANSPARENT_LISTEN names no listener")
+		case c.TransparentTProxy:
+			return errors.New("GATEWAY_TRANSPARENT_TPROXY is set, but GATEWAY_TRANSPARENT_LISTEN names no listener")
 		}
 	}
 	if c.PublicAddr != "" {

@@ -170,8 +170,12 @@ func New(o Options) (_ *Gateway, err error) {
 		return nil, fmt.Errorf("GATEWAY_LISTEN: %w", err)
 	}
 	self := []netip.AddrPort{addrPort(g.ln.Addr())}
+	tlc, origDst := lc, transparent.OriginalDst
+	if cfg.TransparentTProxy {
+		tlc, origDst = transparent.TProxy(lc), transparent.LocalDst
+	}
 	for _, a := range cfg.TransparentListen {
-		tln, err := lc.Listen(context.Background(), "tcp", a)
+		tln, err := tlc.Listen(context.Background(), "tcp", a)
 		if err != nil {
 			return nil, fmt.Errorf("GATEWAY_TRANSPARENT_LISTEN: %w", err)
 		}
@@ -247,7 +251,7 @@ func New(o Options) (_ *Gateway, err error) {
 	}
 	if len(g.transparentLns) > 0 {
 		if g.transparent, err = g.srv.NewTransparent(proxy.TransparentOptions{
-			OriginalDst:       transparent.OriginalDst,
+			OriginalDst:       origDst,
 			StrictDestination: cfg.TransparentStrictDestination,
 			HTTP:              g.httpServer(),
 		}); err != nil {

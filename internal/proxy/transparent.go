@@ -101,12 +101,35 @@ func (s *Server) NewTransparent(o TransparentOptions) (*Transparent, error) {
 
 // Serve accepts redirected connections from ln until it is closed.
 func (t *Transparent) Serve(ln net.Listener) error {
+	self := listenerSelf(ln.Addr())
 	for {
 		c, err := ln.Accept()
 		if err != nil {
 			return err
 		}
-		go t.serveConn(c)
+		go t.serveConn(c, self)
+	}
+}
+
+// listenerSelf reports whether an original destination is the listener
+// itself: a connection no rule redirected (with REDIRECT its original
+// destination is what it was sent to; with TPROXY, its local address).
+// Serving one would loop into the gateway. For a listener on a wildcard
+// address, every address of the host's interfaces is the listener's.
+func listenerSelf(a net.Addr) func(netip.AddrPort) bool {
+	la, _ := netip.ParseAddrPort(a.String())
+	addrs := []netip.Addr{la.Addr().Unmap()}
+	if la.Addr().IsUnspecified() {
+		if ifas, err := net.InterfaceAddrs(); err == nil {
+			for _, ifa := range ifas {
+				if p, err := netip.ParsePrefix(ifa.String()); err == nil {
+					addrs = append(addrs, p.Addr().Unmap())
+				}
+			}
+		}
+	}
+	return func(orig netip.AddrPort) bool {
+		return orig.Port() == la.Port() && (orig.Addr().IsLoopback() && la.Addr().IsUnspecified() || slices.Contains(addrs, orig.Addr().Unmap()))
 	}
 }
 
@@ -128,11 +151,11 @@ func (t *Transparent) done(c net.Conn) {
 }
 
 // serveConn tells TLS from plain HTTP by the first bytes and serves each.
-func (t *Transparent) serveConn(c net.Conn) {
+func (t *Transparent) serveConn(c net.Conn, self func(netip.AddrPort) bool) {
 	s := t.s
 	orig, origErr := t.opts.OriginalDst(c)
 	if origErr == nil {
-		if local, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil && local.Addr().Unmap() == orig.Addr().Unmap() && local.Port() == orig.Port() {
+		if self(orig) {
 			origErr = errNotRedirected
 		}
 	} else {

@@ -141,3 +141,30 @@ func TestTransparentAuthAndClients(t *testing.T) {
 		})
 	}
 }
+
+func TestListenerSelf(t *testing.T) {
+	tests := []struct {
+		name     string
+		listener string
+		orig     string
+		want     bool
+	}{
+		{"the listener itself", "127.0.0.1:3129", "127.0.0.1:3129", true},
+		{"another port", "127.0.0.1:3129", "127.0.0.1:443", false},
+		{"another address, same port", "127.0.0.1:3129", "127.0.0.3:3129", false},
+		{"wildcard listener, loopback", "0.0.0.0:3129", "127.0.0.9:3129", true},
+		{"wildcard listener, another port", "0.0.0.0:3129", "127.0.0.9:443", false},
+		{"IPv6 listener", "[::1]:3129", "[::1]:3129", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a, err := net.ResolveTCPAddr("tcp", tc.listener)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := listenerSelf(a)(netip.MustParseAddrPort(tc.orig)); got != tc.want {
+				t.Errorf("listener %s, original destination %s: got %v, want %v", tc.listener, tc.orig, got, tc.want)
+			}
+		})
+	}
+}

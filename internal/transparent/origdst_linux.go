@@ -49,3 +49,12 @@ func getsockopt(fd, level, opt int, val unsafe.Pointer, n *uint32) error {
 	}
 	return nil
 }
+
+// setTransparent sets IP_TRANSPARENT, or IPV6_TRANSPARENT on an IPv6
+// socket (which also covers IPv4 on a dual-stack one).
+func setTransparent(fd int, v6 bool) error {
+	if v6 {
+		return unix.SetsockoptInt(fd, unix.SOL_IPV6, unix.IPV6_TRANSPARENT, 1)
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_IP, unix.IP_TRANSPARENT, 1)
+}

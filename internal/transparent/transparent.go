@@ -1,7 +1,9 @@
 // Package transparent reads where a connection redirected by the kernel was
 // going: the original destination that netfilter's REDIRECT (iptables or
-// nftables) replaced with the gateway's transparent listener. It does no
-// policy: internal/proxy decides what the connection may reach.
+// nftables) replaced with the gateway's transparent listener, or, with
+// TPROXY, the local address of a socket that accepted a connection
+// addressed elsewhere. It does no policy: internal/proxy decides what the
+// connection may reach.
 package transparent
 
 import (
@@ -9,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
 )
 
 // ErrNoOriginalDst reports a connection whose original destination cannot
@@ -39,4 +42,39 @@ func OriginalDst(c net.Conn) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("%w: %w", ErrNoOriginalDst, serr)
 	}
 	return ap, nil
+}
+
+// LocalDst is OriginalDst for TPROXY (GATEWAY_TRANSPARENT_TPROXY): the
+// kernel hands a transparent socket the connection unchanged, so where it
+// was going is the connection's own local address.
+func LocalDst(c net.Conn) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%w: %w", ErrNoOriginalDst, err)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// TProxy returns lc with IP_TRANSPARENT (IPV6_TRANSPARENT on an IPv6
+// socket) set on the listening socket, which TPROXY rules need to deliver
+// connections addressed elsewhere to it (ip(7), ipv6(7); the kernel's
+// Documentation/networking/tproxy.rst). It needs CAP_NET_ADMIN.
+func TProxy(lc net.ListenConfig) net.ListenConfig {
+	inner := lc.Control
+	lc.Control = func(network, address string, c syscall.RawConn) error {
+		if inner != nil {
+			if err := inner(network, address, c); err != nil {
+				return err
+			}
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = setTransparent(int(fd), network == "tcp6") }); err != nil {
+			return err
+		}
+		if serr != nil {
+			return fmt.Errorf("set IP_TRANSPARENT (needs CAP_NET_ADMIN): %w", serr)
+		}
+		return nil
+	}
+	return lc
 }
