@@ -540,7 +540,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 	errc := make(chan error, 1+len(g.transparentLns))
 	go func() { errc <- hs.Serve(g.limit.Listener(g.ln)) }()
 	for _, tln := range g.transparentLns {
-		go func() { errc <- g.transparent.Serve(g.limit.Listener(tln)) }()
+		go func() { errc <- g.transparent.Serve(g.limit.SilentListener(tln)) }()
 	}
 	for {
 		select {

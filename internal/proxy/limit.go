@@ -104,9 +104,18 @@ func (l *ConnLimiter) Listener(ln net.Listener) net.Listener {
 	return &limitListener{Listener: ln, l: l}
 }
 
+// SilentListener is Listener for the transparent listener: a connection
+// over a limit is closed without an answer, since an intercepted client
+// may be speaking TLS, to which an HTTP answer is noise. It is counted the
+// same (OnRefuse).
+func (l *ConnLimiter) SilentListener(ln net.Listener) net.Listener {
+	return &limitListener{Listener: ln, l: l, silent: true}
+}
+
 type limitListener struct {
 	net.Listener
-	l *ConnLimiter
+	l      *ConnLimiter
+	silent bool
 }
 
 func (ll *limitListener) Accept() (net.Conn, error) {
@@ -131,6 +140,10 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		}
 		if ll.l.OnRefuse != nil {
 			ll.l.OnRefuse(rc)
+		}
+		if ll.silent {
+			c.Close()
+			continue
 		}
 		if ll.l.refusing.Add(1) > maxRefusing {
 			// A flood: no descriptor stays open for it, not even to answer.

@@ -8,9 +8,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/defendergw/gateway/internal/reason"
 )
 
 // serveTransparent serves w's transparent side on a loopback listener and
@@ -166,5 +170,60 @@ func TestListenerSelf(t *testing.T) {
 				t.Errorf("listener %s, original destination %s: got %v, want %v", tc.listener, tc.orig, got, tc.want)
 			}
 		})
+	}
+}
+
+// The transparent listener counts its connections in the same limits, and
+// closes one over a limit without an answer (its client may speak TLS).
+func TestTransparentLimits(t *testing.T) {
+	w := newWorld(t, worldOptions{geos: eu})
+	var refused []reason.Code
+	var mu sync.Mutex
+	lim := &ConnLimiter{PerClient: 1, OnRefuse: func(rc reason.Code) { mu.Lock(); refused = append(refused, rc); mu.Unlock() }}
+	srv, err := New(w.srv.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.opts.ConnDone = lim.Release
+	tr, err := srv.NewTransparent(TransparentOptions{
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return netip.MustParseAddrPort("127.0.0.1:443"), nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go tr.Serve(lim.SilentListener(ln))
+	t.Cleanup(func() { ln.Close(); tr.Shutdown(t.Context()); srv.Shutdown(t.Context()) })
+
+	first, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{ServerName: "winatp-gw-weu.microsoft.com", RootCAs: w.ca.Pool})
+	if err != nil {
+		t.Fatalf("first connection: %v", err)
+	}
+	second, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	second.SetDeadline(time.Now().Add(5 * time.Second))
+	if n, err := second.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Fatalf("second connection from the client: read %d bytes, %v; want it closed unanswered", n, err)
+	}
+	mu.Lock()
+	got := slices.Clone(refused)
+	mu.Unlock()
+	if !slices.Equal(got, []reason.Code{reason.ClientConnLimit}) {
+		t.Errorf("refusals: got %v, want [client-conn-limit]", got)
+	}
+	// Closing the tunnel frees the client's slot.
+	first.Close()
+	deadline := time.Now().Add(3 * time.Second)
+	for lim.Active() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("active = %d after the tunnel closed, want 0", lim.Active())
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
