@@ -43,12 +43,14 @@ func pacCmd(args []string, stdout, stderr io.Writer) int {
 		addr, addrFrom = cfg.PublicAddr, "GATEWAY_PUBLIC_ADDR"
 	}
 	if addr == "" {
-		host, _, _ := net.SplitHostPort(cfg.Listen)
+		// The first listener: the PAC file printed here reaches no
+		// listener to tell which one the endpoint uses.
+		host, _, _ := net.SplitHostPort(cfg.Listen[0])
 		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
 			fmt.Fprintln(stderr, "gateway pac: the gateway listens on all interfaces: name the address endpoints use with --proxy or GATEWAY_PUBLIC_ADDR")
 			return 2
 		}
-		addr, addrFrom = cfg.Listen, "GATEWAY_LISTEN"
+		addr, addrFrom = cfg.Listen[0], "GATEWAY_LISTEN"
 	}
 	dfltFrom := "--default"
 	if *dflt == "" {

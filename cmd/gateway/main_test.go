@@ -215,7 +215,8 @@ func TestCatalogCLI(t *testing.T) {
 // servedGateway is the real binary serving on loopback.
 type servedGateway struct {
 	cmd   *exec.Cmd
-	addr  string
+	addr  string   // the first proxy listener
+	addrs []string // every proxy listener (GATEWAY_LISTEN)
 	admin string
 	// transparent lists the GATEWAY_TRANSPARENT_LISTEN addresses, comma
 	// separated ("" if none).
@@ -269,7 +270,8 @@ func startGatewayCmd(t *testing.T, cmd *exec.Cmd, env ...string) *servedGateway 
 				Transparent string `json:"transparent"`
 			}
 			if json.Unmarshal([]byte(l), &m) == nil && m.Msg == "gateway listening" {
-				g.addr, g.admin, g.transparent = m.Listen, m.Admin, m.Transparent
+				g.addrs = strings.Split(m.Listen, ",")
+				g.addr, g.admin, g.transparent = g.addrs[0], m.Admin, m.Transparent
 			}
 		case <-deadline:
 			t.Fatalf("gateway did not start:\n%s", g.stderr)

@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path"
 	"path/filepath"
@@ -34,6 +35,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/config"
 )
 
 const (
@@ -285,6 +287,40 @@ func TestExampleOverlay(t *testing.T) {
 		}
 		if len(rs.Rules) == 0 {
 			t.Error("the example overlay should carry an example operator rule")
+		}
+	})
+}
+
+func TestProxyProtocolOverlay(t *testing.T) {
+	b := build(t, filepath.Join("overlays", "proxy-protocol"))
+	checkCommon(t, b)
+	env := resolvedEnv(t, b)
+	t.Run("the gateway requires the header, from the balancer only", func(t *testing.T) {
+		if got := env["GATEWAY_PROXY_PROTOCOL"]; got != "required" {
+			t.Errorf("GATEWAY_PROXY_PROTOCOL = %q, want required", got)
+		}
+		from := env["GATEWAY_PROXY_PROTOCOL_FROM"]
+		if from == "" {
+			t.Fatal("GATEWAY_PROXY_PROTOCOL_FROM is empty: the gateway would not start")
+		}
+		for _, p := range strings.Split(from, ",") {
+			if _, err := netip.ParsePrefix(strings.TrimSpace(p)); err != nil {
+				t.Errorf("GATEWAY_PROXY_PROTOCOL_FROM: %v", err)
+			}
+		}
+	})
+	t.Run("the load balancer sends it", func(t *testing.T) {
+		s := b.services[0]
+		if s.Spec.Type != corev1.ServiceTypeLoadBalancer {
+			t.Errorf("type = %s, want LoadBalancer", s.Spec.Type)
+		}
+		if got := s.Annotations["service.beta.kubernetes.io/aws-load-balancer-target-group-attributes"]; !strings.Contains(got, "proxy_protocol_v2.enabled=true") {
+			t.Errorf("target group attributes %q do not turn PROXY protocol v2 on", got)
+		}
+	})
+	t.Run("the settings load", func(t *testing.T) {
+		if _, _, err := config.Load(env); err != nil {
+			t.Errorf("the overlay's settings do not start a gateway: %v", err)
 		}
 	})
 }

@@ -19,13 +19,14 @@ import (
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/auth"
 	"github.com/defendergw/gateway/internal/inspect"
+	"github.com/defendergw/gateway/internal/proxyheader"
 )
 
 const EnvPrefix = "GATEWAY_"
 
 // Config is everything the gateway reads from the environment.
 type Config struct {
-	Listen                   string          `env:"LISTEN" envDefault:"127.0.0.1:3128"`
+	Listen                   []string        `env:"LISTEN" envSeparator:"," envDefault:"127.0.0.1:3128"`
 	Cloud                    allowlist.Cloud `env:"CLOUD" envDefault:"commercial"`
 	Geographies              []dataLocation  `env:"GEOGRAPHIES" envSeparator:","`
 	CatalogFile              string          `env:"CATALOG_FILE"`
@@ -83,13 +84,17 @@ type Config struct {
 	TransparentStrictDestination bool `env:"TRANSPARENT_STRICT_DESTINATION" envDefault:"false"`
 	// TransparentTProxy takes connections from TPROXY rules instead of
 	// REDIRECT ones; off by default since it needs CAP_NET_ADMIN.
-	TransparentTProxy bool          `env:"TRANSPARENT_TPROXY" envDefault:"false"`
-	AccessLog         string        `env:"ACCESS_LOG" envDefault:"stdout"`
-	AccessLogFormat   eventFormat   `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
-	DNSProbeInterval  time.Duration `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
-	ReloadInterval    time.Duration `env:"RELOAD_INTERVAL" envDefault:"5s"`
-	ShutdownGrace     time.Duration `env:"SHUTDOWN_GRACE" envDefault:"30s"`
-	ShutdownDelay     time.Duration `env:"SHUTDOWN_DELAY" envDefault:"0s"`
+	TransparentTProxy bool `env:"TRANSPARENT_TPROXY" envDefault:"false"`
+	// ProxyProtocol is off by default: a header is believed only where
+	// the operator says which load balancers send it.
+	ProxyProtocol     proxyheader.Mode `env:"PROXY_PROTOCOL" envDefault:"off"`
+	ProxyProtocolFrom []prefix         `env:"PROXY_PROTOCOL_FROM" envSeparator:","`
+	AccessLog         string           `env:"ACCESS_LOG" envDefault:"stdout"`
+	AccessLogFormat   eventFormat      `env:"ACCESS_LOG_FORMAT" envDefault:"json"`
+	DNSProbeInterval  time.Duration    `env:"DNS_PROBE_INTERVAL" envDefault:"10s"`
+	ReloadInterval    time.Duration    `env:"RELOAD_INTERVAL" envDefault:"5s"`
+	ShutdownGrace     time.Duration    `env:"SHUTDOWN_GRACE" envDefault:"30s"`
+	ShutdownDelay     time.Duration    `env:"SHUTDOWN_DELAY" envDefault:"0s"`
 	// UpstreamCheckInterval is off (0) by default: a gateway reaches out
 	// on its own only when told to.
 	UpstreamCheckInterval time.Duration `env:"UPSTREAM_CHECK_INTERVAL" envDefault:"0s"`
@@ -194,11 +199,21 @@ func (c *Config) compact() {
 	c.DisabledServices = trimList(c.DisabledServices)
 	c.DNSServers = trimList(c.DNSServers)
 	c.TransparentListen = trimList(c.TransparentListen)
+	c.Listen = trimList(c.Listen)
+	c.ProxyProtocolFrom = slices.DeleteFunc(c.ProxyProtocolFrom, func(p prefix) bool { return !p.IsValid() })
 }
 
 func (c *Config) checkListeners() error {
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-		return fmt.Errorf("GATEWAY_LISTEN: %q is not host:port: %v", c.Listen, err)
+	if len(c.Listen) == 0 {
+		return errors.New("GATEWAY_LISTEN: empty: the gateway needs a proxy listener")
+	}
+	for i, a := range c.Listen {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("GATEWAY_LISTEN: %q is not host:port: %v", a, err)
+		}
+		if slices.Contains(c.Listen[:i], a) {
+			return fmt.Errorf("GATEWAY_LISTEN: %q is listed twice", a)
+		}
 	}
 	if c.AdminListen != "off" {
 		if _, _, err := net.SplitHostPort(c.AdminListen); err != nil {
@@ -212,6 +227,12 @@ func (c *Config) checkListeners() error {
 		if slices.Contains(c.TransparentListen[:i], a) {
 			return fmt.Errorf("GATEWAY_TRANSPARENT_LISTEN: %q is listed twice", a)
 		}
+	}
+	switch {
+	case c.ProxyProtocol != proxyheader.Off && len(c.ProxyProtocolFrom) == 0:
+		return fmt.Errorf("GATEWAY_PROXY_PROTOCOL_FROM: empty, but GATEWAY_PROXY_PROTOCOL=%s: name the load balancers whose headers are believed (a header from anyone else would let any client choose its address)", c.ProxyProtocol)
+	case c.ProxyProtocol == proxyheader.Off && len(c.ProxyProtocolFrom) > 0:
+		return errors.New("GATEWAY_PROXY_PROTOCOL_FROM is set, but GATEWAY_PROXY_PROTOCOL is off")
 	}
 	if len(c.TransparentListen) == 0 {
 		// Settings of a listener that is not there are a mistake, not a
@@ -523,6 +544,9 @@ const MinUpstreamCheckInterval = 10 * time.Second
 
 // ClientNetworks returns GATEWAY_CLIENT_CIDRS.
 func (c *Config) ClientNetworks() []netip.Prefix { return prefixes(c.ClientCIDRs) }
+
+// ProxyProtocolSources returns GATEWAY_PROXY_PROTOCOL_FROM.
+func (c *Config) ProxyProtocolSources() []netip.Prefix { return prefixes(c.ProxyProtocolFrom) }
 
 // PrivateDestinations returns GATEWAY_ALLOW_PRIVATE_DESTINATIONS.
 func (c *Config) PrivateDestinations() []netip.Prefix { return prefixes(c.AllowPrivateDestinations) }

@@ -17,7 +17,7 @@ func TestLoadConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Listen != "127.0.0.1:3128" {
+	if !slices.Equal(c.Listen, []string{"127.0.0.1:3128"}) {
 		t.Errorf("default listen = %q, want loopback 127.0.0.1:3128", c.Listen)
 	}
 	if c.IdleTimeout != 15*time.Minute || c.DialTimeout != 10*time.Second || c.DNSTimeout != 2*time.Second {
@@ -53,6 +53,16 @@ func TestLoadConfig(t *testing.T) {
 		{"write timeout", map[string]string{"GATEWAY_WRITE_TIMEOUT": "1m"}, ""},
 		{"negative write timeout", map[string]string{"GATEWAY_WRITE_TIMEOUT": "-1s"}, "GATEWAY_WRITE_TIMEOUT"},
 		{"bad listen", map[string]string{"GATEWAY_LISTEN": "3128"}, "GATEWAY_LISTEN"},
+		{"several listeners", map[string]string{"GATEWAY_LISTEN": "127.0.0.1:3128,[::1]:3128"}, ""},
+		{"a bad listener among several", map[string]string{"GATEWAY_LISTEN": "127.0.0.1:3128,[::1]"}, "GATEWAY_LISTEN"},
+		{"listener twice", map[string]string{"GATEWAY_LISTEN": "127.0.0.1:3128,127.0.0.1:3128"}, "GATEWAY_LISTEN"},
+		{"no listener", map[string]string{"GATEWAY_LISTEN": ","}, "GATEWAY_LISTEN"},
+		{"proxy protocol required", map[string]string{"GATEWAY_PROXY_PROTOCOL": "required", "GATEWAY_PROXY_PROTOCOL_FROM": "10.0.0.0/24"}, ""},
+		{"proxy protocol optional", map[string]string{"GATEWAY_PROXY_PROTOCOL": "Optional", "GATEWAY_PROXY_PROTOCOL_FROM": "127.0.0.1"}, ""},
+		{"proxy protocol without sources", map[string]string{"GATEWAY_PROXY_PROTOCOL": "required"}, "GATEWAY_PROXY_PROTOCOL_FROM"},
+		{"proxy protocol sources while off", map[string]string{"GATEWAY_PROXY_PROTOCOL_FROM": "10.0.0.0/24"}, "GATEWAY_PROXY_PROTOCOL"},
+		{"proxy protocol bad word", map[string]string{"GATEWAY_PROXY_PROTOCOL": "v2"}, "GATEWAY_PROXY_PROTOCOL"},
+		{"proxy protocol bad source", map[string]string{"GATEWAY_PROXY_PROTOCOL": "required", "GATEWAY_PROXY_PROTOCOL_FROM": "lb.example"}, "GATEWAY_PROXY_PROTOCOL_FROM"},
 		{"transparent listeners", map[string]string{"GATEWAY_TRANSPARENT_LISTEN": "127.0.0.1:3129,[::1]:3129,"}, ""},
 		{"bad transparent listener", map[string]string{"GATEWAY_TRANSPARENT_LISTEN": "127.0.0.1:3129,3130"}, "GATEWAY_TRANSPARENT_LISTEN"},
 		{"transparent listener twice", map[string]string{"GATEWAY_TRANSPARENT_LISTEN": "127.0.0.1:3129,127.0.0.1:3129"}, "GATEWAY_TRANSPARENT_LISTEN"},

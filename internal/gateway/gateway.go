@@ -34,6 +34,7 @@ import (
 	"github.com/defendergw/gateway/internal/filestamp"
 	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/proxy"
+	"github.com/defendergw/gateway/internal/proxyheader"
 	"github.com/defendergw/gateway/internal/reason"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/status"
@@ -75,7 +76,7 @@ type Gateway struct {
 	roots   *x509.CertPool // trusted roots for upstream TLS
 	srv     *proxy.Server
 	limit   *proxy.ConnLimiter
-	ln      net.Listener
+	lns     []net.Listener // GATEWAY_LISTEN, in its order
 	adminLn net.Listener
 	// transparentLns are the GATEWAY_TRANSPARENT_LISTEN listeners, served
 	// by transparent.
@@ -166,10 +167,15 @@ func New(o Options) (_ *Gateway, err error) {
 	}
 	kaPeriod, kaConfig := tcpKeepAlive(cfg.TCPKeepAlive)
 	lc := listenConfig(cfg.TCPKeepAlive)
-	if g.ln, err = lc.Listen(context.Background(), "tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("GATEWAY_LISTEN: %w", err)
+	var self []netip.AddrPort
+	for _, a := range cfg.Listen {
+		ln, err := lc.Listen(context.Background(), "tcp", a)
+		if err != nil {
+			return nil, fmt.Errorf("GATEWAY_LISTEN: %w", err)
+		}
+		g.lns = append(g.lns, ln)
+		self = append(self, addrPort(ln.Addr()))
 	}
-	self := []netip.AddrPort{addrPort(g.ln.Addr())}
 	tlc, origDst := lc, transparent.OriginalDst
 	if cfg.TransparentTProxy {
 		tlc, origDst = transparent.TProxy(lc), transparent.LocalDst
@@ -234,7 +240,7 @@ func New(o Options) (_ *Gateway, err error) {
 		opts.Dialer = wrapDialer(opts.Dialer)
 	}
 	g.dialer, g.roots = opts.Dialer, upstreamTLS.RootCAs
-	ps := &pacServer{public: cfg.PublicAddr, dflt: string(cfg.PACDefault), listen: g.ln.Addr()}
+	ps := &pacServer{public: cfg.PublicAddr, dflt: string(cfg.PACDefault), listen: addrs(g.lns)}
 	opts.PAC = ps.pac
 	g.limit = &proxy.ConnLimiter{Max: cfg.MaxConns, PerClient: cfg.MaxConnsPerClient,
 		OnRefuse: func(rc reason.Code) { g.metrics.Decision("tcp", "deny", rc.Label(), "", "") },
@@ -525,22 +531,20 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.adminLn != nil {
 		adminAddr = g.adminLn.Addr().String()
 	}
-	var transparentAddrs []string
-	for _, a := range g.TransparentAddrs() {
-		transparentAddrs = append(transparentAddrs, a.String())
-	}
-	g.log.Info("gateway listening", "listen", g.ln.Addr().String(), "admin", adminAddr,
-		"transparent", strings.Join(transparentAddrs, ","), "version", g.version,
+	g.log.Info("gateway listening", "listen", joinAddrs(g.lns), "admin", adminAddr,
+		"transparent", joinAddrs(g.transparentLns), "proxy_protocol", g.cfg.ProxyProtocol.String(), "version", g.version,
 		"catalog_version", p.Version(), "catalog_source", g.cfg.CatalogOrigin(),
 		"catalog_published", p.Published().Format(time.DateOnly), "cloud", p.Cloud().String(),
 		"geographies", strings.Join(geos, ","), "rules", len(p.Rules()),
 		"blob_scope", p.BlobScope().String(), "inspection", g.cfg.InspectCACert != "", "mode", g.cfg.Mode,
 		"unlisted", g.cfg.Unlisted, "authentication", g.authn != nil)
 
-	errc := make(chan error, 1+len(g.transparentLns))
-	go func() { errc <- hs.Serve(g.limit.Listener(g.ln)) }()
+	errc := make(chan error, len(g.lns)+len(g.transparentLns))
+	for _, ln := range g.lns {
+		go func() { errc <- hs.Serve(g.limit.Listener(g.proxyHeader(ln))) }()
+	}
 	for _, tln := range g.transparentLns {
-		go func() { errc <- g.transparent.Serve(g.limit.SilentListener(tln)) }()
+		go func() { errc <- g.transparent.Serve(g.limit.SilentListener(g.proxyHeader(tln))) }()
 	}
 	for {
 		select {
@@ -611,8 +615,8 @@ func (g *Gateway) Close() {
 	if g.srv != nil {
 		g.srv.Close()
 	}
-	if g.ln != nil {
-		g.ln.Close()
+	for _, ln := range g.lns {
+		ln.Close()
 	}
 	if g.adminLn != nil {
 		g.adminLn.Close()
@@ -662,17 +666,50 @@ func dataLocationNames() string {
 	return strings.Join(names, ",")
 }
 
-// Addr is the proxy listener's address.
-func (g *Gateway) Addr() net.Addr { return g.ln.Addr() }
+// Addr is the first proxy listener's address.
+func (g *Gateway) Addr() net.Addr { return g.lns[0].Addr() }
 
-// TransparentAddrs are the transparent listeners' addresses.
-func (g *Gateway) TransparentAddrs() []net.Addr {
+// Addrs are the proxy listeners' addresses, in GATEWAY_LISTEN's order.
+func (g *Gateway) Addrs() []net.Addr { return addrs(g.lns) }
+
+func addrs(lns []net.Listener) []net.Addr {
 	var as []net.Addr
-	for _, ln := range g.transparentLns {
+	for _, ln := range lns {
 		as = append(as, ln.Addr())
 	}
 	return as
 }
+
+func joinAddrs(lns []net.Listener) string {
+	var as []string
+	for _, ln := range lns {
+		as = append(as, ln.Addr().String())
+	}
+	return strings.Join(as, ",")
+}
+
+// proxyHeader applies GATEWAY_PROXY_PROTOCOL to a listener (itself when
+// off): under the connection limits, so that they count the client the
+// header names, not the load balancer.
+func (g *Gateway) proxyHeader(ln net.Listener) net.Listener {
+	return proxyheader.Listen(ln, proxyheader.Options{
+		Mode: g.cfg.ProxyProtocol, From: g.cfg.ProxyProtocolSources(), Timeout: g.cfg.ReadHeaderTimeout,
+		OnReject: func(err error, peer netip.AddrPort) {
+			kind := "bad_header"
+			switch {
+			case errors.Is(err, proxyheader.ErrUntrusted):
+				kind = "untrusted"
+			case errors.Is(err, proxyheader.ErrNoHeader):
+				kind = "no_header"
+			}
+			g.metrics.ProxyHeaderRejected(kind)
+			g.log.Debug("connection closed for its PROXY protocol header", "peer", peer.String(), "error", err.Error())
+		},
+	})
+}
+
+// TransparentAddrs are the transparent listeners' addresses.
+func (g *Gateway) TransparentAddrs() []net.Addr { return addrs(g.transparentLns) }
 
 // AdminAddr is the admin listener's address, or nil when it is off.
 func (g *Gateway) AdminAddr() net.Addr {

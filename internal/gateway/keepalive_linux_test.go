@@ -48,12 +48,12 @@ func TestTCPKeepAlive(t *testing.T) {
 			}
 			t.Cleanup(g.Close)
 
-			client, err := net.Dial("tcp", g.ln.Addr().String())
+			client, err := net.Dial("tcp", g.lns[0].Addr().String())
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer client.Close()
-			accepted, err := g.ln.Accept()
+			accepted, err := g.lns[0].Accept()
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -44,7 +44,7 @@ func (g *Gateway) statusSnapshot() status.Snapshot {
 		Mode: string(g.cfg.Mode), BlobScope: p.BlobScope().String(), Unlisted: string(g.cfg.Unlisted),
 		Authentication: g.authn != nil, Inspection: g.cfg.InspectCACert != "",
 		CatalogVersion: p.Version(), CatalogSource: g.cfg.CatalogOrigin(), CatalogPublished: p.Published(),
-		Listeners:     []status.Listener{{Name: "proxy", Addr: g.ln.Addr().String()}},
+		Listeners:     g.statusListeners(),
 		UpstreamCheck: "off",
 	}
 	for _, id := range p.DisabledServices() {
@@ -98,4 +98,17 @@ func (g *Gateway) upstreamCheck() upcheck.Options {
 			}
 		},
 	}
+}
+
+// statusListeners names every proxy and transparent listener for the
+// status page (the admin listener is added by the caller).
+func (g *Gateway) statusListeners() []status.Listener {
+	var ls []status.Listener
+	for _, ln := range g.lns {
+		ls = append(ls, status.Listener{Name: "proxy", Addr: ln.Addr().String()})
+	}
+	for _, ln := range g.transparentLns {
+		ls = append(ls, status.Listener{Name: "transparent", Addr: ln.Addr().String()})
+	}
+	return ls
 }

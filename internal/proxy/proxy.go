@@ -115,8 +115,9 @@ type Options struct {
 	ConnDone func(net.Conn)
 	// PAC, if non-nil, renders the proxy auto-config file served at
 	// /proxy.pac and /wpad.dat (origin-form requests to the gateway);
-	// requestHost is the Host the client used. If nil, those paths are 404.
-	PAC func(p *allowlist.Policy, requestHost string) ([]byte, error)
+	// requestHost is the Host the client used and local the address its
+	// connection reached (nil if unknown). If nil, those paths are 404.
+	PAC func(p *allowlist.Policy, requestHost string, local net.Addr) ([]byte, error)
 	// Metrics, if non-nil, counts decisions, tunnels and forwarded
 	// responses; if nil, nothing is counted.
 	Metrics *telemetry.Metrics
@@ -223,7 +224,8 @@ func (s *Server) serveSelf(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case (r.URL.Path == "/proxy.pac" || r.URL.Path == "/wpad.dat") && s.opts.PAC != nil &&
 		(r.Method == http.MethodGet || r.Method == http.MethodHead):
-		body, err := s.opts.PAC(p, r.Host)
+		local, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+		body, err := s.opts.PAC(p, r.Host, local)
 		if err != nil {
 			s.log.Error("rendering the PAC file failed", "error", err.Error())
 			http.Error(w, "PAC file unavailable", http.StatusInternalServerError)

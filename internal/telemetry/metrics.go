@@ -76,6 +76,7 @@ type Metrics struct {
 	reloads *prometheus.CounterVec
 
 	eventsLogged, eventsDropped prometheus.Counter
+	proxyHeaderRejected         *prometheus.CounterVec
 
 	checkMu       sync.Mutex // serialises UpstreamCheck's reset-and-set
 	checkSuccess  *prometheus.GaugeVec
@@ -214,6 +215,12 @@ func NewMetrics(reg prometheus.Registerer, info BuildInfo) *Metrics {
 	})
 	add(m.eventsLogged)
 	add(m.eventsDropped)
+
+	m.proxyHeaderRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "proxy_protocol_rejected_total",
+		Help: "Connections closed for their PROXY protocol header (GATEWAY_PROXY_PROTOCOL): untrusted (a peer outside GATEWAY_PROXY_PROTOCOL_FROM where one is required), no_header, bad_header.",
+	}, []string{"reason"})
+	add(m.proxyHeaderRejected)
 
 	// The upstream check (GATEWAY_UPSTREAM_CHECK_INTERVAL) sets these after
 	// each run; with the check off they have no samples.
@@ -409,6 +416,15 @@ func (m *Metrics) EventLogged() {
 		return
 	}
 	m.eventsLogged.Inc()
+}
+
+// ProxyHeaderRejected counts a connection closed for its PROXY header;
+// reason is untrusted, no_header or bad_header.
+func (m *Metrics) ProxyHeaderRejected(reason string) {
+	if m == nil {
+		return
+	}
+	m.proxyHeaderRejected.WithLabelValues(reason).Inc()
 }
 
 // EventDropped counts an event the event log dropped (EventLogOptions.OnDropped).

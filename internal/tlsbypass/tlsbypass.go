@@ -126,6 +126,7 @@ func StartVerified(client, upstream net.Conn, pending []byte, opts Options, chec
 }
 
 func start(client, upstream net.Conn, pending []byte, opts Options, check func(Hello) error, done func(Stats)) {
+	client = bare(client)
 	r := &relay{opts: opts, start: time.Now(), client: client, upstream: upstream, done: done}
 	r.touch()
 	if check != nil && len(pending) > 0 {
@@ -376,4 +377,14 @@ func (r *relay) write(dst net.Conn, p []byte) (int, error) {
 		return n, r.writeTimedOut()
 	}
 	return n, err
+}
+
+// bare returns the *net.TCPConn behind a connection that adds nothing to
+// its byte path (proxyheader.Conn: only its RemoteAddr differs), so that
+// the relay copies, and splices, on the socket itself.
+func bare(c net.Conn) net.Conn {
+	if b, ok := c.(interface{ BareTCP() *net.TCPConn }); ok {
+		return b.BareTCP()
+	}
+	return c
 }

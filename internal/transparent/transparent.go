@@ -24,6 +24,9 @@ var ErrNoOriginalDst = errors.New("no original destination")
 // rewrote it) reports the listener's own address, which the caller must
 // refuse: serving it would loop back into the gateway.
 func OriginalDst(c net.Conn) (netip.AddrPort, error) {
+	if b, ok := c.(interface{ BareTCP() *net.TCPConn }); ok {
+		c = b.BareTCP() // a PROXY-protocol client (proxyheader.Conn)
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return netip.AddrPort{}, fmt.Errorf("%w: %T is not a TCP connection", ErrNoOriginalDst, c)

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/defendergw/gateway/internal/testutil"
+)
+
+// ipv6Loopback reports whether ::1 can be listened on here.
+func ipv6Loopback() bool {
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
+
+// Every GATEWAY_LISTEN address serves the proxy, and the PAC file fetched
+// from each advertises that one.
+func TestSeveralListeners(t *testing.T) {
+	dns := testutil.NewDNS(t)
+	_, port, rules := labTLS(t, dns)
+	listen := "127.0.0.1:0,127.0.0.2:0"
+	if ipv6Loopback() {
+		listen += ",[::1]:0"
+	}
+	g := startGateway(t, "GATEWAY_LISTEN="+listen, "GATEWAY_DNS_SERVERS="+dns.Addr, "GATEWAY_RULES_FILE="+rules,
+		"GATEWAY_ALLOW_PRIVATE_DESTINATIONS=127.0.0.0/8")
+	if got, want := len(g.addrs), strings.Count(listen, ",")+1; got != want {
+		t.Fatalf("listeners: got %v, want %d", g.addrs, want)
+	}
+	for _, addr := range g.addrs {
+		t.Run(addr, func(t *testing.T) {
+			_, resp := connect(t, addr, fmt.Sprintf("app.lab.test:%d", port))
+			if resp.StatusCode != 200 {
+				t.Errorf("CONNECT through %s: %d %s", addr, resp.StatusCode, resp.Header.Get("X-Gateway-Reason"))
+			}
+			code, pac := httpGet(t, "http://"+addr+"/proxy.pac")
+			if code != 200 || !strings.Contains(pac, `"PROXY `+addr+`"`) {
+				t.Errorf("PAC from %s: %d, want it to advertise PROXY %s:\n%s", addr, code, addr, pac)
+			}
+			for _, other := range g.addrs {
+				if other != addr && strings.Contains(pac, other) {
+					t.Errorf("PAC from %s advertises another listener, %s", addr, other)
+				}
+			}
+		})
+	}
+}
+
+// dialWithHeader connects from src to addr and sends a PROXY header (v1 or
+// v2) naming client, or none if version is 0.
+func dialWithHeader(t *testing.T, src, addr string, version byte, client string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if version != 0 {
+		h := proxyproto.HeaderProxyFromAddrs(version, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(client)), c.RemoteAddr())
+		if _, err := h.WriteTo(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c
+}
+
+// Behind a load balancer that sends the PROXY protocol, the client address
+// the header carries is the client: the client networks, the per-client
+// limit and the access log see it, not the balancer.
+func TestProxyProtocolBinary(t *testing.T) {
+	dns := testutil.NewDNS(t)
+	_, port, rules := labTLS(t, dns)
+	logPath := filepath.Join(t.TempDir(), "access.log")
+	g := startGateway(t, "GATEWAY_DNS_SERVERS="+dns.Addr, "GATEWAY_RULES_FILE="+rules,
+		"GATEWAY_ALLOW_PRIVATE_DESTINATIONS=127.0.0.0/8", "GATEWAY_ACCESS_LOG="+logPath,
+		"GATEWAY_PROXY_PROTOCOL=required", "GATEWAY_PROXY_PROTOCOL_FROM=127.0.0.1/32",
+		"GATEWAY_CLIENT_CIDRS=127.0.0.9/32,127.0.0.10/32", "GATEWAY_MAX_CONNS_PER_CLIENT=1")
+	target := fmt.Sprintf("app.lab.test:%d", port)
+	request := func(c net.Conn) (*http.Response, error) {
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+		return http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+	}
+	// The first tunnel of client 127.0.0.9 stays open, holding its one
+	// connection.
+	held := dialWithHeader(t, "127.0.0.1", g.addr, 1, "127.0.0.9:40000")
+	if resp, err := request(held); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("held tunnel: %v %v", resp, err)
+	}
+	tests := []struct {
+		name       string
+		src        string // the balancer's address
+		version    byte   // 0: no header
+		client     string
+		wantStatus int // 0: closed unanswered
+		wantReason string
+	}{
+		{"v2 header, another allowed client", "127.0.0.1", 2, "127.0.0.10:40001", 200, ""},
+		{"v1 header, the held client's second connection", "127.0.0.1", 1, "127.0.0.9:40002", 429, "client-conn-limit"},
+		{"v2 header naming a client outside the client networks", "127.0.0.1", 2, "127.0.0.8:40003", 403, "client-not-allowed"},
+		{"no header", "127.0.0.1", 0, "", 0, ""},
+		{"a header from a peer that is no balancer", "127.0.0.2", 1, "127.0.0.10:40004", 0, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialWithHeader(t, tc.src, g.addr, tc.version, tc.client)
+			resp, err := request(c)
+			if tc.wantStatus == 0 {
+				if err == nil {
+					t.Fatalf("got %d %s, want the connection closed unanswered", resp.StatusCode, resp.Header.Get("X-Gateway-Reason"))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.wantStatus || resp.Header.Get("X-Gateway-Reason") != tc.wantReason {
+				t.Errorf("got %d %q, want %d %q", resp.StatusCode, resp.Header.Get("X-Gateway-Reason"), tc.wantStatus, tc.wantReason)
+			}
+			c.Close()
+		})
+	}
+	held.Close()
+	// The records name the header's clients, never the balancer.
+	for n := 0; n < 3; n++ { // the two tunnels and the client-not-allowed refusal (limit refusals are counted, not logged)
+		line := waitLogLine(t, logPath, n)
+		switch {
+		case strings.Contains(line, `"LocalIP":"127.0.0.1"`):
+			t.Errorf("access log names the balancer as the client: %s", line)
+		case strings.Contains(line, "client-not-allowed") && !strings.Contains(line, `"LocalIP":"127.0.0.8"`):
+			t.Errorf("access log names another client than the header's: %s", line)
+		}
+	}
+	waitMetric(t, "http://"+g.admin, `gateway_proxy_protocol_rejected_total{reason="no_header"} 1`)
+	waitMetric(t, "http://"+g.admin, `gateway_proxy_protocol_rejected_total{reason="untrusted"} 1`)
+}
