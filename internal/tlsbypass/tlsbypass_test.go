@@ -880,3 +880,22 @@ func testRelayStaleWriteDeadline(t *testing.T, pipes *Pipes) {
 		t.Errorf("Stats Err = %v, want a clean end", st.Err)
 	}
 }
+
+// addrOnly stands for proxyheader.Conn: a TCPConn with another RemoteAddr.
+type addrOnly struct{ *net.TCPConn }
+
+func (c addrOnly) BareTCP() *net.TCPConn { return c.TCPConn }
+
+// A connection that adds nothing to its byte path is relayed on its
+// TCPConn, so that splice applies to it.
+func TestBareUnwrapsAddressOnlyConns(t *testing.T) {
+	peer, gw := peekPair(t)
+	defer peer.Close()
+	defer gw.Close()
+	if got := bare(addrOnly{gw}); got != net.Conn(gw) {
+		t.Errorf("bare(addrOnly) = %T, want the *net.TCPConn", got)
+	}
+	if got := bare(peer); got != net.Conn(peer) {
+		t.Errorf("bare(TCPConn) = %T %p, want itself", got, got)
+	}
+}
