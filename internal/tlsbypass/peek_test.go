@@ -92,7 +92,6 @@ func peekReframe(records []byte, size int) []byte {
 	return out
 }
 
-
 type peekResult struct {
 	hello Hello
 	rec   []byte
