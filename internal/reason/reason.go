@@ -81,6 +81,11 @@ const (
 	Overloaded
 	// ClientConnLimit refuses a connection at GATEWAY_MAX_CONNS_PER_CLIENT.
 	ClientConnLimit
+	// ParentRefused: the parent proxy (GATEWAY_PARENT_PROXY) answered with
+	// a refusal or an error of its own (a CONNECT's non-2xx, a 407).
+	ParentRefused
+	// ParentUnreachable: no parent proxy could be connected to.
+	ParentUnreachable
 
 	count // number of codes; keep last
 )
@@ -178,6 +183,12 @@ var table = [count]entry{
 		hint: "the gateway is serving its maximum number of connections (GATEWAY_MAX_CONNS); retry later."},
 	ClientConnLimit: {code: "client-conn-limit", status: http.StatusTooManyRequests, kind: Refused,
 		hint: "this client address has too many open connections (GATEWAY_MAX_CONNS_PER_CLIENT); retry later."},
+	ParentRefused: {code: "parent-refused", status: http.StatusBadGateway, kind: Failed,
+		hint:   "the parent proxy (GATEWAY_PARENT_PROXY) refused %[1]s or could not reach it; its own log says why.",
+		advice: "the parent proxy refused the request (its ACLs, its credentials in GATEWAY_PARENT_PROXY) or could not reach the destination: check the parent's log"},
+	ParentUnreachable: {code: "parent-unreachable", status: http.StatusBadGateway, kind: Failed,
+		hint:   "no parent proxy (GATEWAY_PARENT_PROXY) could be reached for %[1]s.",
+		advice: "no parent proxy in GATEWAY_PARENT_PROXY answers: check that they run and that the gateway can reach them"},
 }
 
 func (c Code) entry() *entry {
