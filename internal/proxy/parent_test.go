@@ -627,3 +627,26 @@ func TestParentTunnelConnKept(t *testing.T) {
 		t.Errorf("echo: %q %v", b, err)
 	}
 }
+
+// TestParentInspected: an inspected tunnel's requests reach the origin over
+// a CONNECT to the parent naming the checked address, with TLS to the
+// origin's name.
+func TestParentInspected(t *testing.T) {
+	fp := newFakeParent(t, 0, "")
+	w := newWorld(t, worldOptions{geos: eu, inspect: true, parent: parentOpts(fp.url(""))})
+	inspected := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		Proxy: http.ProxyURL(w.proxyURL), TLSClientConfig: &tls.Config{RootCAs: w.inspectCA.Pool}, DisableKeepAlives: true}}
+	resp, err := inspected.Get("https://inspected.lab.test/allowed/through-parent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := readAll(t, resp.Body)
+	resp.Body.Close()
+	if want := "tls upstream inspected.lab.test /allowed/through-parent"; resp.StatusCode != http.StatusOK || body != want {
+		t.Errorf("inspected request through the parent: %s %q, want 200 %q", resp.Status, body, want)
+	}
+	seen := fp.requests()
+	if len(seen) != 1 || seen[0].method != http.MethodConnect || seen[0].target != w.tlsUp.Listener.Addr().String() {
+		t.Errorf("the parent saw %+v, want one CONNECT %s", seen, w.tlsUp.Listener.Addr())
+	}
+}
