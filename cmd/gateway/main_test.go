@@ -396,6 +396,9 @@ func TestServeBinaryBadConfig(t *testing.T) {
 		{"bad blob scope", []string{"GATEWAY_BLOB_SCOPE=some"}, "GATEWAY_BLOB_SCOPE"},
 		{"bad tunnel copy", []string{"GATEWAY_TUNNEL_COPY=sendfile"}, "GATEWAY_TUNNEL_COPY"},
 		{"bad pprof switch", []string{"GATEWAY_PPROF=maybe"}, "GATEWAY_PPROF"},
+		{"https parent", []string{"GATEWAY_PARENT_PROXY=https://gw:s3cret@proxy.corp:443"}, "GATEWAY_PARENT_PROXY"},
+		{"parent without port", []string{"GATEWAY_PARENT_PROXY=http://gw:s3cret@proxy.corp"}, "GATEWAY_PARENT_PROXY"},
+		{"bypass without parent", []string{"GATEWAY_PARENT_BYPASS=*.contoso.com"}, "GATEWAY_PARENT_PROXY"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -411,7 +414,7 @@ func TestServeBinaryBadConfig(t *testing.T) {
 				tt.want = f + " line 2"
 			}
 			_, errOut, code := runCLI(t, env, "serve")
-			if code == 0 || !strings.Contains(errOut, tt.want) || strings.Contains(errOut, "W6ph5Mm5") {
+			if code == 0 || !strings.Contains(errOut, tt.want) || strings.Contains(errOut, "W6ph5Mm5") || strings.Contains(errOut, "s3cret") {
 				t.Errorf("exit %d, stderr %q: want non-zero and a message naming %s", code, errOut, tt.want)
 			}
 		})

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"reflect"
 	"slices"
@@ -59,6 +60,10 @@ type Config struct {
 	InspectLeafValidity   time.Duration    `env:"INSPECT_LEAF_VALIDITY" envDefault:"24h"`
 	InspectCacheSize      int              `env:"INSPECT_CACHE_SIZE" envDefault:"1024"`
 	UpstreamCAFile        string           `env:"UPSTREAM_CA_FILE"`
+	ParentProxy           []parentURL      `env:"PARENT_PROXY" envSeparator:","`
+	ParentBypass          []hostPattern    `env:"PARENT_BYPASS" envSeparator:","`
+	ParentRetry           time.Duration    `env:"PARENT_RETRY" envDefault:"30s"`
+	ParentTarget          parentTarget     `env:"PARENT_TARGET" envDefault:"address"`
 	ClientCIDRs           []prefix         `env:"CLIENT_CIDRS" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
 	AuthHtpasswd          string           `env:"AUTH_HTPASSWD"`
 	AuthRealm             string           `env:"AUTH_REALM" envDefault:"Defender egress gateway"`
@@ -175,7 +180,7 @@ func UnknownVars(environ map[string]string) []string {
 func (c *Config) validate() error {
 	c.compact()
 	for _, check := range []func() error{c.checkListeners, c.checkPolicy, c.checkDNS, c.checkTimeouts,
-		c.checkLimits, c.checkTLS, c.checkAuth} {
+		c.checkLimits, c.checkTLS, c.checkAuth, c.checkParent} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -201,6 +206,8 @@ func (c *Config) compact() {
 	c.TransparentListen = trimList(c.TransparentListen)
 	c.Listen = trimList(c.Listen)
 	c.ProxyProtocolFrom = slices.DeleteFunc(c.ProxyProtocolFrom, func(p prefix) bool { return !p.IsValid() })
+	c.ParentProxy = slices.DeleteFunc(c.ParentProxy, func(p parentURL) bool { return p.u == nil })
+	c.ParentBypass = slices.DeleteFunc(c.ParentBypass, func(h hostPattern) bool { return h == "" })
 }
 
 func (c *Config) checkListeners() error {
@@ -298,7 +305,7 @@ func (c *Config) checkTimeouts() error {
 		{"ClientIdleTimeout", c.ClientIdleTimeout}, {"DNSMinTTL", c.DNSMinTTL}, {"DNSMaxTTL", c.DNSMaxTTL},
 		{"DNSNegativeTTL", c.DNSNegativeTTL}, {"ClientHelloTimeout", c.ClientHelloTimeout},
 		{"AuthReloadInterval", c.AuthReloadInterval}, {"DNSProbeInterval", c.DNSProbeInterval},
-		{"ReloadInterval", c.ReloadInterval}, {"ShutdownGrace", c.ShutdownGrace}} {
+		{"ReloadInterval", c.ReloadInterval}, {"ShutdownGrace", c.ShutdownGrace}, {"ParentRetry", c.ParentRetry}} {
 		if d.v <= 0 {
 			return fmt.Errorf("%s: must be a positive duration, got %s", VarName(d.field), d.v)
 		}
@@ -358,6 +365,41 @@ func (c *Config) checkAuth() error {
 		return errors.New("GATEWAY_AUTH_REALM: must be one line")
 	}
 	return nil
+}
+
+// checkParent checks the parent proxy settings.
+func (c *Config) checkParent() error {
+	seen := map[string]bool{}
+	for _, p := range c.ParentProxy {
+		if seen[p.u.Host] {
+			return fmt.Errorf("GATEWAY_PARENT_PROXY: %s is listed twice", p.u.Host)
+		}
+		seen[p.u.Host] = true
+	}
+	if len(c.ParentBypass) > 0 && len(c.ParentProxy) == 0 {
+		return errors.New("GATEWAY_PARENT_BYPASS needs GATEWAY_PARENT_PROXY: without a parent every destination goes direct")
+	}
+	return nil
+}
+
+// Parents returns the parent proxies of GATEWAY_PARENT_PROXY, in order,
+// with their credentials; nil without any.
+func (c *Config) Parents() []*url.URL {
+	var us []*url.URL
+	for _, p := range c.ParentProxy {
+		u := *p.u
+		us = append(us, &u)
+	}
+	return us
+}
+
+// ParentBypassList returns GATEWAY_PARENT_BYPASS's normalised patterns.
+func (c *Config) ParentBypassList() []string {
+	var out []string
+	for _, h := range c.ParentBypass {
+		out = append(out, string(h))
+	}
+	return out
 }
 
 // geographies returns the configured data locations.

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"slices"
@@ -35,6 +36,46 @@ func TestLoadConfigDefaults(t *testing.T) {
 	}
 	if !p.AllGeographies() {
 		t.Error("unset GATEWAY_GEOGRAPHIES should apply every geography (with a warning)")
+	}
+}
+
+// TestParentSettings parses the parent proxies in order with their
+// credentials, normalises the bypass patterns, and never repeats a
+// password in an error or in a setting's printed form.
+func TestParentSettings(t *testing.T) {
+	c, _, err := Load(map[string]string{
+		"GATEWAY_PARENT_PROXY":  "http://gw:s3cret%2Cpw@proxy1.corp:8080, http://10.0.0.2:3128",
+		"GATEWAY_PARENT_BYPASS": "*.Contoso.COM,,crl.microsoft.com.",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := c.Parents()
+	if len(ps) != 2 || ps[0].Host != "proxy1.corp:8080" || ps[1].Host != "10.0.0.2:3128" {
+		t.Fatalf("parents = %v", ps)
+	}
+	if pw, _ := ps[0].User.Password(); ps[0].User.Username() != "gw" || pw != "s3cret,pw" {
+		t.Errorf("credentials = %q %q, want gw s3cret,pw (percent-decoded)", ps[0].User.Username(), pw)
+	}
+	if got, want := c.ParentBypassList(), []string{"*.contoso.com", "crl.microsoft.com"}; !slices.Equal(got, want) {
+		t.Errorf("bypass = %q, want %q", got, want)
+	}
+	if got := fmt.Sprint(c.ParentProxy); strings.Contains(got, "s3cret") {
+		t.Errorf("the setting prints its password: %s", got)
+	}
+	if c.ParentRetry != 30*time.Second || c.ParentTarget != "address" {
+		t.Errorf("defaults: retry %s, target %q", c.ParentRetry, c.ParentTarget)
+	}
+	for _, bad := range []string{"https://gw:s3cret@proxy.corp:443", "http://gw:s3cret@proxy.corp", "http://gw:s3cret@proxy.corp:80%zz",
+		"gw:s3cret@proxy.corp:8080", "http://gw:s3cret@proxy.corp:8080/path", "http://gw:s3cret@proxy.corp:8080,http://gw:s3cret@proxy.corp:8080"} {
+		_, _, err := Load(map[string]string{"GATEWAY_PARENT_PROXY": bad})
+		if err == nil || !strings.Contains(err.Error(), "GATEWAY_PARENT_PROXY") {
+			t.Errorf("%s: err = %v, want one naming GATEWAY_PARENT_PROXY", bad, err)
+			continue
+		}
+		if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s: the error repeats the password: %v", bad, err)
+		}
 	}
 }
 
@@ -84,6 +125,22 @@ func TestLoadConfig(t *testing.T) {
 		{"keep-alive below a second", map[string]string{"GATEWAY_TCP_KEEPALIVE": "500ms"}, "GATEWAY_TCP_KEEPALIVE"},
 		{"keep-alive beyond the kernel's limit", map[string]string{"GATEWAY_TCP_KEEPALIVE": "10h"}, "GATEWAY_TCP_KEEPALIVE"},
 		{"keep-alive not a duration", map[string]string{"GATEWAY_TCP_KEEPALIVE": "on"}, "GATEWAY_TCP_KEEPALIVE"},
+		{"parents", map[string]string{"GATEWAY_PARENT_PROXY": "http://u:p@proxy1.corp:8080, http://10.0.0.2:3128,"}, ""},
+		{"parent not a URL", map[string]string{"GATEWAY_PARENT_PROXY": "http://proxy.corp:80%zz"}, "GATEWAY_PARENT_PROXY"},
+		{"parent https", map[string]string{"GATEWAY_PARENT_PROXY": "https://proxy.corp:443"}, "GATEWAY_PARENT_PROXY"},
+		{"parent socks", map[string]string{"GATEWAY_PARENT_PROXY": "socks5://proxy.corp:1080"}, "GATEWAY_PARENT_PROXY"},
+		{"parent without scheme", map[string]string{"GATEWAY_PARENT_PROXY": "proxy.corp:8080"}, "GATEWAY_PARENT_PROXY"},
+		{"parent without port", map[string]string{"GATEWAY_PARENT_PROXY": "http://proxy.corp"}, "GATEWAY_PARENT_PROXY"},
+		{"parent port zero", map[string]string{"GATEWAY_PARENT_PROXY": "http://proxy.corp:0"}, "GATEWAY_PARENT_PROXY"},
+		{"parent with a path", map[string]string{"GATEWAY_PARENT_PROXY": "http://proxy.corp:8080/x"}, "GATEWAY_PARENT_PROXY"},
+		{"parent twice", map[string]string{"GATEWAY_PARENT_PROXY": "http://proxy.corp:8080,http://proxy.corp:8080"}, "GATEWAY_PARENT_PROXY"},
+		{"parent without user", map[string]string{"GATEWAY_PARENT_PROXY": "http://:pw@proxy.corp:8080"}, "GATEWAY_PARENT_PROXY"},
+		{"bypass", map[string]string{"GATEWAY_PARENT_PROXY": "http://proxy.corp:8080", "GATEWAY_PARENT_BYPASS": "*.Contoso.com, crl.microsoft.com."}, ""},
+		{"bad bypass", map[string]string{"GATEWAY_PARENT_PROXY": "http://proxy.corp:8080", "GATEWAY_PARENT_BYPASS": "a.*.com"}, "GATEWAY_PARENT_BYPASS"},
+		{"bypass without parent", map[string]string{"GATEWAY_PARENT_BYPASS": "*.contoso.com"}, "GATEWAY_PARENT_BYPASS"},
+		{"parent target", map[string]string{"GATEWAY_PARENT_TARGET": "name"}, ""},
+		{"bad parent target", map[string]string{"GATEWAY_PARENT_TARGET": "ip"}, "GATEWAY_PARENT_TARGET"},
+		{"zero parent retry", map[string]string{"GATEWAY_PARENT_RETRY": "0s"}, "GATEWAY_PARENT_RETRY"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"net/url"
 	"strings"
 
 	"github.com/defendergw/gateway/internal/allowlist"
+	"github.com/defendergw/gateway/internal/parent"
 )
 
 // The setting types: caarlos0/env parses every GATEWAY_ variable straight
@@ -165,5 +167,56 @@ func (t *tunnelCopy) UnmarshalText(b []byte) error {
 func (p *pacDefault) UnmarshalText(b []byte) error {
 	w, err := word(b, true, "DIRECT", "PROXY")
 	*p = pacDefault(w)
+	return err
+}
+
+// parentTarget is GATEWAY_PARENT_TARGET: address or name.
+type parentTarget string
+
+func (t *parentTarget) UnmarshalText(b []byte) error {
+	w, err := word(b, false, "address", "name")
+	*t = parentTarget(w)
+	return err
+}
+
+// parentURL is one parent proxy of GATEWAY_PARENT_PROXY,
+// http://[user:pass@]host:port. Its String and errors never show the
+// password.
+type parentURL struct{ u *url.URL }
+
+func (p *parentURL) UnmarshalText(b []byte) error {
+	if strings.TrimSpace(string(b)) == "" {
+		*p = parentURL{}
+		return nil
+	}
+	u, err := parent.ParseURL(string(b))
+	if err != nil {
+		return err
+	}
+	p.u = u
+	return nil
+}
+
+// String is the URL with its password replaced by xxxxx.
+func (p parentURL) String() string {
+	if p.u == nil {
+		return ""
+	}
+	return p.u.Redacted()
+}
+
+// hostPattern is one GATEWAY_PARENT_BYPASS pattern: an exact name,
+// "*.suffix" or an IP literal, normalised as the allowlist does a rule's
+// host.
+type hostPattern string
+
+func (h *hostPattern) UnmarshalText(b []byte) error {
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		*h = ""
+		return nil
+	}
+	n, err := parent.NormalizeBypass(s)
+	*h = hostPattern(n)
 	return err
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/defendergw/gateway/internal/config"
 	"github.com/defendergw/gateway/internal/filestamp"
 	"github.com/defendergw/gateway/internal/inspect"
+	"github.com/defendergw/gateway/internal/parent"
 	"github.com/defendergw/gateway/internal/proxy"
 	"github.com/defendergw/gateway/internal/proxyheader"
 	"github.com/defendergw/gateway/internal/reason"
@@ -235,6 +236,30 @@ func New(o Options) (_ *Gateway, err error) {
 	}
 	if minter != nil {
 		opts.Inspector = minter
+	}
+	if parents := cfg.Parents(); len(parents) > 0 {
+		chain, err := parent.New(parent.Options{
+			Parents:         parents,
+			Bypass:          cfg.ParentBypassList(),
+			Retry:           cfg.ParentRetry,
+			SendName:        cfg.ParentTarget == "name",
+			DialTimeout:     cfg.DialTimeout,
+			KeepAlive:       kaPeriod,
+			KeepAliveConfig: kaConfig,
+			Transport:       proxy.PlainTransport(opts),
+			Observe:         g.metrics.ParentRequest,
+			Up:              g.metrics.ParentUp,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("GATEWAY_PARENT_PROXY: %w", err)
+		}
+		opts.Parent = chain
+		var names []string
+		for _, p := range chain.Parents() {
+			names = append(names, p.Name())
+		}
+		logger.Info("allowed traffic goes through parent proxies", "parents", strings.Join(names, ","),
+			"bypass", strings.Join(cfg.ParentBypassList(), ","), "target", string(cfg.ParentTarget))
 	}
 	if wrapDialer != nil {
 		opts.Dialer = wrapDialer(opts.Dialer)

@@ -190,5 +190,8 @@ func (s *Server) tunnelEnded(st *reqState, stats tlsbypass.Stats) {
 func (s *Server) dialChecked(req *http.Request, st *reqState) (net.Conn, error) {
 	ctx, cancel := withDeadline(req.Context(), st.deadline)
 	defer cancel()
+	if s.viaParent(st.target.Host) {
+		return s.opts.Parent.DialTunnel(ctx, st.target.Host, st.target.Port, st.addrs)
+	}
 	return s.opts.Dialer.DialChecked(ctx, st.addrs)
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/defendergw/gateway/internal/allowlist"
 	"github.com/defendergw/gateway/internal/auth"
+	"github.com/defendergw/gateway/internal/parent"
 	"github.com/defendergw/gateway/internal/reason"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/tlsbypass"
@@ -82,6 +83,10 @@ func classify(err error) (reason.Code, int) {
 		rc = reason.SNIMismatch
 	case errors.Is(err, tlsbypass.ErrNotTLS), errors.Is(err, tlsbypass.ErrPeekTimeout):
 		rc = reason.NotTLS
+	case errors.Is(err, parent.ErrRefused):
+		rc = reason.ParentRefused
+	case errors.Is(err, parent.ErrUnreachable):
+		rc = reason.ParentUnreachable
 	case errors.Is(err, resolver.ErrPrivateDestination):
 		rc = reason.PrivateDestination
 	case errors.Is(err, resolver.ErrDNSFailure):

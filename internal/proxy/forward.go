@@ -216,9 +216,14 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 	}
 	var resp *http.Response
 	var err error
-	if upstream.Handles(r) {
+	switch {
+	case s.viaParent(st.target.Host) && r.URL.Scheme == "https":
+		resp, err = s.ptls.RoundTrip(r) // an inspected tunnel's request
+	case s.viaParent(st.target.Host):
+		resp, err = s.parentRoundTrip(r, st)
+	case upstream.Handles(r):
 		resp, err = s.h1.RoundTripBy(r, st.deadline)
-	} else {
+	default:
 		resp, err = s.tr.RoundTrip(r)
 	}
 	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
@@ -256,4 +261,18 @@ func (s *Server) roundTrip(r *http.Request, ctx *goproxy.ProxyCtx) (*http.Respon
 	}
 	s.addVia(resp.Header, resp.ProtoMajor, resp.ProtoMinor)
 	return resp, nil
+}
+
+// parentRoundTrip checks the destination's addresses as a direct request
+// would, then sends the request through a parent (which is asked for the
+// name: absolute form cannot name an address without changing the Host the
+// origin sees).
+func (s *Server) parentRoundTrip(r *http.Request, st *reqState) (*http.Response, error) {
+	ctx, cancel := withDeadline(r.Context(), st.deadline)
+	_, err := s.opts.Dialer.Lookup(ctx, st.target.Host, st.target.Port)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	return s.opts.Parent.RoundTrip(r)
 }

@@ -53,6 +53,22 @@ type Dialer interface {
 	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
+// Parent sends allowed traffic through parent proxies (parent.Chain): the
+// gateway decides, resolves and checks the destination as always, then
+// dials the parent where it would have dialed the destination.
+type Parent interface {
+	// Bypass reports whether host goes direct.
+	Bypass(host string) bool
+	// DialTunnel opens a tunnel to host:port through a parent; addrs are
+	// the addresses Lookup checked.
+	DialTunnel(ctx context.Context, host string, port uint16, addrs []netip.AddrPort) (net.Conn, error)
+	// RoundTrip sends a plain-HTTP request through a parent, in absolute
+	// form, once Lookup has checked its host's addresses.
+	RoundTrip(r *http.Request) (*http.Response, error)
+	// CloseIdleConnections closes idle connections to parents.
+	CloseIdleConnections()
+}
+
 // Authenticator checks a Proxy-Authorization header (auth.Authenticator).
 type Authenticator interface {
 	Authenticate(header string, client netip.Addr) (user string, err error)
@@ -71,6 +87,10 @@ type Options struct {
 	Policy func() *allowlist.Policy
 	// Dialer reaches upstreams; it must refuse internal destinations.
 	Dialer Dialer
+	// Parent, if non-nil, carries allowed traffic to destinations it does
+	// not bypass (GATEWAY_PARENT_PROXY); Dialer still resolves and checks
+	// them first. If nil, every destination is dialed directly.
+	Parent Parent
 	// Logger receives one line per decision and one per closed tunnel.
 	Logger *slog.Logger
 
@@ -137,10 +157,13 @@ type Options struct {
 
 // Server is the forward proxy. It implements http.Handler.
 type Server struct {
-	opts    Options
-	gp      *goproxy.ProxyHttpServer
-	tr      *http.Transport
-	h1      *upstream.Client // bodiless plain-HTTP requests (upstream.Handles)
+	opts Options
+	gp   *goproxy.ProxyHttpServer
+	tr   *http.Transport
+	h1   *upstream.Client // bodiless plain-HTTP requests (upstream.Handles)
+	// ptls carries inspected tunnels' inner requests through a parent
+	// (nil without one): TLS to the origin over a parent's CONNECT.
+	ptls    *http.Transport
 	log     *slog.Logger
 	tunnels tunnels
 	// mitm inspects a CONNECT (raw tunnels never reach goproxy).
@@ -165,26 +188,7 @@ func New(opts Options) (*Server, error) {
 		opts.Via = "defender-gateway"
 	}
 	s := &Server{opts: opts, log: opts.Logger}
-	tlsConf := opts.UpstreamTLS
-	if tlsConf == nil {
-		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12}
-	}
-	s.tr = &http.Transport{
-		Proxy:             nil, // never chain to HTTP(S)_PROXY from the environment
-		DialContext:       opts.Dialer.DialContext,
-		TLSClientConfig:   tlsConf,
-		ForceAttemptHTTP2: false,
-		// Endpoints fetch CRLs and updates from a handful of hosts with
-		// many concurrent clients: keep enough idle upstream connections
-		// that they are reused rather than redialed.
-		MaxIdleConns:           1024,
-		MaxIdleConnsPerHost:    256,
-		IdleConnTimeout:        90 * time.Second,
-		ResponseHeaderTimeout:  opts.ResponseHeaderTimeout,
-		ExpectContinueTimeout:  time.Second,
-		DisableCompression:     true, // relay bodies as the origin sent them
-		MaxResponseHeaderBytes: 64 << 10,
-	}
+	s.tr = PlainTransport(opts)
 	s.h1 = upstream.New(upstream.Options{
 		DialContext:            opts.Dialer.DialContext,
 		ResponseHeaderTimeout:  opts.ResponseHeaderTimeout,
@@ -193,6 +197,10 @@ func New(opts Options) (*Server, error) {
 		MaxIdle:                s.tr.MaxIdleConns,
 		MaxIdlePerHost:         s.tr.MaxIdleConnsPerHost,
 	})
+	if opts.Parent != nil {
+		s.ptls = s.tr.Clone()
+		s.ptls.DialContext = s.dialParent
+	}
 	gp := goproxy.NewProxyHttpServer()
 	gp.Verbose = false
 	gp.Logger = log.New(io.Discard, "", 0)
@@ -211,10 +219,63 @@ func New(opts Options) (*Server, error) {
 	return s, nil
 }
 
+// PlainTransport is the transport the Server forwards with (plain HTTP with
+// a body, inspected tunnels' requests), for a parent proxy's transport to
+// share its settings.
+func PlainTransport(opts Options) *http.Transport {
+	tlsConf := opts.UpstreamTLS
+	if tlsConf == nil {
+		tlsConf = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	return &http.Transport{
+		Proxy:             nil, // never chain to HTTP(S)_PROXY from the environment
+		DialContext:       opts.Dialer.DialContext,
+		TLSClientConfig:   tlsConf,
+		ForceAttemptHTTP2: false,
+		// Endpoints fetch CRLs and updates from a handful of hosts with
+		// many concurrent clients: keep enough idle upstream connections
+		// that they are reused rather than redialed.
+		MaxIdleConns:           1024,
+		MaxIdleConnsPerHost:    256,
+		IdleConnTimeout:        90 * time.Second,
+		ResponseHeaderTimeout:  opts.ResponseHeaderTimeout,
+		ExpectContinueTimeout:  time.Second,
+		DisableCompression:     true, // relay bodies as the origin sent them
+		MaxResponseHeaderBytes: 64 << 10,
+	}
+}
+
 // Close releases idle upstream connections.
 func (s *Server) Close() {
 	s.tr.CloseIdleConnections()
 	s.h1.CloseIdleConnections()
+	if s.ptls != nil {
+		s.ptls.CloseIdleConnections()
+		s.opts.Parent.CloseIdleConnections()
+	}
+}
+
+// dialParent reaches host:port through a parent for the inspected
+// tunnels' transport, after checking the destination's addresses.
+func (s *Server) dialParent(ctx context.Context, _, addr string) (net.Conn, error) {
+	host, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: bad port", addr)
+	}
+	addrs, err := s.opts.Dialer.Lookup(ctx, host, uint16(port))
+	if err != nil {
+		return nil, err
+	}
+	return s.opts.Parent.DialTunnel(ctx, host, uint16(port), addrs)
+}
+
+// viaParent reports whether traffic to host goes through a parent.
+func (s *Server) viaParent(host string) bool {
+	return s.opts.Parent != nil && !s.opts.Parent.Bypass(host)
 }
 
 // serveSelf answers origin-form requests addressed to the gateway itself:

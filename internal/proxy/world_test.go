@@ -26,6 +26,7 @@ import (
 	"github.com/defendergw/gateway/internal/auth"
 	"github.com/defendergw/gateway/internal/inspect"
 	"github.com/defendergw/gateway/internal/lab"
+	"github.com/defendergw/gateway/internal/parent"
 	"github.com/defendergw/gateway/internal/resolver"
 	"github.com/defendergw/gateway/internal/telemetry"
 	"github.com/defendergw/gateway/internal/testutil"
@@ -71,6 +72,9 @@ type worldOptions struct {
 	// logLevel of the operational log; default debug, so that tests can
 	// wait for a request's outcome line.
 	logLevel *slog.Level
+	// parent, if non-nil, configures parent proxies (Options.Parent), their
+	// metrics wired to the world's.
+	parent *parent.Options
 }
 
 type world struct {
@@ -276,7 +280,18 @@ func newWorld(t testing.TB, o worldOptions) *world {
 	if w.events != nil {
 		events = w.events
 	}
+	var par Parent
+	if o.parent != nil {
+		po := *o.parent
+		po.Observe, po.Up = metrics.ParentRequest, metrics.ParentUp
+		chain, err := parent.New(po)
+		if err != nil {
+			t.Fatal(err)
+		}
+		par = chain
+	}
 	srv, err := New(Options{
+		Parent:                par,
 		Metrics:               metrics,
 		Events:                events,
 		Auth:                  authn,

@@ -89,6 +89,11 @@ const (
 	// destination is not an address of the name its SNI or Host names
 	// (GATEWAY_TRANSPARENT_STRICT_DESTINATION=true).
 	DestinationMismatch
+	// ParentRefused: the parent proxy (GATEWAY_PARENT_PROXY) answered with
+	// a refusal or an error of its own (a CONNECT's non-2xx, a 407).
+	ParentRefused
+	// ParentUnreachable: no parent proxy could be connected to.
+	ParentUnreachable
 
 	count // number of codes; keep last
 )
@@ -192,6 +197,12 @@ var table = [count]entry{
 	DestinationMismatch: {code: "destination-mismatch", status: http.StatusForbidden, kind: Refused,
 		hint:   "the connection was addressed to an address %[1]s does not resolve to (GATEWAY_TRANSPARENT_STRICT_DESTINATION).",
 		advice: "the endpoint and the gateway resolve the name to different addresses: use the same DNS servers, or set GATEWAY_TRANSPARENT_STRICT_DESTINATION=false"},
+	ParentRefused: {code: "parent-refused", status: http.StatusBadGateway, kind: Failed,
+		hint:   "the parent proxy (GATEWAY_PARENT_PROXY) refused %[1]s or could not reach it; its own log says why.",
+		advice: "the parent proxy refused the request (its ACLs, its credentials in GATEWAY_PARENT_PROXY) or could not reach the destination: check the parent's log"},
+	ParentUnreachable: {code: "parent-unreachable", status: http.StatusBadGateway, kind: Failed,
+		hint:   "no parent proxy (GATEWAY_PARENT_PROXY) could be reached for %[1]s.",
+		advice: "no parent proxy in GATEWAY_PARENT_PROXY answers: check that they run and that the gateway can reach them"},
 }
 
 func (c Code) entry() *entry {

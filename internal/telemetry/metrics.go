@@ -78,6 +78,9 @@ type Metrics struct {
 	eventsLogged, eventsDropped prometheus.Counter
 	proxyHeaderRejected         *prometheus.CounterVec
 
+	parentRequests *prometheus.CounterVec
+	parentUp       *prometheus.GaugeVec
+
 	checkMu       sync.Mutex // serialises UpstreamCheck's reset-and-set
 	checkSuccess  *prometheus.GaugeVec
 	checkDuration prometheus.Gauge
@@ -240,6 +243,19 @@ func NewMetrics(reg prometheus.Registerer, info BuildInfo) *Metrics {
 	add(m.checkDuration)
 	add(m.checkLastRun)
 
+	// The parent label is a parent's host:port from GATEWAY_PARENT_PROXY:
+	// bounded by the configuration, never by traffic.
+	m.parentRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "parent_requests_total",
+		Help: "Attempts to use a parent proxy (GATEWAY_PARENT_PROXY) by parent (host:port) and result (ok, refused, unreachable).",
+	}, []string{"parent", "result"})
+	m.parentUp = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "parent_up",
+		Help: "1 while a parent proxy (GATEWAY_PARENT_PROXY) answers; 0 from a failed attempt to connect to it until it answers again (skipped for GATEWAY_PARENT_RETRY meanwhile).",
+	}, []string{"parent"})
+	add(m.parentRequests)
+	add(m.parentUp)
+
 	if reg != nil {
 		add(collectors.NewGoCollector())
 		add(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -341,6 +357,27 @@ func (m *Metrics) Dial(d time.Duration, kind string) {
 		return
 	}
 	m.dialErrors.with(kind).Inc()
+}
+
+// ParentRequest counts an attempt on a parent proxy: parent is its
+// host:port from the configuration, result ok, refused or unreachable.
+func (m *Metrics) ParentRequest(parent, result string) {
+	if m == nil {
+		return
+	}
+	m.parentRequests.WithLabelValues(parent, result).Inc()
+}
+
+// ParentUp sets a parent proxy's health.
+func (m *Metrics) ParentUp(parent string, up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.parentUp.WithLabelValues(parent).Set(v)
 }
 
 // Auth counts a proxy authentication attempt; result is success, failure,
