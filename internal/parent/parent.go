@@ -40,7 +40,7 @@ import (
 
 var (
 	// ErrRefused: a parent answered, and not with success (CONNECT: any
-	// non-2xx; plain HTTP: 407).
+	// non-2xx; plain HTTP: 407, 403 or 5xx).
 	ErrRefused = errors.New("parent proxy refused the request")
 	// ErrUnreachable: no parent could be connected to.
 	ErrUnreachable = errors.New("no parent proxy reachable")
@@ -438,8 +438,10 @@ func (b *bufferedConn) Read(p []byte) (int, error) {
 // r's host; the request names the host, never the address, whatever
 // SendName says: in absolute form the URI's authority is the Host a parent
 // sends on (RFC 9112 §3.2.2), and an origin must see its name. A parent's
-// 407 is ErrRefused (it is addressed to the gateway, not to the client);
-// any other answer is the response. A request is retried on the next
+// 407, 403 or 5xx is ErrRefused (issue 19's contract: a 407 is addressed
+// to the gateway, and in absolute form a parent's own 403 or 5xx cannot be
+// told from an origin's, so every one is reported as the parent's, 502
+// parent-refused); any other answer is the response. A request is retried on the next
 // parent only when the parent could not be connected to and nothing of its
 // body was read.
 func (c *Chain) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -458,7 +460,7 @@ func (c *Chain) RoundTrip(r *http.Request) (*http.Response, error) {
 		resp, err := c.tr.RoundTrip(r.WithContext(context.WithValue(r.Context(), parentKey{}, p)))
 		var ue *unreachableError
 		switch {
-		case err == nil && resp.StatusCode == http.StatusProxyAuthRequired:
+		case err == nil && refusal(resp.StatusCode):
 			resp.Body.Close()
 			c.markUp(p)
 			c.observe(p, ResultRefused)
@@ -513,3 +515,10 @@ func (b *replayBody) touched() bool {
 }
 
 func (b *replayBody) release() { b.rc.Close() }
+
+// refusal reports a plain-HTTP status that is taken as the parent's own
+// refusal: 407 (addressed to the gateway), 403 (its ACLs) and 5xx (it
+// could not reach the origin).
+func refusal(status int) bool {
+	return status == http.StatusProxyAuthRequired || status == http.StatusForbidden || status >= 500
+}

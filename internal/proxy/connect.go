@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -190,6 +191,12 @@ func (s *Server) tunnelEnded(st *reqState, stats tlsbypass.Stats) {
 func (s *Server) dialChecked(req *http.Request, st *reqState) (net.Conn, error) {
 	ctx, cancel := withDeadline(req.Context(), st.deadline)
 	defer cancel()
+	return s.dialTarget(ctx, st)
+}
+
+// dialTarget connects to the checked addresses of st's target, directly or
+// through a parent proxy.
+func (s *Server) dialTarget(ctx context.Context, st *reqState) (net.Conn, error) {
 	if s.viaParent(st.target.Host) {
 		return s.opts.Parent.DialTunnel(ctx, st.target.Host, st.target.Port, st.addrs)
 	}

@@ -422,18 +422,30 @@ func TestParentRefused(t *testing.T) {
 			t.Errorf("plain HTTP answered 407 by the parent: %s %q, want 502 parent-refused", resp.Status, got)
 		}
 	})
-	t.Run("plain HTTP 403 is the answer", func(t *testing.T) {
-		// In absolute form a parent's 403 cannot be told from an
-		// origin's: it is relayed as it came.
-		fp := newFakeParent(t, http.StatusForbidden, "")
+	for _, status := range []int{http.StatusForbidden, http.StatusServiceUnavailable} {
+		t.Run(fmt.Sprintf("plain HTTP %d", status), func(t *testing.T) {
+			fp := newFakeParent(t, status, "")
+			w := newWorld(t, worldOptions{parent: parentOpts(fp.url(""))})
+			resp, err := w.client().Get("http://crl.microsoft.com/pki/crl/products/x.crl")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if got := resp.Header.Get(ReasonHeader); resp.StatusCode != http.StatusBadGateway || got != "parent-refused" {
+				t.Errorf("plain HTTP answered %d by the parent: %s %q, want 502 parent-refused", status, resp.Status, got)
+			}
+		})
+	}
+	t.Run("plain HTTP 404 is the origin's answer", func(t *testing.T) {
+		fp := newFakeParent(t, http.StatusNotFound, "")
 		w := newWorld(t, worldOptions{parent: parentOpts(fp.url(""))})
 		resp, err := w.client().Get("http://crl.microsoft.com/pki/crl/products/x.crl")
 		if err != nil {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusForbidden || resp.Header.Get(ReasonHeader) != "" {
-			t.Errorf("plain HTTP answered 403 by the parent: %s %q, want the parent's 403 relayed", resp.Status, resp.Header.Get(ReasonHeader))
+		if resp.StatusCode != http.StatusNotFound || resp.Header.Get(ReasonHeader) != "" {
+			t.Errorf("plain HTTP answered 404 by the parent: %s %q, want it relayed", resp.Status, resp.Header.Get(ReasonHeader))
 		}
 	})
 }

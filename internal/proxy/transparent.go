@@ -225,7 +225,9 @@ func (t *Transparent) serveTLS(c net.Conn, st *reqState, orig netip.AddrPort, he
 		return
 	}
 	s.decided(st)
-	upstream, err := s.opts.Dialer.DialChecked(ctx, addrs)
+	st.addrs = addrs
+	upstream, err := s.dialTarget(ctx, st) // a parent proxy's, if one is configured
+	st.addrs = nil
 	if err != nil {
 		st.fail(err)
 		s.record(st)
