@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -48,14 +49,7 @@ func TestBrowserPAC(t *testing.T) {
 			// resolved by the gateway, and nothing leaks to the system resolver.
 			"--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 			"--virtual-time-budget=5000", "--dump-dom", url}
-		cmd := exec.Command(chromium, args...)
-		timer := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() })
-		defer timer.Stop()
-		out, err := cmd.Output()
-		if err != nil {
-			t.Logf("chromium %s: %v", url, err)
-		}
-		return string(out)
+		return runChromium(t, chromium, args...)
 	}
 
 	page := browse("http://crl.microsoft.com/pki/crl/products/browser-check")
@@ -73,5 +67,30 @@ func TestBrowserPAC(t *testing.T) {
 	}
 	if strings.Contains(l.stderr.String(), ln.Addr().String()) {
 		t.Errorf("the unlisted host went through the gateway")
+	}
+}
+
+// runChromium runs headless Chromium and returns what it printed. A
+// browser that dies of a signal (headless Chromium crashes now and then on
+// a loaded machine, before it loads anything) is run again, twice at most:
+// its crash says nothing of the page. Any other failure is logged and its
+// output returned for the caller's checks.
+func runChromium(t *testing.T, chromium string, args ...string) string {
+	t.Helper()
+	args = append([]string{"--disable-dev-shm-usage"}, args...)
+	for attempt := 1; ; attempt++ {
+		cmd := exec.Command(chromium, args...)
+		timer := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() })
+		out, err := cmd.Output()
+		timer.Stop()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && !ee.Exited() && attempt < 3 {
+			t.Logf("chromium crashed (%v), attempt %d; running it again", err, attempt)
+			continue
+		}
+		if err != nil {
+			t.Logf("chromium: %v", err)
+		}
+		return string(out)
 	}
 }

@@ -107,14 +107,7 @@ func TestStatusPageInChromium(t *testing.T) {
 		"--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--virtual-time-budget=3000"}
 	run := func(extra ...string) string {
 		t.Helper()
-		cmd := exec.Command(chromium, append(args, extra...)...)
-		timer := time.AfterFunc(60*time.Second, func() { cmd.Process.Kill() })
-		defer timer.Stop()
-		out, err := cmd.Output()
-		if err != nil {
-			t.Logf("chromium: %v", err)
-		}
-		return string(out)
+		return runChromium(t, chromium, append(args, extra...)...)
 	}
 	dom := run("--dump-dom", l.admin+"/")
 

@@ -209,3 +209,57 @@ func TestParseMode(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAccept measures a connection's way through accept: with the
+// header read (v1, v2) and without the listener (off), each a loopback
+// dial, a header (or none) and one byte of data read by the acceptor.
+func BenchmarkAccept(b *testing.B) {
+	v1 := proxyproto.HeaderProxyFromAddrs(1, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 40000}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 3128})
+	v2 := proxyproto.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 9), Port: 40000}, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 3128})
+	for _, bc := range []struct {
+		name string
+		mode Mode
+		h    *proxyproto.Header
+	}{{"off", Off, nil}, {"v1", Required, v1}, {"v2", Required, v2}} {
+		b.Run(bc.name, func(b *testing.B) {
+			raw, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			ln := Listen(raw, Options{Mode: bc.mode, From: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
+			defer ln.Close()
+			var first []byte
+			if bc.h != nil {
+				if first, err = bc.h.Format(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			first = append(first, 'x')
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				buf := make([]byte, 1)
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					io.ReadFull(c, buf)
+					c.Close()
+				}
+			}()
+			b.ReportAllocs()
+			for b.Loop() {
+				c, err := net.Dial("tcp", raw.Addr().String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				c.Write(first)
+				c.Read(make([]byte, 1)) // wait for the acceptor's close
+				c.Close()
+			}
+			ln.Close()
+			<-done
+		})
+	}
+}
