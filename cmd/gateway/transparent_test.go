@@ -35,16 +35,17 @@ const (
 // tproxyRules delivers marked connections to a transparent socket with
 // TPROXY, unchanged: the kernel's tproxy.rst recipe, in prerouting, which
 // loopback traffic passes on its way back in.
-func tproxyRules(t *testing.T, port uint16) {
+func tproxyRules(t *testing.T, port, port6 uint16) {
 	mustRun(t, exec.Command("nft", "flush", "ruleset"))
 	cmd := exec.Command("nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(fmt.Sprintf(`table inet gateway_test {
 	chain prerouting {
 		type filter hook prerouting priority mangle; policy accept;
 		meta l4proto tcp meta mark %d meta nfproto ipv4 tproxy ip to 127.0.0.1:%d
+		meta l4proto tcp meta mark %d meta nfproto ipv6 tproxy ip6 to [::1]:%d
 	}
 }
-`, markTProxy, port))
+`, markTProxy, port, markTProxy, port6))
 	mustRun(t, cmd)
 }
 
@@ -163,7 +164,7 @@ func TestTransparent(t *testing.T) {
 	strict := startGateway(t, append(env, "GATEWAY_TRANSPARENT_LISTEN=127.0.0.1:0", "GATEWAY_ACCESS_LOG="+strictLog,
 		"GATEWAY_TRANSPARENT_STRICT_DESTINATION=true")...)
 	tproxyLog := filepath.Join(dir, "tproxy.log")
-	tproxy := startGateway(t, append(env, "GATEWAY_TRANSPARENT_LISTEN=127.0.0.1:0", "GATEWAY_ACCESS_LOG="+tproxyLog,
+	tproxy := startGateway(t, append(env, "GATEWAY_TRANSPARENT_LISTEN=127.0.0.1:0,[::1]:0", "GATEWAY_ACCESS_LOG="+tproxyLog,
 		"GATEWAY_TRANSPARENT_TPROXY=true")...)
 	looseAddrs := strings.Split(loose.transparent, ",")
 	if len(looseAddrs) != 2 || strict.transparent == "" {
@@ -224,7 +225,8 @@ func TestTransparent(t *testing.T) {
 		})
 	}
 	t.Run("tproxy", func(t *testing.T) {
-		tproxyRules(t, port(tproxy.transparent))
+		tproxyAddrs := strings.Split(tproxy.transparent, ",")
+		tproxyRules(t, port(tproxyAddrs[0]), port(tproxyAddrs[1]))
 		for _, tc := range []transparentCase{
 			{name: "tls allowed, to another address", mark: markTProxy, addr: fmt.Sprintf("127.0.0.5:%d", tlsPort), tls: true,
 				serverName: "tls.lab.test", wantBody: "tls upstream", upstream: tlsLn, log: tproxyLog},
@@ -233,7 +235,9 @@ func TestTransparent(t *testing.T) {
 			{name: "http allowed", mark: markTProxy, addr: fmt.Sprintf("127.0.0.5:%d", httpPort),
 				serverName: "plain.lab.test", wantBody: fmt.Sprintf("http upstream plain.lab.test:%d /path", httpPort),
 				upstream: httpLn, log: tproxyLog},
-			{name: "not redirected", addr: tproxy.transparent, tls: true, serverName: "tls.lab.test",
+			{name: "tls over IPv6", mark: markTProxy, addr: fmt.Sprintf("[::1]:%d", tls6Port), tls: true,
+				serverName: "tls6.lab.test", wantBody: "tls upstream", upstream: tls6Ln, log: tproxyLog},
+			{name: "not redirected", addr: tproxyAddrs[0], tls: true, serverName: "tls.lab.test",
 				wantErr: "handshake failure", wantReason: "bad-request", upstream: tlsLn, log: tproxyLog},
 		} {
 			t.Run(tc.name, func(t *testing.T) { tc.check(t, ca) })
