@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/defendergw/gateway/internal/proxyheader"
 	"github.com/defendergw/gateway/internal/reason"
 )
 
@@ -225,5 +226,54 @@ func TestTransparentLimits(t *testing.T) {
 			t.Fatalf("active = %d after the tunnel closed, want 0", lim.Active())
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Behind a balancer that sends the PROXY protocol, the transparent
+// listener judges the client the header names: here the only allowed
+// client network is the header's.
+func TestTransparentBehindProxyProtocol(t *testing.T) {
+	w := newWorld(t, worldOptions{geos: eu, clientNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}})
+	tr, err := w.srv.NewTransparent(TransparentOptions{
+		OriginalDst: func(net.Conn) (netip.AddrPort, error) { return netip.MustParseAddrPort("127.0.0.1:443"), nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := proxyheader.Listen(raw, proxyheader.Options{Mode: proxyheader.Required, From: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}})
+	go tr.Serve(ln)
+	t.Cleanup(func() { ln.Close(); tr.Shutdown(t.Context()) })
+	for _, tc := range []struct {
+		name, client string
+		wantErr      string
+	}{
+		{"header names an allowed client", "10.1.2.3:40000", ""},
+		{"header names another client", "192.0.2.7:40000", "access denied"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", raw.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			// Only bytes naming the address: nothing is sent to it.
+			fmt.Fprintf(c, "PROXY TCP4 %s 127.0.0.1 %s 443\r\n", strings.Split(tc.client, ":")[0], strings.Split(tc.client, ":")[1])
+			err = tls.Client(c, &tls.Config{ServerName: "winatp-gw-weu.microsoft.com", RootCAs: w.ca.Pool}).Handshake()
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("handshake: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("handshake: got %v, want the alert %q", err, tc.wantErr)
+			}
+			if tc.wantErr != "" {
+				w.waitLog(t, `"client":"`+tc.client+`"`)
+				w.waitLog(t, `"reason":"client-not-allowed"`)
+			}
+		})
 	}
 }
