@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -296,9 +295,6 @@ func checkOriginal(ctx context.Context, d Dialer, st *reqState, orig netip.AddrP
 // TLS alert: nothing else can be said to a TLS client.
 func (t *Transparent) refuseTLS(c net.Conn, st *reqState, err error) {
 	t.s.refused(st, err)
-	if t.s.log.Enabled(context.Background(), slog.LevelDebug) && !t.s.recording() {
-		t.s.log.Debug("transparent connection refused", "client", st.clientAP.String(), "error", err.Error())
-	}
 	sendAlert(c, alertFor(st.reason))
 	t.done(c)
 }
