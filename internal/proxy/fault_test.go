@@ -290,7 +290,15 @@ func TestOneDeadlinePerRequest(t *testing.T) {
 			w.dialCalls()
 			start := time.Now()
 			tt.do(t)
-			calls := w.dialCalls()
+			// A verified tunnel dials after the client's ClientHello,
+			// behind the 200 the client has already read: wait for it.
+			var calls []dialCall
+			for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				calls = append(calls, w.dialCalls()...)
+				if len(calls) >= len(tt.ops) || time.Now().After(deadline) {
+					break
+				}
+			}
 			var ops []string
 			for _, c := range calls {
 				ops = append(ops, c.op)
