@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -147,4 +148,61 @@ func TestProxyProtocolBinary(t *testing.T) {
 	}
 	waitMetric(t, "http://"+g.admin, `gateway_proxy_protocol_rejected_total{reason="no_header"} 1`)
 	waitMetric(t, "http://"+g.admin, `gateway_proxy_protocol_rejected_total{reason="untrusted"} 1`)
+}
+
+// Every proxy listener is the gateway itself: a CONNECT to any of them, even
+// by an allowed name on an allowed port with loopback destinations allowed,
+// is refused, so that no listener can be made to loop into another (each
+// one's address is in the dialer's Self list).
+func TestEveryListenerIsItself(t *testing.T) {
+	dns := testutil.NewDNS(t)
+	_, port, rules := labTLS(t, dns)
+	listen := "127.0.0.1:0,127.0.0.2:0"
+	if ipv6Loopback() {
+		listen += ",[::1]:0"
+	}
+	g := startGateway(t, "GATEWAY_LISTEN="+listen, "GATEWAY_DNS_SERVERS="+dns.Addr, "GATEWAY_RULES_FILE="+rules,
+		"GATEWAY_ALLOW_PRIVATE_DESTINATIONS=127.0.0.0/8,::1/128", "GATEWAY_ACCESS_LOG=off")
+	// The listeners' ports are known only now: allow them too, by a reload
+	// (an atomic replacement, as a ConfigMap update does).
+	ports := []string{fmt.Sprint(port)}
+	for i, addr := range g.addrs {
+		ap := netip.MustParseAddrPort(addr)
+		dns.Set(fmt.Sprintf("self%d.lab.test", i), ap.Addr().String())
+		ports = append(ports, fmt.Sprint(ap.Port()))
+	}
+	writeFile(t, rules+".tmp", fmt.Sprintf("rules:\n  - action: allow\n    host: '*.lab.test'\n    ports: [%s]\n", strings.Join(ports, ", ")))
+	if err := os.Rename(rules+".tmp", rules); err != nil {
+		t.Fatal(err)
+	}
+	waitMetric(t, "http://"+g.admin, `gateway_config_reloads_total{file="rules",result="success"} 1`)
+
+	tests := []struct {
+		name       string
+		target     string
+		wantStatus int
+		wantReason string
+	}{
+		// The control: the same rule and private-destination allowance let
+		// a loopback destination that is not the gateway through.
+		{"the lab upstream", fmt.Sprintf("app.lab.test:%d", port), 200, ""},
+	}
+	for i, addr := range g.addrs {
+		ap := netip.MustParseAddrPort(addr)
+		tests = append(tests, struct {
+			name       string
+			target     string
+			wantStatus int
+			wantReason string
+		}{"listener " + addr, fmt.Sprintf("self%d.lab.test:%d", i, ap.Port()), 403, "private-destination"})
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, resp := connect(t, g.addr, tc.target)
+			defer c.Close()
+			if resp.StatusCode != tc.wantStatus || resp.Header.Get("X-Gateway-Reason") != tc.wantReason {
+				t.Errorf("CONNECT %s: got %d %q, want %d %q", tc.target, resp.StatusCode, resp.Header.Get("X-Gateway-Reason"), tc.wantStatus, tc.wantReason)
+			}
+		})
+	}
 }
