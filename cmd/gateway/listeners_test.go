@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/defendergw/gateway/internal/testutil"
 )
@@ -202,6 +204,74 @@ func TestEveryListenerIsItself(t *testing.T) {
 			defer c.Close()
 			if resp.StatusCode != tc.wantStatus || resp.Header.Get("X-Gateway-Reason") != tc.wantReason {
 				t.Errorf("CONNECT %s: got %d %q, want %d %q", tc.target, resp.StatusCode, resp.Header.Get("X-Gateway-Reason"), tc.wantStatus, tc.wantReason)
+			}
+		})
+	}
+}
+
+// Behind the PROXY protocol, failed authentications are limited per client
+// the header names: one client's failures do not lock out another that
+// comes through the same balancer.
+func TestProxyProtocolAuthRateLimit(t *testing.T) {
+	dns := testutil.NewDNS(t)
+	_, port, rules := labTLS(t, dns)
+	h, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users := filepath.Join(t.TempDir(), "users")
+	writeFile(t, users, "alice:"+string(h)+"\n")
+	g := startGateway(t, "GATEWAY_DNS_SERVERS="+dns.Addr, "GATEWAY_RULES_FILE="+rules,
+		"GATEWAY_ALLOW_PRIVATE_DESTINATIONS=127.0.0.0/8", "GATEWAY_ACCESS_LOG=off",
+		"GATEWAY_PROXY_PROTOCOL=required", "GATEWAY_PROXY_PROTOCOL_FROM=127.0.0.1/32",
+		"GATEWAY_AUTH_HTPASSWD="+users, "GATEWAY_ANONYMOUS=none", "GATEWAY_AUTH_FAILURES_PER_MINUTE=1")
+	target := fmt.Sprintf("app.lab.test:%d", port)
+	// attempt opens a connection whose header names client and CONNECTs
+	// with the password given.
+	attempt := func(t *testing.T, version byte, client, password string) (int, string) {
+		t.Helper()
+		c := dialWithHeader(t, "127.0.0.1", g.addr, version, client)
+		defer c.Close()
+		cred := base64.StdEncoding.EncodeToString([]byte("alice:" + password))
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", target, target, cred)
+		resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, resp.Header.Get("X-Gateway-Reason")
+	}
+	// Client 127.0.0.9 fails until it is limited (the burst is a few
+	// failures; 50 is far past it).
+	limited := false
+	for i := 0; i < 50 && !limited; i++ {
+		code, reason := attempt(t, 1, "127.0.0.9:40000", "wrong")
+		switch {
+		case code == 429 && reason == "auth-rate-limited":
+			limited = true
+		case code != 407:
+			t.Fatalf("failure %d of 127.0.0.9: got %d %q, want 407 or 429 auth-rate-limited", i+1, code, reason)
+		}
+	}
+	if !limited {
+		t.Fatal("127.0.0.9 was never limited")
+	}
+	tests := []struct {
+		name       string
+		version    byte
+		client     string
+		password   string
+		wantStatus int
+		wantReason string
+	}{
+		{"the limited client, even with the right password", 2, "127.0.0.9:40001", "pw", 429, "auth-rate-limited"},
+		{"another client through the same balancer, wrong password", 2, "127.0.0.10:40002", "wrong", 407, "auth-required"},
+		{"another client through the same balancer, right password", 1, "127.0.0.10:40003", "pw", 200, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, reason := attempt(t, tc.version, tc.client, tc.password)
+			if code != tc.wantStatus || reason != tc.wantReason {
+				t.Errorf("got %d %q, want %d %q", code, reason, tc.wantStatus, tc.wantReason)
 			}
 		})
 	}
