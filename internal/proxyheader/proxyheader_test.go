@@ -104,6 +104,14 @@ func TestListen(t *testing.T) {
 			parts: [][]byte{[]byte(data)}, wantData: data},
 		{name: "optional: an untrusted peer's header is data", mode: Optional, from: []string{"127.0.0.1/32"}, src: "127.0.0.2",
 			parts: [][]byte{append(v1, data...)}, wantData: string(v1) + data},
+		{name: "optional: a trusted peer's header is read", mode: Optional, from: []string{"127.0.0.1/32"}, src: "127.0.0.1",
+			parts: [][]byte{append(v2, data...)}, wantRemote: "[::1]:40001", wantData: data},
+		{name: "optional: an untrusted peer without a header is itself", mode: Optional, from: []string{"127.0.0.1/32"}, src: "127.0.0.2",
+			parts: [][]byte{[]byte(data)}, wantData: data},
+		{name: "required: an untrusted peer without a header", mode: Required, from: []string{"127.0.0.1/32"}, src: "127.0.0.2",
+			parts: [][]byte{[]byte(data)}, wantErr: ErrUntrusted},
+		{name: "required: a v1 header where the balancer's prefix is wider", mode: Required, from: []string{"127.0.0.0/8"}, src: "127.0.0.2",
+			parts: [][]byte{append(v1, data...)}, wantRemote: "127.0.0.9:40000", wantData: data},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -193,6 +201,79 @@ func TestSlowHeaderDoesNotBlockAccept(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the silent connection was not closed at the timeout")
+	}
+}
+
+// Off reads nothing: the listener is the one given, and a header is data.
+func TestListenOff(t *testing.T) {
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if got := Listen(raw, Options{Mode: Off, From: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}); got != raw {
+		t.Errorf("Listen with Off: got %T, want the listener itself", got)
+	}
+}
+
+// Connections waiting for their header are bounded (MaxPending): past the
+// bound a new one is closed at once, and a slot that frees up is taken
+// again.
+func TestMaxPending(t *testing.T) {
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rejected := make(chan rejection, 16)
+	ln := Listen(raw, Options{Mode: Required, From: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+		Timeout: 10 * time.Second, MaxPending: 2,
+		OnReject: func(err error, peer netip.AddrPort) { rejected <- rejection{err, peer} }})
+	defer ln.Close()
+	silent1 := dialFrom(t, ln, "127.0.0.1")
+	dialFrom(t, ln, "127.0.0.1")
+	// Both slots are taken: the third is closed unread, long before the
+	// header timeout.
+	third := dialFrom(t, ln, "127.0.0.1")
+	select {
+	case r := <-rejected:
+		if !errors.Is(r.err, ErrBadHeader) || r.peer.String() != third.LocalAddr().String() {
+			t.Errorf("rejected %s with %v, want the third connection %s with ErrBadHeader", r.peer, r.err, third.LocalAddr())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection past MaxPending was not closed")
+	}
+	third.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := third.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("connection past MaxPending: read %d, %v; want it closed", n, err)
+	}
+	// A silent one gives up its slot by closing (its header read fails),
+	// and a new connection is served.
+	silent1.Close()
+	select {
+	case r := <-rejected:
+		if !errors.Is(r.err, ErrBadHeader) {
+			t.Errorf("closed silent connection rejected with %v, want ErrBadHeader", r.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the closed silent connection kept its slot")
+	}
+	dialFrom(t, ln, "127.0.0.1", header(t, 1, 0, "127.0.0.9:40000", "127.0.0.1:3128"))
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	select {
+	case c := <-accepted:
+		defer c.Close()
+		if got := c.RemoteAddr().String(); got != "127.0.0.9:40000" {
+			t.Errorf("accepted %s, want 127.0.0.9:40000", got)
+		}
+	case r := <-rejected:
+		t.Fatalf("rejected %s: %v, want it accepted in the freed slot", r.peer, r.err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("not accepted after a slot freed up")
 	}
 }
 
