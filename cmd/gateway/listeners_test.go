@@ -276,3 +276,47 @@ func TestProxyProtocolAuthRateLimit(t *testing.T) {
 		})
 	}
 }
+
+// Under GATEWAY_PROXY_PROTOCOL=optional a balancer may send a header or
+// not, and other peers are served as themselves, their headers never
+// believed.
+func TestProxyProtocolOptionalBinary(t *testing.T) {
+	dns := testutil.NewDNS(t)
+	_, port, rules := labTLS(t, dns)
+	g := startGateway(t, "GATEWAY_DNS_SERVERS="+dns.Addr, "GATEWAY_RULES_FILE="+rules,
+		"GATEWAY_ALLOW_PRIVATE_DESTINATIONS=127.0.0.0/8", "GATEWAY_ACCESS_LOG=off",
+		"GATEWAY_PROXY_PROTOCOL=optional", "GATEWAY_PROXY_PROTOCOL_FROM=127.0.0.1/32",
+		// The balancer itself and one client behind it; 127.0.0.2 (no
+		// balancer) and 127.0.0.8 are outside.
+		"GATEWAY_CLIENT_CIDRS=127.0.0.1/32,127.0.0.9/32")
+	target := fmt.Sprintf("app.lab.test:%d", port)
+	tests := []struct {
+		name       string
+		src        string
+		version    byte // 0: no header
+		client     string
+		wantStatus int
+		wantReason string
+	}{
+		{"the balancer, a header naming an allowed client", "127.0.0.1", 1, "127.0.0.9:40000", 200, ""},
+		{"the balancer, a header naming a client outside", "127.0.0.1", 2, "127.0.0.8:40001", 403, "client-not-allowed"},
+		{"the balancer without a header is itself", "127.0.0.1", 0, "", 200, ""},
+		{"another peer without a header is itself", "127.0.0.2", 0, "", 403, "client-not-allowed"},
+		// Not believed: the header is the request line, and a malformed one.
+		{"another peer's header naming an allowed client", "127.0.0.2", 1, "127.0.0.9:40002", 400, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialWithHeader(t, tc.src, g.addr, tc.version, tc.client)
+			defer c.Close()
+			fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+			resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if resp.StatusCode != tc.wantStatus || resp.Header.Get("X-Gateway-Reason") != tc.wantReason {
+				t.Errorf("got %d %q, want %d %q", resp.StatusCode, resp.Header.Get("X-Gateway-Reason"), tc.wantStatus, tc.wantReason)
+			}
+		})
+	}
+}
