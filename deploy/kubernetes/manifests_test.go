@@ -318,6 +318,37 @@ func TestProxyProtocolOverlay(t *testing.T) {
 			t.Errorf("target group attributes %q do not turn PROXY protocol v2 on", got)
 		}
 	})
+	t.Run("the network policy admits the balancer on the proxy port", func(t *testing.T) {
+		// The pods see the balancer's addresses, not the clients': a
+		// NetworkPolicy admitting only client networks that do not cover
+		// GATEWAY_PROXY_PROTOCOL_FROM would drop every connection.
+		var admitted []netip.Prefix
+		for _, np := range b.netpols {
+			for _, rule := range np.Spec.Ingress {
+				if !slices.ContainsFunc(rule.Ports, func(p networkingv1.NetworkPolicyPort) bool {
+					return p.Port != nil && p.Port.IntValue() == 3128
+				}) {
+					continue
+				}
+				for _, peer := range rule.From {
+					if peer.IPBlock != nil && len(peer.IPBlock.Except) == 0 {
+						if p, err := netip.ParsePrefix(peer.IPBlock.CIDR); err == nil {
+							admitted = append(admitted, p)
+						}
+					}
+				}
+			}
+		}
+		for _, f := range strings.Split(env["GATEWAY_PROXY_PROTOCOL_FROM"], ",") {
+			from, err := netip.ParsePrefix(strings.TrimSpace(f))
+			if err != nil {
+				continue // reported above
+			}
+			if !slices.ContainsFunc(admitted, func(p netip.Prefix) bool { return p.Bits() <= from.Bits() && p.Contains(from.Addr()) }) {
+				t.Errorf("GATEWAY_PROXY_PROTOCOL_FROM %s is not admitted to port 3128 by the NetworkPolicy (%v)", from, admitted)
+			}
+		}
+	})
 	t.Run("the settings load", func(t *testing.T) {
 		if _, _, err := config.Load(env); err != nil {
 			t.Errorf("the overlay's settings do not start a gateway: %v", err)
