@@ -34,6 +34,18 @@ func listen(t *testing.T, mode Mode, from ...string) (net.Listener, chan rejecti
 	return ln, rejected
 }
 
+// acceptOne accepts one connection from ln in the background; the channel
+// gets it, or nothing if Accept fails.
+func acceptOne(ln net.Listener) <-chan net.Conn {
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	return accepted
+}
+
 // dialFrom connects to ln from the loopback address src and writes parts,
 // pausing between them.
 func dialFrom(t *testing.T, ln net.Listener, src string, parts ...[]byte) net.Conn {
@@ -116,12 +128,7 @@ func TestListen(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ln, rejected := listen(t, tc.mode, tc.from...)
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				if c, err := ln.Accept(); err == nil {
-					accepted <- c
-				}
-			}()
+			accepted := acceptOne(ln)
 			client := dialFrom(t, ln, tc.src, tc.parts...)
 			if tc.wantErr != nil {
 				select {
@@ -179,12 +186,7 @@ func TestSlowHeaderDoesNotBlockAccept(t *testing.T) {
 	ln, rejected := listen(t, Required, "127.0.0.1/32")
 	dialFrom(t, ln, "127.0.0.1") // sends nothing
 	dialFrom(t, ln, "127.0.0.1", header(t, 1, 0, "127.0.0.9:40000", "127.0.0.1:3128"))
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
+	accepted := acceptOne(ln)
 	select {
 	case c := <-accepted:
 		defer c.Close()
@@ -258,12 +260,7 @@ func TestMaxPending(t *testing.T) {
 		t.Fatal("the closed silent connection kept its slot")
 	}
 	dialFrom(t, ln, "127.0.0.1", header(t, 1, 0, "127.0.0.9:40000", "127.0.0.1:3128"))
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- c
-		}
-	}()
+	accepted := acceptOne(ln)
 	select {
 	case c := <-accepted:
 		defer c.Close()
